@@ -1,0 +1,1 @@
+//! Trellis configuration model (filled in by the config work).
