@@ -1,0 +1,459 @@
+//! Loading: files and directories -> YAML documents -> typed resources in a [`Snapshot`],
+//! dispatching on `apiVersion`/`kind` (including `kind: List`), collecting every error.
+//! Then runs validation and analysis. Owns file walking and kind dispatch; field-level
+//! decoding is `de.rs`, rules are `validate.rs` and `analyze.rs`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::de::{Collector, Spans};
+use crate::diag::{Diagnostic, Diagnostics, Severity, closest};
+use crate::registry::Registry;
+use crate::types::*;
+use crate::yaml::{Node, NodeKind, parse_documents};
+use crate::{Loaded, analyze, validate};
+
+/// Istio networking API versions we accept.
+pub(crate) const ISTIO_API_VERSIONS: &[&str] = &[
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+/// Kinds this loader understands.
+const KINDS: &[&str] = &[
+    "VirtualService",
+    "DestinationRule",
+    "Gateway",
+    "ServiceEntry",
+    "WorkloadEntry",
+    "Service",
+    "EndpointSlice",
+    "List",
+];
+
+/// Real kinds that Trellis will support elsewhere but this loader does not.
+const UNSUPPORTED_KINDS: &[&str] = &[
+    "Sidecar",
+    "EnvoyFilter",
+    "WorkloadGroup",
+    "ProxyConfig",
+    "Telemetry",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TLSRoute",
+    "TCPRoute",
+    "ReferenceGrant",
+    "GatewayClass",
+];
+
+/// Positions of every resource's field paths, keyed by (file, line of the object).
+#[derive(Debug, Default)]
+pub(crate) struct SpanIndex(HashMap<(String, usize), Spans>);
+
+/// Accumulates resources and diagnostics across files.
+#[derive(Default)]
+pub(crate) struct Loader {
+    snapshot: Snapshot,
+    diagnostics: Vec<Diagnostic>,
+    spans: SpanIndex,
+    /// (file, resource, path) of fields that hold a neutral value after a decode error.
+    substituted: Vec<(String, String, String)>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ObjectDoc<T> {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: T,
+    status: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct EndpointSliceDoc {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    address_type: String,
+    endpoints: Vec<SliceEndpoint>,
+    ports: Vec<SlicePort>,
+}
+
+impl SpanIndex {
+    /// Position of `path` within the resource at (`file`, `line`); falls back to the object.
+    pub fn locate(&self, file: &str, line: usize, path: &str) -> (usize, usize) {
+        self.0
+            .get(&(file.to_string(), line))
+            .and_then(|s| s.locate(path))
+            .unwrap_or((line, 1))
+    }
+}
+
+/// `VirtualService default/reviews`.
+pub(crate) fn resource_label(kind: &str, meta: &ObjectMeta) -> String {
+    let name = if meta.name.is_empty() {
+        "<unnamed>"
+    } else {
+        &meta.name
+    };
+    format!("{kind} {}/{name}", meta.namespace)
+}
+
+impl Loader {
+    pub fn load_path(&mut self, path: &Path) {
+        let display = path.display().to_string();
+        if path.is_dir() {
+            let mut files = Vec::new();
+            if let Err(e) = collect_yaml_files(path, &mut files) {
+                self.diagnostics.push(Diagnostic::error(
+                    &display,
+                    0,
+                    0,
+                    format!("cannot read directory: {e}"),
+                ));
+            }
+            files.sort();
+            for f in files {
+                self.load_file(&f);
+            }
+        } else {
+            self.load_file(path);
+        }
+    }
+
+    fn load_file(&mut self, path: &Path) {
+        let display = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(src) => self.load_str(&display, &src),
+            Err(e) => self.diagnostics.push(Diagnostic::error(
+                &display,
+                0,
+                0,
+                format!("cannot read file: {e}; check the path and permissions"),
+            )),
+        }
+    }
+
+    pub fn load_str(&mut self, file: &str, src: &str) {
+        match parse_documents(src) {
+            Ok(docs) => {
+                for doc in &docs {
+                    self.load_object(file, doc, true);
+                }
+            }
+            Err(e) => self
+                .diagnostics
+                .push(Diagnostic::error(file, e.line, e.col, e.message)),
+        }
+    }
+
+    /// Validates, analyses and returns the result; any error fails the whole load.
+    pub fn finish(mut self) -> Result<Loaded, Diagnostics> {
+        // A field that failed to decode holds a neutral value: do not also report the
+        // rules that value breaks.
+        let substituted = std::mem::take(&mut self.substituted);
+        let shadowed = |d: &Diagnostic| {
+            substituted.iter().any(|(file, resource, path)| {
+                *file == d.file
+                    && *resource == d.resource
+                    && !path.is_empty()
+                    && d.path.strip_prefix(path.as_str()).is_some_and(|rest| {
+                        rest.is_empty() || rest.starts_with('.') || rest.starts_with('[')
+                    })
+            })
+        };
+        let validation = validate::validate(&self.snapshot, &self.spans);
+        self.diagnostics
+            .extend(validation.into_iter().filter(|d| !shadowed(d)));
+        let (mut errors, _): (Vec<_>, Vec<_>) =
+            self.diagnostics.into_iter().partition(Diagnostic::is_error);
+        if !errors.is_empty() {
+            sort(&mut errors);
+            return Err(Diagnostics(errors));
+        }
+        let registry = Registry::from_snapshot(&self.snapshot);
+        let mut warnings = analyze::analyze(&self.snapshot, &registry, &self.spans);
+        sort(&mut warnings);
+        Ok(Loaded {
+            snapshot: self.snapshot,
+            registry,
+            warnings,
+        })
+    }
+
+    fn error(&mut self, file: &str, node: &Node, resource: &str, path: &str, message: String) {
+        self.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.to_string(),
+            line: node.line,
+            col: node.col,
+            resource: resource.to_string(),
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    fn load_object(&mut self, file: &str, node: &Node, allow_list: bool) {
+        if !matches!(node.kind, NodeKind::Map(_)) {
+            self.error(
+                file,
+                node,
+                "",
+                "",
+                format!(
+                    "expected a Kubernetes-style object (a mapping with apiVersion, kind, metadata), found {}",
+                    node.describe()
+                ),
+            );
+            return;
+        }
+        let kind = node.get("kind").and_then(Node::as_str).unwrap_or("");
+        let api_version = node.get("apiVersion").and_then(Node::as_str).unwrap_or("");
+        let mut meta = ObjectMeta {
+            name: raw_meta(node, "name"),
+            namespace: raw_meta(node, "namespace"),
+            ..ObjectMeta::default()
+        };
+        if meta.namespace.is_empty() {
+            meta.namespace = "default".to_string();
+        }
+        let label = resource_label(kind, &meta);
+        if kind.is_empty() {
+            let at = node.get("kind").unwrap_or(node);
+            self.error(
+                file,
+                at,
+                "",
+                "kind",
+                "`kind` is required (e.g. `kind: VirtualService`)".into(),
+            );
+            return;
+        }
+        if api_version.starts_with("gateway.networking.k8s.io/") {
+            let at = node.get("apiVersion").unwrap_or(node);
+            let message = format!(
+                "Gateway API kind `{kind}` is not supported here; use the Istio `networking.istio.io/v1` kinds"
+            );
+            self.error(file, at, &label, "apiVersion", message);
+            return;
+        }
+        if let Some(expected) = expected_api_versions(kind, api_version) {
+            let at = node.get("apiVersion").unwrap_or(node);
+            let message = if api_version.is_empty() {
+                format!("`apiVersion` is required; use `{}`", expected[0])
+            } else {
+                format!(
+                    "unsupported apiVersion `{api_version}` for kind `{kind}`; use {}",
+                    expected
+                        .iter()
+                        .map(|v| format!("`{v}`"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            };
+            self.error(file, at, &label, "apiVersion", message);
+            return;
+        }
+        let ctx = Collector::default();
+        match kind {
+            "List" if allow_list => return self.load_list(file, node),
+            "VirtualService" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.virtual_services, r);
+            }
+            "DestinationRule" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.destination_rules, r);
+            }
+            "Gateway" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.gateways, r);
+            }
+            "ServiceEntry" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.service_entries, r);
+            }
+            "WorkloadEntry" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.workload_entries, r);
+            }
+            "Service" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.services, r);
+            }
+            "EndpointSlice" => {
+                let r = ctx
+                    .deserialize::<EndpointSliceDoc>(node, "")
+                    .map(|d| Resource {
+                        meta: with_default_namespace(d.metadata),
+                        spec: EndpointSlice {
+                            address_type: d.address_type,
+                            endpoints: d.endpoints,
+                            ports: d.ports,
+                        },
+                        file: file.to_string(),
+                        line: node.line,
+                    });
+                push(&mut self.snapshot.endpoint_slices, r);
+            }
+            _ => {
+                let at = node.get("kind").unwrap_or(node);
+                let message = if UNSUPPORTED_KINDS.contains(&kind) || kind == "List" {
+                    format!("kind `{kind}` is not supported here")
+                } else {
+                    match closest(kind, KINDS) {
+                        Some(c) => format!("unknown kind `{kind}`; did you mean `{c}`?"),
+                        None => format!(
+                            "unknown kind `{kind}`; supported kinds: {}",
+                            KINDS.join(", ")
+                        ),
+                    }
+                };
+                self.error(file, at, "", "kind", message);
+                return;
+            }
+        }
+        for e in ctx.errors.into_inner() {
+            if e.substituted {
+                self.substituted
+                    .push((file.to_string(), label.clone(), e.path.clone()));
+            }
+            self.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: file.to_string(),
+                line: e.line,
+                col: e.col,
+                resource: label.clone(),
+                path: e.path,
+                message: e.message,
+            });
+        }
+        self.spans
+            .0
+            .insert((file.to_string(), node.line), ctx.spans.into_inner());
+    }
+
+    fn decode<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        ctx: &Collector,
+        file: &str,
+        node: &Node,
+    ) -> Option<Resource<T>> {
+        let doc: ObjectDoc<T> = ctx.deserialize(node, "")?;
+        let _ = (&doc.api_version, &doc.kind, &doc.status);
+        Some(Resource {
+            meta: with_default_namespace(doc.metadata),
+            spec: doc.spec,
+            file: file.to_string(),
+            line: node.line,
+        })
+    }
+
+    fn load_list(&mut self, file: &str, node: &Node) {
+        let NodeKind::Map(entries) = &node.kind else {
+            return;
+        };
+        for (k, v) in entries {
+            match k.as_str().unwrap_or("") {
+                "apiVersion" | "kind" | "metadata" => {}
+                "items" => match &v.kind {
+                    NodeKind::Seq(items) => {
+                        for item in items {
+                            self.load_object(file, item, false);
+                        }
+                    }
+                    _ if v.is_null() => {}
+                    _ => self.error(
+                        file,
+                        v,
+                        "List",
+                        "items",
+                        format!("expected a sequence of objects, found {}", v.describe()),
+                    ),
+                },
+                other => self.error(
+                    file,
+                    k,
+                    "List",
+                    other,
+                    format!(
+                        "unknown field `{other}`; a List has apiVersion, kind, metadata and items"
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+fn push<T>(into: &mut Vec<Resource<T>>, r: Option<Resource<T>>) {
+    if let Some(r) = r {
+        into.push(r);
+    }
+}
+
+fn with_default_namespace(mut meta: ObjectMeta) -> ObjectMeta {
+    if meta.namespace.is_empty() {
+        meta.namespace = "default".to_string();
+    }
+    meta
+}
+
+fn raw_meta(node: &Node, field: &str) -> String {
+    node.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Node::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `None` if `api_version` is right for `kind`, else the accepted versions.
+fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'static str]> {
+    let accepted: &'static [&'static str] = match kind {
+        "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry" => {
+            ISTIO_API_VERSIONS
+        }
+        "Gateway" => ISTIO_API_VERSIONS,
+        "Service" | "List" => &["v1"],
+        "EndpointSlice" => &["discovery.k8s.io/v1"],
+        _ => return None,
+    };
+    (!accepted.contains(&api_version)).then_some(accepted)
+}
+
+fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_yaml_files(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml")
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn sort(diags: &mut [Diagnostic]) {
+    diags.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
