@@ -1,0 +1,202 @@
+//! Gateway proxies: Istio `Gateway` servers -> listeners `0.0.0.0_<port>` and route configs
+//! `http.<port>` built from the VirtualServices bound to those gateways.
+//!
+//! Owns gateway selection (selector ⊆ proxy labels, any namespace), server host forms (`ns/host`)
+//! and VS host × server host intersection. Route translation lives in `route.rs`, clusters in
+//! `cluster.rs`. Only plaintext HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) are compiled for
+//! now; HTTPS/TLS/TCP servers are skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
+use trellis_config::{Gateway, Protocol, Resource, Server, VirtualService, resolve_host};
+
+use crate::listener::{HcmSpec, Routes, http_listener};
+use crate::route::{
+    ClusterRefs, Scope, binds, host_intersection, route_config, virtual_host, vs_routes,
+};
+use crate::{Context, Listener};
+
+/// One HTTP server of a selected Gateway.
+struct Bound<'a> {
+    /// `namespace/name` of the Gateway.
+    key: String,
+    namespace: &'a str,
+    server: &'a Server,
+}
+
+/// Listeners, route configurations and referenced clusters of a gateway proxy.
+pub fn compile(ctx: &Context<'_>) -> (Vec<Listener>, Vec<RouteConfiguration>, ClusterRefs) {
+    let mut refs = ClusterRefs::new();
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    for (port, servers) in servers_by_port(ctx) {
+        let name = format!("http.{port}");
+        routes.push(port_routes(ctx, port, &name, &servers, &mut refs));
+        listeners.push(http_listener(
+            &format!("0.0.0.0_{port}"),
+            &ctx.proxy.bind_address,
+            port,
+            TrafficDirection::Outbound,
+            HcmSpec {
+                stat_prefix: format!("outbound_0.0.0.0_{port}"),
+                routes: Routes::Rds(name),
+                use_remote_address: true,
+            },
+        ));
+    }
+    (listeners, routes, refs)
+}
+
+/// Whether a Gateway `selector` picks this proxy (an empty selector picks every gateway).
+pub fn selects(gateway: &Gateway, labels: &BTreeMap<String, String>) -> bool {
+    gateway
+        .selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn servers_by_port<'a>(ctx: &'a Context<'_>) -> BTreeMap<u32, Vec<Bound<'a>>> {
+    let mut gateways: Vec<&Resource<Gateway>> = ctx
+        .snapshot
+        .gateways
+        .iter()
+        .filter(|g| selects(&g.spec, &ctx.proxy.labels))
+        .collect();
+    gateways.sort_by_key(|g| g.key());
+    let mut by_port: BTreeMap<u32, Vec<Bound<'a>>> = BTreeMap::new();
+    for g in gateways {
+        for server in &g.spec.servers {
+            let Some(port) = &server.port else { continue };
+            if !Protocol::parse(&port.protocol).is_http() {
+                continue;
+            }
+            by_port.entry(port.number).or_default().push(Bound {
+                key: g.key(),
+                namespace: &g.meta.namespace,
+                server,
+            });
+        }
+    }
+    by_port
+}
+
+/// Route configuration `http.<port>`: one virtual host per bound host, routes of every
+/// VirtualService bound to that host appended in VirtualService order.
+fn port_routes(
+    ctx: &Context<'_>,
+    port: u32,
+    name: &str,
+    servers: &[Bound<'_>],
+    refs: &mut ClusterRefs,
+) -> RouteConfiguration {
+    let mut services: Vec<&Resource<VirtualService>> =
+        ctx.snapshot.virtual_services.iter().collect();
+    services.sort_by_key(|vs| vs.key());
+    let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for bound in servers {
+        for vs in &services {
+            let ns = vs.meta.namespace.as_str();
+            if !binds(&vs.spec.gateways, ns, Some(&bound.key)) {
+                continue;
+            }
+            for host in bound_hosts(vs, bound) {
+                if !seen.insert((vs.key(), host.clone())) {
+                    continue;
+                }
+                let scope = Scope {
+                    ctx,
+                    gateway: Some(&bound.key),
+                    port,
+                };
+                hosts
+                    .entry(host)
+                    .or_default()
+                    .extend(vs_routes(vs, scope, refs));
+            }
+        }
+    }
+    let vhosts = hosts
+        .into_iter()
+        .filter(|(_, routes)| !routes.is_empty())
+        .map(|(host, routes)| virtual_host(&format!("{host}:{port}"), domains(&host, port), routes))
+        .collect();
+    route_config(name, vhosts)
+}
+
+/// VS hosts intersected with the server's hosts the VS namespace may bind.
+fn bound_hosts(vs: &Resource<VirtualService>, bound: &Bound<'_>) -> Vec<String> {
+    let ns = vs.meta.namespace.as_str();
+    let mut out = Vec::new();
+    for server_host in &bound.server.hosts {
+        let (allowed_ns, pattern) = split_server_host(server_host, bound.namespace);
+        if allowed_ns != "*" && allowed_ns != ns {
+            continue;
+        }
+        for host in &vs.spec.hosts {
+            if let Some(h) = host_intersection(&resolve_host(host, ns), pattern) {
+                out.push(h);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Server host forms: `ns/host`, `./host` (the gateway's namespace), `*/host`, `host` (any).
+pub fn split_server_host<'a>(host: &'a str, gateway_namespace: &'a str) -> (&'a str, &'a str) {
+    match host.split_once('/') {
+        Some((".", h)) => (gateway_namespace, h),
+        Some((ns, h)) => (ns, h),
+        None => ("*", host),
+    }
+}
+
+/// `*` alone, or the host with and without `:port`.
+fn domains(host: &str, port: u32) -> Vec<String> {
+    if host == "*" {
+        vec!["*".into()]
+    } else {
+        vec![host.to_string(), format!("{host}:{port}")]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_host_forms() {
+        assert_eq!(
+            split_server_host("*/bookinfo.com", "gw"),
+            ("*", "bookinfo.com")
+        );
+        assert_eq!(
+            split_server_host("./bookinfo.com", "gw"),
+            ("gw", "bookinfo.com")
+        );
+        assert_eq!(split_server_host("prod/*", "gw"), ("prod", "*"));
+        assert_eq!(split_server_host("*", "gw"), ("*", "*"));
+    }
+
+    #[test]
+    fn domains_with_port() {
+        assert_eq!(domains("*", 8080), vec!["*"]);
+        assert_eq!(domains("a.com", 80), vec!["a.com", "a.com:80"]);
+    }
+
+    #[test]
+    fn selector_subset_of_labels() {
+        let labels: BTreeMap<String, String> =
+            [("istio".to_string(), "ingressgateway".to_string())].into();
+        let mut gw = Gateway::default();
+        assert!(selects(&gw, &labels));
+        gw.selector.insert("istio".into(), "ingressgateway".into());
+        assert!(selects(&gw, &labels));
+        gw.selector.insert("app".into(), "x".into());
+        assert!(!selects(&gw, &labels));
+    }
+}
