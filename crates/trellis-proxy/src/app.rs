@@ -1,0 +1,193 @@
+//! Wires the proxy together (the only place that does): flags → identity → config source →
+//! runtime + listeners → admin server; marks the proxy ready once the first config is serving.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use trellis_xds::{Locality, ProxyIdentity, Role};
+
+use crate::admin::{self, AdminState};
+use crate::listeners::Listeners;
+use crate::proxy::Proxy;
+use crate::runtime::Runtime;
+use crate::source::DirSource;
+use crate::telemetry::Telemetry;
+
+/// Command-line flags (each with an environment fallback).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "trellis-proxy",
+    about = "Trellis data plane: sidecar and gateway proxy"
+)]
+pub struct Args {
+    /// Directory of YAML configuration to serve (standalone mode).
+    #[arg(long, env = "TRELLIS_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// gateway | sidecar
+    #[arg(long, env = "TRELLIS_ROLE", default_value = "gateway")]
+    pub role: String,
+    #[arg(long, env = "TRELLIS_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Workload labels, `k=v,k2=v2`.
+    #[arg(long, env = "TRELLIS_LABELS", default_value = "")]
+    pub labels: String,
+    #[arg(long, env = "TRELLIS_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// `region/zone/subzone`.
+    #[arg(long, env = "TRELLIS_LOCALITY", default_value = "")]
+    pub locality: String,
+    #[arg(long, env = "TRELLIS_ADMIN_PORT", default_value_t = 15000)]
+    pub admin_port: u16,
+    #[arg(long, env = "TRELLIS_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+    /// Worker threads (default: number of cores; 1 = single-threaded runtime).
+    #[arg(long, env = "TRELLIS_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    #[arg(long, env = "TRELLIS_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+    #[arg(long, env = "TRELLIS_INBOUND_PORT", default_value_t = 15006)]
+    pub inbound_port: u16,
+    #[arg(long, env = "TRELLIS_APP_ADDRESS", default_value = "127.0.0.1")]
+    pub app_address: String,
+}
+
+impl Args {
+    pub fn identity(&self) -> anyhow::Result<ProxyIdentity> {
+        let role = match self.role.as_str() {
+            "gateway" => Role::Gateway,
+            "sidecar" => Role::Sidecar,
+            other => anyhow::bail!("--role {other:?}: expected gateway or sidecar"),
+        };
+        let mut labels = BTreeMap::new();
+        for kv in self
+            .labels
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--labels: {kv:?} is not k=v"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let mut loc = self.locality.splitn(3, '/').map(str::to_string);
+        let locality = Locality {
+            region: loc.next().unwrap_or_default(),
+            zone: loc.next().unwrap_or_default(),
+            subzone: loc.next().unwrap_or_default(),
+        };
+        self.bind_address.parse::<IpAddr>().with_context(|| {
+            format!(
+                "--bind-address {:?} is not an IP address",
+                self.bind_address
+            )
+        })?;
+        let host = labels.get("app").cloned().unwrap_or_else(|| "proxy".into());
+        Ok(ProxyIdentity {
+            id: format!(
+                "{}~{}~{host}.{}",
+                self.role, self.bind_address, self.namespace
+            ),
+            role,
+            namespace: self.namespace.clone(),
+            labels,
+            service_account: self.service_account.clone(),
+            locality,
+            bind_address: self.bind_address.clone(),
+            outbound_port: self.outbound_port,
+            inbound_port: self.inbound_port,
+            app_address: self.app_address.clone(),
+        })
+    }
+}
+
+/// Build the tokio runtime `--concurrency` asks for and run the proxy on it.
+pub fn main_with(args: Args) -> anyhow::Result<()> {
+    let threads = args
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(args))
+}
+
+/// Load the first config, bind, serve admin, watch for changes; returns on Ctrl-C.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let identity = args.identity()?;
+    let telemetry = Arc::new(Telemetry::new(&identity));
+    let source = DirSource {
+        dir: args.config_dir.clone(),
+        identity,
+    };
+    let fingerprint = source.fingerprint();
+    let first = {
+        let s = source.clone();
+        tokio::task::spawn_blocking(move || s.load()).await?
+    };
+    let first = match first {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            anyhow::bail!(
+                "config {} has {} error(s); nothing to serve",
+                args.config_dir.display(),
+                errors.len()
+            );
+        }
+    };
+    let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    let mut listeners = Listeners::new(proxy);
+    listeners.apply(&first)?;
+    let resources = Arc::new(ArcSwap::from_pointee(first));
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
+    let state = AdminState {
+        telemetry,
+        resources: Arc::clone(&resources),
+        ready: Arc::clone(&ready),
+    };
+    let admin_task = tokio::spawn(admin::serve(admin_addr, state));
+    let mut bound: Vec<String> = listeners
+        .bound()
+        .into_iter()
+        .map(|(n, a)| format!("{n}={a}"))
+        .collect();
+    bound.sort();
+    ready.store(true, Ordering::Release);
+    eprintln!(
+        "trellis-proxy ready: listeners [{}] admin {admin_addr}",
+        bound.join(", ")
+    );
+    let watcher = source.watch(fingerprint, move |res| {
+        listeners.apply(&res).map_err(|e| e.to_string())?;
+        resources.store(Arc::new(res));
+        Ok(())
+    });
+    tokio::select! {
+        _ = watcher => Ok(()),
+        r = admin_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("admin {admin_addr}: {e}; is another proxy running?")),
+            Err(e) => Err(e.into()),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}

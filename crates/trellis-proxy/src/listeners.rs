@@ -1,0 +1,217 @@
+//! Bound listeners and their accept loops. `apply` turns a new runtime snapshot into sockets:
+//! it binds listeners that are new (or moved), closes removed ones and never rebinds one that
+//! stayed; binding happens before the snapshot is swapped in, so a bind failure leaves the old
+//! config serving. Each connection is served by hyper (HTTP/1.1 and h2c prior knowledge on one
+//! port) with the listener's limits and timeouts. Owns sockets only; routing is `crate::proxy`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub mod framing;
+
+use crate::proxy::{ConnInfo, Proxy};
+use crate::runtime::{HttpSettings, Runtime, RuntimeError};
+
+/// hyper's read buffer must hold the request line plus the header block.
+const HEAD_SLACK: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("bind {addr} for listener {name:?}: {source}; is another proxy running?")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] RuntimeError),
+}
+
+/// The listeners this process is serving.
+pub struct Listeners {
+    proxy: Arc<Proxy>,
+    active: HashMap<Arc<str>, Active>,
+}
+
+struct Active {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    _stop: watch::Sender<()>,
+}
+
+impl Listeners {
+    pub fn new(proxy: Arc<Proxy>) -> Listeners {
+        Listeners {
+            proxy,
+            active: HashMap::new(),
+        }
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Name → bound address (the real port when the config said 0).
+    pub fn bound(&self) -> HashMap<String, SocketAddr> {
+        self.active
+            .iter()
+            .map(|(n, a)| (n.to_string(), a.bound))
+            .collect()
+    }
+
+    /// Compile `res`, bind what is new, swap the snapshot in, close what was removed.
+    /// On error nothing changes.
+    pub fn apply(&mut self, res: &trellis_xds::Resources) -> Result<(), ListenerError> {
+        let prev = self.proxy.runtime.load_full();
+        let next = Runtime::compile(res, Some(&prev))?;
+        let mut fresh = Vec::new();
+        for (name, l) in &next.listeners {
+            if self
+                .active
+                .get(name)
+                .is_some_and(|a| a.configured == l.addr)
+            {
+                continue;
+            }
+            let std_listener = bind(l.addr).map_err(|source| ListenerError::Bind {
+                name: name.to_string(),
+                addr: l.addr,
+                source,
+            })?;
+            fresh.push((Arc::clone(name), l.addr, std_listener));
+        }
+        let mut tokio_listeners = Vec::with_capacity(fresh.len());
+        for (name, addr, l) in fresh {
+            let tl = TcpListener::from_std(l).map_err(|source| ListenerError::Bind {
+                name: name.to_string(),
+                addr,
+                source,
+            })?;
+            tokio_listeners.push((name, addr, tl));
+        }
+        let keep: Vec<Arc<str>> = next.listeners.keys().cloned().collect();
+        self.proxy.runtime.store(Arc::new(next));
+        self.active.retain(|name, _| keep.contains(name));
+        for (name, configured, tl) in tokio_listeners {
+            let bound = tl.local_addr().unwrap_or(configured);
+            let (stop, stopped) = watch::channel(());
+            tracing::info!(listener = %name, address = %bound, "listening");
+            tokio::spawn(accept_loop(
+                Arc::clone(&self.proxy),
+                Arc::clone(&name),
+                tl,
+                stopped,
+            ));
+            self.active.insert(
+                name,
+                Active {
+                    configured,
+                    bound,
+                    _stop: stop,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    name: Arc<str>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let local = stream.local_addr().unwrap_or(remote);
+                let conn = Arc::new(ConnInfo::new(Arc::clone(&name), remote, local));
+                tokio::spawn(serve_connection(Arc::clone(&proxy), conn, stream));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(listener = %name, "listener closed");
+}
+
+fn server_builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.request_headers_timeout)
+        .max_headers(s.max_headers_count)
+        .max_buf_size((s.max_request_headers_bytes + HEAD_SLACK).max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .max_header_list_size((s.max_request_headers_bytes + HEAD_SLACK) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+async fn serve_connection(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let settings = match proxy.runtime.load().listeners.get(&conn.listener) {
+        Some(l) => l.settings.clone(),
+        None => return,
+    };
+    let builder = server_builder(&settings);
+    let svc_conn = Arc::clone(&conn);
+    let svc_proxy = Arc::clone(&proxy);
+    let service = service_fn(move |req| {
+        let proxy = Arc::clone(&svc_proxy);
+        let conn = Arc::clone(&svc_conn);
+        async move { proxy.handle(&conn, req).await }
+    });
+    let guarded = framing::FramingGuard::new(stream, Arc::clone(&conn.framing_violation));
+    let served = builder.serve_connection(TokioIo::new(guarded), service);
+    tokio::pin!(served);
+    let idle = settings.idle_timeout;
+    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = served.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(remote = %conn.remote, error = %e, "connection ended with error");
+                }
+                break;
+            }
+            _ = tokio::time::sleep(tick), if !draining => {
+                if conn.idle_for().is_some_and(|d| d >= idle) {
+                    served.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The request path: one downstream request → route → cluster → endpoint → upstream, and the
+//! response back. Loads the runtime snapshot once per request and keeps it until the request
+//! ends. Every failure becomes a proxy-generated response with a status, a response flag
+//! (`x-trellis-flags`) and a one-line body saying what happened (see `Local`). Does not bind,
+//! accept or configure anything.
+
+pub mod body;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::runtime::balancer::InFlight;
+use crate::runtime::route::RequestView;
+use crate::runtime::{Runtime, UpstreamProtocol};
+use crate::telemetry::Telemetry;
+use body::{RequestBody, RequestLog, ResponseBody};
+use headers::{X_FORWARDED_FOR, X_TRELLIS_FLAGS};
+
+/// Shared by every connection: the current snapshot and the telemetry sink.
+pub struct Proxy {
+    pub runtime: ArcSwap<Runtime>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// One downstream connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// Raised by `listeners::framing` when an HTTP/1 request is framed ambiguously.
+    pub framing_violation: Arc<AtomicBool>,
+    active: AtomicUsize,
+    opened: Instant,
+    /// Milliseconds since `opened` when the last request ended.
+    last_end_ms: AtomicU64,
+}
+
+/// A response the proxy generates itself.
+#[derive(Debug)]
+pub struct Local {
+    pub status: StatusCode,
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl ConnInfo {
+    pub fn new(listener: Arc<str>, remote: SocketAddr, local: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            listener,
+            remote,
+            local,
+            framing_violation: Arc::default(),
+            active: AtomicUsize::new(0),
+            opened: Instant::now(),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin_request(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end_request(&self) {
+        self.last_end_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no request in flight (`None` while one is).
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+}
+
+impl Local {
+    fn new(status: StatusCode, flag: &'static str, message: String) -> Local {
+        Local {
+            status,
+            flag,
+            message,
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(runtime: Runtime, telemetry: Arc<Telemetry>) -> Proxy {
+        Proxy {
+            runtime: ArcSwap::from_pointee(runtime),
+            telemetry,
+        }
+    }
+
+    /// Serve one request; never fails (failures are responses).
+    pub async fn handle(
+        &self,
+        conn: &Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        conn.begin_request();
+        let runtime = self.runtime.load_full();
+        let mut log = Box::new(RequestLog {
+            telemetry: Arc::clone(&self.telemetry),
+            conn: Arc::clone(conn),
+            start: SystemTime::now(),
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().clone(),
+            authority: None,
+            protocol: if req.version() == Version::HTTP_2 {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            grpc: req
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            request_id: None,
+            user_agent: req.headers().get(USER_AGENT).cloned(),
+            xff: None,
+            route_name: None,
+            cluster_name: None,
+            upstream: None,
+            status: 0,
+            grpc_status: None,
+            flags: "-",
+            received: Arc::new(AtomicU64::new(0)),
+            sent: 0,
+            complete: false,
+            in_flight: None,
+        });
+        match forward(&runtime, conn, req, &mut log).await {
+            Ok(resp) => Ok(upstream_response(resp, log)),
+            Err(local) => Ok(local_response(local, Some(log))),
+        }
+    }
+}
+
+async fn forward(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Response<Incoming>, Local> {
+    let Some(listener) = rt.listeners.get(&conn.listener) else {
+        let msg = format!(
+            "listener {:?} was removed from the configuration\n",
+            conn.listener
+        );
+        return Err(Local::new(StatusCode::NOT_FOUND, "NR", msg));
+    };
+    let settings = &listener.settings;
+    if req.version() != Version::HTTP_2 && conn.framing_violation.load(Ordering::Relaxed) {
+        let msg = "request framing is ambiguous or invalid (content-length with transfer-encoding, or a bad chunk size)\n";
+        return Err(Local::new(StatusCode::BAD_REQUEST, "DPE", msg.into()));
+    }
+    let (mut parts, body) = req.into_parts();
+    check_header_limits(
+        &parts.headers,
+        settings.max_headers_count,
+        settings.max_request_headers_bytes,
+    )?;
+    let authority = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    };
+    let Some(authority) = authority else {
+        return Err(Local::new(
+            StatusCode::BAD_REQUEST,
+            "DPE",
+            "request has no host or :authority\n".into(),
+        ));
+    };
+    let host = authority.to_str().unwrap_or("");
+    log.authority = Some(authority.clone());
+    let path = parts.uri.path();
+    let Some(table) = rt.route_table(listener) else {
+        let msg = format!("no route configuration for listener {:?}\n", conn.listener);
+        return Err(Local::new(StatusCode::NOT_FOUND, "NR", msg));
+    };
+    let view = RequestView {
+        method: &parts.method,
+        authority: host,
+        path,
+        query: parts.uri.query(),
+        scheme: "http",
+        headers: &parts.headers,
+    };
+    let route = table
+        .find_virtual_host(host)
+        .and_then(|vh| vh.find_route(&view));
+    let Some(route) = route else {
+        let msg = format!("no route for host {host:?} path {path:?}\n");
+        return Err(Local::new(StatusCode::NOT_FOUND, "NR", msg));
+    };
+    log.route_name = Some(Arc::clone(&route.istio_name));
+    let target = route.action.pick();
+    log.cluster_name = Some(Arc::clone(&target.name));
+    let Some(cluster) = &target.cluster else {
+        let msg = format!("cluster {:?} not found\n", target.name);
+        return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
+    };
+    log.upstream = Some((Arc::clone(cluster), usize::MAX));
+    let Some(endpoint) = cluster.pick() else {
+        let msg = format!("no healthy upstream for cluster {:?}\n", cluster.name);
+        return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
+    };
+    let index = cluster
+        .endpoints
+        .iter()
+        .position(|e| std::ptr::eq(e, endpoint))
+        .unwrap_or(usize::MAX);
+    log.upstream = Some((Arc::clone(cluster), index));
+    log.in_flight = Some(InFlight::new(&endpoint.state));
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    log.request_id = headers::forwarding(&mut parts.headers, settings, conn.remote.ip());
+    log.xff = parts.headers.get(&X_FORWARDED_FOR).cloned();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(pq);
+    parts.uri = Uri::from_parts(uri).map_err(|e| {
+        Local::new(
+            StatusCode::BAD_REQUEST,
+            "DPE",
+            format!("cannot build upstream uri: {e}\n"),
+        )
+    })?;
+    match cluster.protocol {
+        UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if !parts.headers.contains_key(HOST) {
+                parts.headers.insert(HOST, authority);
+            }
+        }
+        UpstreamProtocol::Http2 => {
+            // The pool keys connections by endpoint, so :authority is the endpoint address;
+            // the client's authority travels in `host` only for HTTP/1 upstreams.
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(HOST);
+        }
+    }
+    let upstream_req =
+        Request::from_parts(parts, RequestBody::new(body, Arc::clone(&log.received)));
+    let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
+    let sent = tokio::time::timeout(wait, cluster.client.request(upstream_req)).await;
+    match sent {
+        Ok(Ok(mut resp)) => {
+            headers::strip_hop_by_hop(resp.headers_mut());
+            Ok(resp)
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            let msg = format!(
+                "upstream connect error to {} for cluster {:?}: {}\n",
+                endpoint.addr,
+                cluster.name,
+                root_cause(&e)
+            );
+            Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UF", msg))
+        }
+        Ok(Err(e)) => {
+            let msg = format!(
+                "upstream {} for cluster {:?} reset the request: {}\n",
+                endpoint.addr,
+                cluster.name,
+                root_cause(&e)
+            );
+            Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UC", msg))
+        }
+        Err(_) => {
+            let msg = format!(
+                "upstream {} for cluster {:?} sent no response within {wait:?}\n",
+                endpoint.addr, cluster.name
+            );
+            Err(Local::new(StatusCode::GATEWAY_TIMEOUT, "UT", msg))
+        }
+    }
+}
+
+/// Limits that must hold before routing: header count and total header bytes (431 otherwise).
+fn check_header_limits(
+    h: &http::HeaderMap,
+    max_count: usize,
+    max_bytes: usize,
+) -> Result<(), Local> {
+    if h.len() > max_count {
+        let msg = format!(
+            "request has {} headers; the limit is {max_count}\n",
+            h.len()
+        );
+        return Err(Local::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "DPE",
+            msg,
+        ));
+    }
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > max_bytes {
+        let msg = format!("request headers are {bytes} bytes; the limit is {max_bytes}\n");
+        return Err(Local::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "DPE",
+            msg,
+        ));
+    }
+    Ok(())
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn upstream_response(resp: Response<Incoming>, mut log: Box<RequestLog>) -> Response<ResponseBody> {
+    let (parts, body) = resp.into_parts();
+    log.status = parts.status.as_u16();
+    if log.grpc {
+        log.grpc_status = parts.headers.get("grpc-status").cloned();
+    }
+    Response::from_parts(parts, ResponseBody::upstream(body, log))
+}
+
+/// Build the response for a proxy-generated failure.
+pub fn local_response(local: Local, mut log: Option<Box<RequestLog>>) -> Response<ResponseBody> {
+    if let Some(log) = log.as_mut() {
+        log.status = local.status.as_u16();
+        log.flags = local.flag;
+    }
+    let mut resp = Response::new(ResponseBody::local(Bytes::from(local.message), log));
+    *resp.status_mut() = local.status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(&X_TRELLIS_FLAGS, HeaderValue::from_static(local.flag));
+    resp
+}

@@ -1,0 +1,142 @@
+//! The runtime snapshot: `trellis_xds::Resources` translated once into hot-path tables
+//! (listeners, route tables, clusters). A snapshot is immutable; a new config builds a new one
+//! (carrying balancer state and connection pools over by name) and is swapped in atomically.
+//! A resource that cannot be translated fails the whole compile with an error naming the
+//! resource and field, so nothing partial is ever applied. No sockets are bound here.
+
+pub mod balancer;
+pub mod cluster;
+pub mod listener;
+pub mod route;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use trellis_xds::Resources;
+
+pub use cluster::{Cluster, Endpoint, UpstreamProtocol};
+pub use listener::{HttpSettings, Listener, RouteSource};
+pub use route::{Route, RouteTable};
+
+/// Why a snapshot could not be built; names the resource and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("listener {name:?}: {field}: {reason}")]
+    Listener {
+        name: String,
+        field: String,
+        reason: String,
+    },
+    #[error("route configuration {name:?}: {field}: {reason}")]
+    Route {
+        name: String,
+        field: String,
+        reason: String,
+    },
+    #[error("cluster {name:?}: {field}: {reason}")]
+    Cluster {
+        name: String,
+        field: String,
+        reason: String,
+    },
+    #[error("{kind} {name:?} appears twice in the snapshot; names must be unique")]
+    Duplicate { kind: &'static str, name: String },
+}
+
+/// One immutable, fully compiled configuration.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    pub version: String,
+    pub listeners: HashMap<Arc<str>, Arc<Listener>>,
+    pub routes: HashMap<Arc<str>, Arc<RouteTable>>,
+    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+}
+
+impl Runtime {
+    /// Translate `res`; `prev` is the running snapshot whose per-cluster state carries over.
+    pub fn compile(res: &Resources, prev: Option<&Runtime>) -> Result<Runtime, RuntimeError> {
+        let assignments: HashMap<&str, _> = res
+            .endpoints
+            .iter()
+            .map(|a| (a.cluster_name.as_str(), a))
+            .collect();
+        let mut clusters = HashMap::with_capacity(res.clusters.len());
+        for c in &res.clusters {
+            let eds_name = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&c.name);
+            let before = prev.and_then(|p| p.clusters.get(c.name.as_str()));
+            let compiled =
+                Cluster::compile(c, assignments.get(eds_name).copied(), before.map(|c| &**c))?;
+            if clusters
+                .insert(Arc::clone(&compiled.name), Arc::new(compiled))
+                .is_some()
+            {
+                return Err(RuntimeError::Duplicate {
+                    kind: "cluster",
+                    name: c.name.clone(),
+                });
+            }
+        }
+        let mut routes = HashMap::with_capacity(res.routes.len());
+        for rc in &res.routes {
+            let table = RouteTable::compile(rc, &clusters)?;
+            if routes
+                .insert(Arc::clone(&table.name), Arc::new(table))
+                .is_some()
+            {
+                return Err(RuntimeError::Duplicate {
+                    kind: "route configuration",
+                    name: rc.name.clone(),
+                });
+            }
+        }
+        let mut listeners = HashMap::with_capacity(res.listeners.len());
+        for l in &res.listeners {
+            let compiled = Listener::compile(l, &clusters)?;
+            if listeners
+                .insert(Arc::clone(&compiled.name), Arc::new(compiled))
+                .is_some()
+            {
+                return Err(RuntimeError::Duplicate {
+                    kind: "listener",
+                    name: l.name.clone(),
+                });
+            }
+        }
+        Ok(Runtime {
+            version: res.version.clone(),
+            listeners,
+            routes,
+            clusters,
+        })
+    }
+
+    /// The route table a listener uses right now.
+    pub fn route_table<'a>(&'a self, listener: &'a Listener) -> Option<&'a Arc<RouteTable>> {
+        match &listener.routes {
+            RouteSource::Inline(t) => Some(t),
+            RouteSource::Rds(name) => self.routes.get(&**name),
+        }
+    }
+}
+
+/// protobuf `Duration` → std (negative → zero).
+pub(crate) fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> Duration {
+    let secs = u64::try_from(d.seconds).unwrap_or(0);
+    let nanos = u32::try_from(d.nanos).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+/// A string field of a protobuf `Struct`.
+pub(crate) fn istio_string<'a>(s: &'a Struct, key: &str) -> Option<&'a str> {
+    match &s.fields.get(key)?.kind {
+        Some(Kind::StringValue(v)) => Some(v.as_str()),
+        _ => None,
+    }
+}

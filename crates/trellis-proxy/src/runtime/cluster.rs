@@ -1,0 +1,394 @@
+//! Clusters for the hot path: endpoints with weights and labels, the balancer, the upstream
+//! protocol and the connection pool. Built from a CDS `Cluster` plus its `ClusterLoadAssignment`;
+//! the pool and balancer state carry over from the previous snapshot by cluster name and
+//! endpoint address. Owns no sockets itself (the pool opens them lazily on first use).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster as XCluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType,
+    cluster::LbPolicy as XLb,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    Metadata, address::Address, socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options::UpstreamProtocolOptions,
+    http_protocol_options::explicit_http_config::ProtocolConfig,
+};
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prost::Message;
+
+use super::balancer::{Balancer, BalancerState, EndpointState, LbPolicy};
+use super::{RuntimeError, duration, istio_string};
+use crate::proxy::body::RequestBody;
+
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The pooled HTTP client for one cluster (pools per endpoint address inside).
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC, `http2` ports).
+    Http2,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub endpoints: Vec<Endpoint>,
+    pub balancer: Balancer,
+    pub service: ServiceLabels,
+    pub client: UpstreamClient,
+    balancer_state: Arc<BalancerState>,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `ip:port`, precomputed for upstream URIs.
+    pub authority: Authority,
+    pub weight: u32,
+    pub locality: Locality,
+    pub workload: WorkloadLabels,
+    pub state: Arc<EndpointState>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+/// `destination_service*` labels, from `metadata.filter_metadata["istio"].services[0]`.
+#[derive(Debug, Clone)]
+pub struct ServiceLabels {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+/// `destination_workload*` labels, from the endpoint's `filter_metadata["istio"]`.
+#[derive(Debug, Clone)]
+pub struct WorkloadLabels {
+    pub workload: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+}
+
+impl Cluster {
+    /// Compile one cluster; `prev` is the same-named cluster of the running snapshot.
+    pub fn compile(
+        c: &XCluster,
+        assignment: Option<&ClusterLoadAssignment>,
+        prev: Option<&Cluster>,
+    ) -> Result<Cluster, RuntimeError> {
+        let err = |field: &str, reason: String| RuntimeError::Cluster {
+            name: c.name.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        let policy = match XLb::try_from(c.lb_policy) {
+            Ok(XLb::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(XLb::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(XLb::Random) => LbPolicy::Random,
+            _ => {
+                return Err(err(
+                    "lb_policy",
+                    format!("policy {} is not supported", c.lb_policy),
+                ));
+            }
+        };
+        let connect_timeout = c
+            .connect_timeout
+            .as_ref()
+            .map_or(DEFAULT_CONNECT_TIMEOUT, duration);
+        let (protocol, idle) =
+            upstream_options(c).map_err(|why| err("typed_extension_protocol_options", why))?;
+        #[allow(deprecated)] // the contract names the cluster-level field
+        let idle_timeout = idle
+            .or_else(|| {
+                c.common_http_protocol_options
+                    .as_ref()?
+                    .idle_timeout
+                    .as_ref()
+                    .map(duration)
+            })
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let kind = match &c.cluster_discovery_type {
+            Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t).ok(),
+            None => Some(DiscoveryType::Static),
+            Some(ClusterDiscoveryType::ClusterType(_)) => None,
+        };
+        let (assignment, resolve_dns) = match kind {
+            Some(DiscoveryType::Eds) => (assignment, false),
+            Some(DiscoveryType::Static) => (c.load_assignment.as_ref(), false),
+            Some(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => {
+                (c.load_assignment.as_ref(), true)
+            }
+            _ => {
+                return Err(err(
+                    "type",
+                    "only EDS, STATIC and STRICT_DNS clusters are supported".into(),
+                ));
+            }
+        };
+        let endpoints = match assignment {
+            Some(a) => endpoints(a, resolve_dns, prev).map_err(|(f, why)| err(&f, why))?,
+            None => Vec::new(),
+        };
+        let service = ServiceLabels::from_metadata(c.metadata.as_ref());
+        let reuse = prev.filter(|p| {
+            p.protocol == protocol
+                && p.connect_timeout == connect_timeout
+                && p.idle_timeout == idle_timeout
+        });
+        let client = match reuse {
+            Some(p) => p.client.clone(),
+            None => new_client(protocol, connect_timeout, idle_timeout),
+        };
+        let balancer_state = prev
+            .map(|p| Arc::clone(&p.balancer_state))
+            .unwrap_or_default();
+        let balancer = Balancer::new(
+            policy,
+            endpoints.iter().map(|e| e.weight).collect(),
+            Arc::clone(&balancer_state),
+        );
+        Ok(Cluster {
+            name: c.name.as_str().into(),
+            protocol,
+            connect_timeout,
+            idle_timeout,
+            endpoints,
+            balancer,
+            service,
+            client,
+            balancer_state,
+        })
+    }
+
+    /// Pick an endpoint with the cluster's balancer.
+    pub fn pick(&self) -> Option<&Endpoint> {
+        let i = self.balancer.pick(|i| {
+            self.endpoints.get(i).map_or(0, |e| {
+                e.state.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+            })
+        })?;
+        self.endpoints.get(i)
+    }
+}
+
+impl ServiceLabels {
+    fn from_metadata(m: Option<&Metadata>) -> ServiceLabels {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let svc = m
+            .and_then(|m| m.filter_metadata.get("istio"))
+            .and_then(|s| s.fields.get("services"))
+            .and_then(|v| match &v.kind {
+                Some(Kind::ListValue(l)) => l.values.first(),
+                _ => None,
+            })
+            .and_then(|v| match &v.kind {
+                Some(Kind::StructValue(s)) => Some(s),
+                _ => None,
+            });
+        let get = |k: &str| {
+            svc.and_then(|s| istio_string(s, k))
+                .unwrap_or("unknown")
+                .to_string()
+        };
+        ServiceLabels {
+            host: get("host"),
+            name: get("name"),
+            namespace: get("namespace"),
+        }
+    }
+}
+
+impl WorkloadLabels {
+    fn from_metadata(m: Option<&Metadata>) -> WorkloadLabels {
+        let s = m.and_then(|m| m.filter_metadata.get("istio"));
+        let get = |k: &str| {
+            s.and_then(|s| istio_string(s, k))
+                .unwrap_or("unknown")
+                .to_string()
+        };
+        WorkloadLabels {
+            workload: get("workload"),
+            namespace: get("namespace"),
+            app: get("app"),
+            version: get("version"),
+        }
+    }
+}
+
+fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>), String> {
+    let Some(any) = c.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
+        return Ok((UpstreamProtocol::Http1, None));
+    };
+    let opts = HttpProtocolOptions::decode(any.value.as_slice())
+        .map_err(|e| format!("{HTTP_OPTIONS} does not decode: {e}"))?;
+    let idle = opts
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.idle_timeout.as_ref())
+        .map(duration);
+    let protocol = match &opts.upstream_protocol_options {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
+            Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+            Some(ProtocolConfig::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+            Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                return Err("HTTP/3 upstreams are not supported".into());
+            }
+        },
+        None => UpstreamProtocol::Http1,
+        Some(_) => return Err("only explicit_http_config is supported".into()),
+    };
+    Ok((protocol, idle))
+}
+
+fn endpoints(
+    a: &ClusterLoadAssignment,
+    resolve_dns: bool,
+    prev: Option<&Cluster>,
+) -> Result<Vec<Endpoint>, (String, String)> {
+    // Only the best (lowest) priority that has endpoints is used; failover is a later issue.
+    let best = a
+        .endpoints
+        .iter()
+        .filter(|l| !l.lb_endpoints.is_empty())
+        .map(|l| l.priority)
+        .min();
+    let mut out = Vec::new();
+    for (li, loc) in a.endpoints.iter().enumerate() {
+        if Some(loc.priority) != best {
+            continue;
+        }
+        let locality = loc
+            .locality
+            .as_ref()
+            .map_or_else(Locality::default, |l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                subzone: l.sub_zone.clone(),
+            });
+        for (ei, lb) in loc.lb_endpoints.iter().enumerate() {
+            let field = format!("endpoints[{li}].lb_endpoints[{ei}]");
+            // UNHEALTHY, DRAINING and TIMEOUT endpoints take no traffic.
+            if matches!(lb.health_status, 2..=4) {
+                continue;
+            }
+            let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                return Err((field, "missing endpoint".into()));
+            };
+            let Some(Address::SocketAddress(sa)) =
+                ep.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                return Err((
+                    format!("{field}.endpoint.address"),
+                    "missing socket_address".into(),
+                ));
+            };
+            let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                return Err((
+                    format!("{field}.endpoint.address"),
+                    "missing port_value".into(),
+                ));
+            };
+            let port = u16::try_from(port).map_err(|_| {
+                (
+                    format!("{field}.endpoint.address"),
+                    format!("port {port} out of range"),
+                )
+            })?;
+            let addr = match resolve(&sa.address, port, resolve_dns) {
+                Ok(a) => a,
+                // A name that does not resolve yet leaves the endpoint out (Envoy's STRICT_DNS).
+                Err(why) if resolve_dns => {
+                    tracing::warn!(endpoint = %sa.address, "{why}; endpoint skipped");
+                    continue;
+                }
+                Err(why) => {
+                    let f = format!("{field}.endpoint.address.socket_address.address");
+                    return Err((f, why));
+                }
+            };
+            let weight = lb
+                .load_balancing_weight
+                .as_ref()
+                .map_or(1, |w| w.value.max(1));
+            let authority = Authority::try_from(addr.to_string().as_str())
+                .map_err(|e| (field.clone(), format!("address {addr}: {e}")))?;
+            let state = prev
+                .and_then(|p| p.endpoints.iter().find(|e| e.addr == addr))
+                .map(|e| Arc::clone(&e.state))
+                .unwrap_or_default();
+            out.push(Endpoint {
+                addr,
+                authority,
+                weight,
+                locality: locality.clone(),
+                workload: WorkloadLabels::from_metadata(lb.metadata.as_ref()),
+                state,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn resolve(host: &str, port: u16, dns: bool) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if !dns {
+        return Err(format!(
+            "{host:?} is not an IP address (use a STRICT_DNS cluster for names)"
+        ));
+    }
+    // Resolved once at config time; periodic re-resolution is a later issue.
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {host:?}: no addresses"))
+}
+
+fn new_client(
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    idle: Duration,
+) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(idle)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    if protocol == UpstreamProtocol::Http2 {
+        b.http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_adaptive_window(true);
+    }
+    b.build(connector)
+}

@@ -1,0 +1,204 @@
+//! Listeners for the hot path: address, HTTP connection manager settings (limits, timeouts,
+//! header policy) and where the routes come from. Built from an LDS `Listener` whose first
+//! filter is the HTTP connection manager. Binding and serving live in `crate::listeners`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
+use envoy_types::pb::envoy::config::listener::v3::{Listener as XListener, filter::ConfigType};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use prost::Message;
+
+use super::cluster::Cluster;
+use super::route::RouteTable;
+use super::{RuntimeError, duration};
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER: &str = "envoy.filters.http.router";
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: Arc<str>,
+    /// Configured address (port 0 binds an ephemeral port; see `crate::listeners`).
+    pub addr: SocketAddr,
+    pub settings: HttpSettings,
+    pub routes: RouteSource,
+}
+
+#[derive(Debug)]
+pub enum RouteSource {
+    /// `rds.route_config_name`: looked up by name in the same snapshot.
+    Rds(Arc<str>),
+    Inline(Arc<RouteTable>),
+}
+
+/// HTTP connection manager settings, with Envoy/Istio defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub stat_prefix: String,
+    /// Edge: append the peer address to `x-forwarded-for`, set `x-forwarded-proto`.
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    /// Connection idle timeout (no requests in flight).
+    pub idle_timeout: Duration,
+    pub max_headers_count: usize,
+    pub max_request_headers_bytes: usize,
+    pub request_headers_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            stat_prefix: String::new(),
+            use_remote_address: false,
+            xff_num_trusted_hops: 0,
+            idle_timeout: Duration::from_secs(3600),
+            max_headers_count: 100,
+            max_request_headers_bytes: 60 * 1024,
+            request_headers_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(300),
+            max_concurrent_streams: 100,
+            generate_request_id: true,
+            preserve_external_request_id: false,
+        }
+    }
+}
+
+impl Listener {
+    pub fn compile(
+        l: &XListener,
+        clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+    ) -> Result<Listener, RuntimeError> {
+        let err = |field: &str, reason: String| RuntimeError::Listener {
+            name: l.name.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        let Some(Address::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.as_ref())
+        else {
+            return Err(err("address", "missing socket_address".into()));
+        };
+        let ip: IpAddr = sa.address.parse().map_err(|_| {
+            err(
+                "address.socket_address.address",
+                format!("{:?} is not an IP address", sa.address),
+            )
+        })?;
+        let port = match sa.port_specifier {
+            Some(PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| {
+                err(
+                    "address.socket_address.port_value",
+                    format!("{p} out of range"),
+                )
+            })?,
+            _ => return Err(err("address.socket_address.port_value", "missing".into())),
+        };
+        let chain = l
+            .filter_chains
+            .first()
+            .ok_or_else(|| err("filter_chains", "empty".into()))?;
+        let filter = chain
+            .filters
+            .first()
+            .ok_or_else(|| err("filter_chains[0].filters", "empty".into()))?;
+        if filter.name != HCM {
+            return Err(err(
+                "filter_chains[0].filters[0].name",
+                format!("{:?} is not supported; expected {HCM}", filter.name),
+            ));
+        }
+        let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
+            return Err(err(
+                "filter_chains[0].filters[0].typed_config",
+                "missing".into(),
+            ));
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
+            err(
+                "filter_chains[0].filters[0].typed_config",
+                format!("does not decode as HttpConnectionManager: {e}"),
+            )
+        })?;
+        for (i, f) in hcm.http_filters.iter().enumerate() {
+            if f.name != ROUTER {
+                return Err(err(
+                    &format!("http_filters[{i}].name"),
+                    format!("{:?} is not supported yet; only {ROUTER}", f.name),
+                ));
+            }
+        }
+        let routes = match &hcm.route_specifier {
+            Some(RouteSpecifier::Rds(r)) => RouteSource::Rds(r.route_config_name.as_str().into()),
+            Some(RouteSpecifier::RouteConfig(rc)) => {
+                RouteSource::Inline(Arc::new(RouteTable::compile(rc, clusters)?))
+            }
+            _ => {
+                return Err(err(
+                    "http_connection_manager.route_specifier",
+                    "need rds or route_config".into(),
+                ));
+            }
+        };
+        Ok(Listener {
+            name: l.name.as_str().into(),
+            addr: SocketAddr::new(ip, port),
+            settings: HttpSettings::from_hcm(&hcm),
+            routes,
+        })
+    }
+}
+
+impl HttpSettings {
+    fn from_hcm(h: &HttpConnectionManager) -> HttpSettings {
+        let d = HttpSettings::default();
+        let common = h.common_http_protocol_options.as_ref();
+        let zero_is_none = |v: Duration, default: Duration| if v.is_zero() { default } else { v };
+        HttpSettings {
+            stat_prefix: h.stat_prefix.clone(),
+            use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
+            xff_num_trusted_hops: h.xff_num_trusted_hops,
+            idle_timeout: common
+                .and_then(|c| c.idle_timeout.as_ref())
+                .map_or(d.idle_timeout, |t| {
+                    zero_is_none(duration(t), Duration::from_secs(u64::from(u32::MAX)))
+                }),
+            max_headers_count: common
+                .and_then(|c| c.max_headers_count.as_ref())
+                .map_or(d.max_headers_count, |v| v.value.max(1) as usize),
+            max_request_headers_bytes: h
+                .max_request_headers_kb
+                .as_ref()
+                .map_or(d.max_request_headers_bytes, |v| {
+                    v.value.clamp(1, 8192) as usize * 1024
+                }),
+            request_headers_timeout: h
+                .request_headers_timeout
+                .as_ref()
+                .map_or(d.request_headers_timeout, |t| {
+                    zero_is_none(duration(t), d.request_headers_timeout)
+                }),
+            stream_idle_timeout: h
+                .stream_idle_timeout
+                .as_ref()
+                .map_or(d.stream_idle_timeout, |t| {
+                    zero_is_none(duration(t), Duration::from_secs(u64::from(u32::MAX)))
+                }),
+            max_concurrent_streams: h
+                .http2_protocol_options
+                .as_ref()
+                .and_then(|o| o.max_concurrent_streams.as_ref())
+                .map_or(d.max_concurrent_streams, |v| v.value.max(1)),
+            generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
+            preserve_external_request_id: h.preserve_external_request_id,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Starting Trellis binaries the way end-to-end tests need them: a
+//! `trellis sample-app` on a free port, and a `trellis-proxy` on a config
+//! directory, each returned only once it is actually serving.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::{Process, bin_path, free_port, http_get, wait_for_port, wait_until};
+
+/// How long a binary may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts `trellis sample-app --name NAME --version VERSION` on a free port
+/// and waits until it accepts connections.
+pub fn sample_app(name: &str, version: &str) -> (Process, u16) {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let args = [
+        "sample-app",
+        "--name",
+        name,
+        "--version",
+        version,
+        "--port",
+        &port_arg,
+    ];
+    let mut process = Process::spawn(bin_path("trellis"), args, &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if !wait_for_port(addr, START_TIMEOUT) {
+        panic!(
+            "sample-app {name}/{version} did not listen on {addr}: {}",
+            process.describe()
+        );
+    }
+    (process, port)
+}
+
+/// Starts `trellis-proxy --config-dir DIR --bind-address 127.0.0.1
+/// --admin-port <free> ARGS…` and waits until its admin `/ready` answers 200.
+/// Returns the process and its admin port.
+pub fn proxy(config_dir: &Path, args: &[&str]) -> (Process, u16) {
+    let admin_port = free_port();
+    let admin_arg = admin_port.to_string();
+    let dir = config_dir.to_string_lossy();
+    let mut full_args = vec![
+        "--config-dir",
+        &dir,
+        "--bind-address",
+        "127.0.0.1",
+        "--admin-port",
+        &admin_arg,
+    ];
+    full_args.extend_from_slice(args);
+    let mut process = Process::spawn(bin_path("trellis-proxy"), &full_args, &[]);
+    let ready = format!("http://127.0.0.1:{admin_port}/ready");
+    let is_ready = wait_until(START_TIMEOUT, || {
+        http_get(&ready).0 == 200 || process.try_wait().is_some()
+    });
+    if !is_ready || process.try_wait().is_some() {
+        panic!(
+            "trellis-proxy did not become ready at {ready}: {}",
+            process.describe()
+        );
+    }
+    (process, admin_port)
+}

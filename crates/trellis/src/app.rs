@@ -1,0 +1,35 @@
+//! Wiring of the `trellis` binary: the one place that maps a parsed [`Cli`]
+//! onto the sub-command modules, builds the tokio runtime and turns errors
+//! into exit codes. It holds no behaviour of its own.
+
+use std::process::ExitCode;
+
+use crate::{Cli, Command, sample_app, up, validate};
+
+/// Runs the chosen sub-command and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&args.path),
+        Command::SampleApp(args) => runtime().and_then(|rt| {
+            rt.block_on(sample_app::run(sample_app::SampleAppConfig::from(args)))
+                .map(|()| ExitCode::SUCCESS)
+        }),
+        Command::Up(args) => {
+            runtime().and_then(|rt| rt.block_on(up::run(up::UpConfig::from(args))))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("trellis: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
