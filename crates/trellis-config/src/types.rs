@@ -103,7 +103,14 @@ pub struct Percent {
     pub value: f64,
 }
 
-/// Istio `WorkloadSelector` (`matchLabels`).
+/// Istio `networking.v1` `WorkloadSelector` (`labels`), as in `ServiceEntry.workloadSelector`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LabelSelector {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Istio `type.v1beta1` `WorkloadSelector` (`matchLabels`), as in `DestinationRule.workloadSelector`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct WorkloadSelector {

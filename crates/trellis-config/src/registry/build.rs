@@ -56,7 +56,7 @@ fn from_service_entry(
     let selector = spec
         .workload_selector
         .as_ref()
-        .map(|s| s.match_labels.clone())
+        .map(|s| s.labels.clone())
         .unwrap_or_default();
     let mut endpoints: Vec<Endpoint> = spec
         .endpoints

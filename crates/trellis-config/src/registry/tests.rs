@@ -41,7 +41,7 @@ spec:
   resolution: STATIC
   ports: [{number: 80, name: http}]
   workloadSelector:
-    matchLabels: {app: vm}
+    labels: {app: vm}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry

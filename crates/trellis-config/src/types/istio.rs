@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Duration, Percent, StringMatch, WorkloadSelector};
+use super::{Duration, LabelSelector, Percent, StringMatch, WorkloadSelector};
 
 /// Shared derive set for config structs: everything optional, Istio camelCase names.
 macro_rules! config_struct {
@@ -697,7 +697,7 @@ config_struct! {
         pub location: Option<Location>,
         pub resolution: Option<ResolutionMode>,
         pub endpoints: Vec<WorkloadEntry>,
-        pub workload_selector: Option<WorkloadSelector>,
+        pub workload_selector: Option<LabelSelector>,
         pub export_to: Vec<String>,
         pub subject_alt_names: Vec<String>,
     }

@@ -1,8 +1,9 @@
 //! Load balancers: pick one endpoint of a cluster per request without locks.
 //!
-//! LEAST_REQUEST is power-of-two-choices on in-flight counts (with unequal weights the two
-//! candidates are drawn by weight and compared on `(active + 1) / weight`, as Envoy's weighted
-//! least-request does with the default bias of 1); ROUND_ROBIN follows a precomputed smooth
+//! LEAST_REQUEST is power-of-two-choices on in-flight counts; with unequal weights it follows
+//! Envoy's weighted least-request (default bias 1): effective weight `weight / (active + 1)`, so an
+//! idle cluster splits exactly by weight (a weighted draw over every endpoint up to 32 endpoints,
+//! two uniform candidates compared on `(active + 1) / weight` beyond); ROUND_ROBIN follows a precomputed smooth
 //! weighted schedule indexed by an atomic counter; RANDOM draws by weight. Owns picking only;
 //! it never connects.
 
@@ -18,6 +19,9 @@ pub enum LbPolicy {
     LeastRequest,
     Random,
 }
+
+/// Up to this many endpoints, weighted LEAST_REQUEST picks over every endpoint's effective weight.
+const WEIGHTED_LEAST_REQUEST_MAX: usize = 32;
 
 /// Per-endpoint state that survives config changes (carried over by cluster and address).
 #[derive(Debug, Default)]
@@ -108,23 +112,41 @@ impl Balancer {
                     self.schedule[k % self.schedule.len()] as usize
                 }
             }
+            LbPolicy::LeastRequest if !self.equal && n <= WEIGHTED_LEAST_REQUEST_MAX => {
+                self.weighted_least_request(&in_flight)
+            }
             LbPolicy::LeastRequest => {
-                let a = self.draw();
-                let mut b = self.draw();
-                if b == a && self.equal {
-                    b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                }
+                // Power of two choices, drawn uniformly; with unequal weights (large clusters only)
+                // the comparison is on (active + 1) / weight, without division.
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 let (la, lb) = (in_flight(a), in_flight(b));
-                if self.equal {
-                    if lb < la { b } else { a }
-                } else {
-                    // Compare (active + 1) / weight without division.
-                    let sa = (la + 1) * u64::from(self.weights[b]);
-                    let sb = (lb + 1) * u64::from(self.weights[a]);
-                    if sb < sa { b } else { a }
-                }
+                let sa = (la + 1) * u64::from(self.weights[b]);
+                let sb = (lb + 1) * u64::from(self.weights[a]);
+                if sb < sa { b } else { a }
             }
         })
+    }
+
+    /// Envoy's weighted LEAST_REQUEST: each endpoint's effective weight is
+    /// `weight / (active + 1)`, so an idle cluster follows the configured weights exactly and busy
+    /// endpoints are picked less. A weighted random draw over those (O(n), small clusters only).
+    fn weighted_least_request(&self, in_flight: &impl Fn(usize) -> u64) -> usize {
+        let n = self.weights.len();
+        let mut effective = [0f64; WEIGHTED_LEAST_REQUEST_MAX];
+        let mut total = 0f64;
+        for (i, slot) in effective.iter_mut().enumerate().take(n) {
+            *slot = f64::from(self.weights[i]) / (in_flight(i) + 1) as f64;
+            total += *slot;
+        }
+        let mut r = fastrand::f64() * total;
+        for (i, e) in effective.iter().enumerate().take(n) {
+            if r < *e {
+                return i;
+            }
+            r -= e;
+        }
+        n - 1
     }
 
     /// A weighted random index.
@@ -238,7 +260,11 @@ mod tests {
     fn least_request_weighted_when_idle_follows_weights() {
         let b = Balancer::new(LbPolicy::LeastRequest, vec![4, 1], Arc::default());
         let c = counts(&b, 2, 20_000, &[0, 0]);
-        assert!(c[0] > c[1] * 3, "{c:?}");
+        // 4:1 → 80% ± 2 points, as Envoy's weighted least-request does when idle.
+        assert!((15_600..=16_400).contains(&c[0]), "{c:?}");
+        let b = Balancer::new(LbPolicy::LeastRequest, vec![3, 1, 1], Arc::default());
+        let c = counts(&b, 3, 20_000, &[0, 0, 0]);
+        assert!((11_600..=12_400).contains(&c[0]), "{c:?}");
     }
 
     #[test]

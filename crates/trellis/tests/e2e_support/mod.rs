@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -85,7 +85,13 @@ spec:
 }
 
 /// A STATIC `ServiceEntry` for `host` (port `number`, `protocol`) with `endpoints` on 127.0.0.1.
-pub fn service_entry_yaml(name: &str, host: &str, number: u16, protocol: &str, eps: &[Ep]) -> String {
+pub fn service_entry_yaml(
+    name: &str,
+    host: &str,
+    number: u16,
+    protocol: &str,
+    eps: &[Ep],
+) -> String {
     let port_name = protocol.to_ascii_lowercase();
     let mut out = format!(
         r#"apiVersion: networking.istio.io/v1
@@ -127,7 +133,9 @@ spec:
 "#
     );
     if let Some(lb) = lb {
-        out.push_str(&format!("  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}\n"));
+        out.push_str(&format!(
+            "  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}\n"
+        ));
     }
     if !subsets.is_empty() {
         out.push_str("  subsets:\n");
@@ -280,7 +288,12 @@ impl H1Client {
     }
 
     /// `GET path` with `Host: host` and `headers`.
-    pub fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Resp> {
+    pub fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Resp> {
         self.request("GET", host, path, headers, "")
     }
 
