@@ -2,11 +2,11 @@
 //! type mismatches, unknown fields, duplicate keys and unknown enum values are recorded
 //! with their field path and position, and a neutral value is handed to the visitor so
 //! that deserialization continues and every problem is reported at once. It also records
-//! the position of every field path for the validation pass. It must not validate
+//! the position of every field path for the validation pass, compactly: a 64-bit hash of
+//! (object, path) and a 32-bit line and column, never the path text. It must not validate
 //! semantics (required fields, ranges): that is `validate.rs`.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::value::StrDeserializer;
@@ -26,15 +26,24 @@ pub(crate) struct FieldError {
     pub substituted: bool,
 }
 
-/// Positions of field paths within one object; see [`Spans::locate`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Spans(BTreeMap<String, (usize, usize)>);
+/// Positions of the field paths of every loaded object, looked up by (file, object line,
+/// path) with [`SpanIndex::locate`]. Stores 16 bytes per path: its hash and its position.
+#[derive(Debug, Default)]
+pub(crate) struct SpanIndex {
+    /// `(hash of object and path, line, col)`, sorted by hash once [`SpanIndex::seal`]ed.
+    entries: Vec<(u64, u32, u32)>,
+}
+
+/// The hash state of an object (its file and line); paths within it continue from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ObjectKey(u64);
 
 /// Shared state of one deserialization: collected errors and positions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Collector {
     pub errors: RefCell<Vec<FieldError>>,
-    pub spans: RefCell<Spans>,
+    object: ObjectKey,
+    spans: RefCell<Vec<(u64, u32, u32)>>,
 }
 
 /// The only error the deserializer itself returns: a visitor gave up (already recorded).
@@ -63,24 +72,69 @@ struct MapAcc<'a> {
 
 struct UnitVariant(&'static str);
 
-impl Spans {
-    pub fn insert(&mut self, path: &str, line: usize, col: usize) {
-        self.0.entry(path.to_string()).or_insert((line, col));
+impl ObjectKey {
+    pub fn new(file: &str, line: usize) -> ObjectKey {
+        let mut h = fnv(FNV_OFFSET, file.as_bytes());
+        h = fnv(h, &[0xff]);
+        ObjectKey(fnv(h, &(line as u64).to_le_bytes()))
     }
 
-    pub fn get(&self, path: &str) -> Option<(usize, usize)> {
-        self.0.get(path).copied()
+    fn path(self, path: &str) -> u64 {
+        fnv(self.0, path.as_bytes())
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64 bit), continuing from `state`.
+fn fnv(mut state: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        state ^= u64::from(*b);
+        state = state.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    state
+}
+
+impl SpanIndex {
+    /// Adds one object's positions (the first position recorded for a path wins).
+    pub fn extend(&mut self, collector: Collector) {
+        self.entries.append(&mut collector.spans.into_inner());
     }
 
-    /// Position of `path`, or of its closest recorded ancestor.
-    pub fn locate(&self, path: &str) -> Option<(usize, usize)> {
+    /// Number of positions recorded (to roll back a file that turned out to be invalid).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.entries.truncate(len);
+    }
+
+    /// Sorts for lookup; call once loading is done.
+    pub fn seal(&mut self) {
+        // Stable: among equal keys the first recorded stays first and survives the dedup.
+        self.entries.sort_by_key(|e| e.0);
+        self.entries.dedup_by_key(|e| e.0);
+        self.entries.shrink_to_fit();
+    }
+
+    fn get(&self, key: u64) -> Option<(usize, usize)> {
+        let i = self.entries.binary_search_by_key(&key, |e| e.0).ok()?;
+        let (_, line, col) = self.entries[i];
+        Some((line as usize, col as usize))
+    }
+
+    /// Position of `path` within the object at (`file`, `line`), or of its closest recorded
+    /// ancestor; falls back to the object's line.
+    pub fn locate(&self, file: &str, line: usize, path: &str) -> (usize, usize) {
+        let object = ObjectKey::new(file, line);
         let mut p = path;
         loop {
-            if let Some(pos) = self.get(p) {
-                return Some(pos);
+            if let Some(pos) = self.get(object.path(p)) {
+                return pos;
             }
             if p.is_empty() {
-                return None;
+                return (line, 1);
             }
             p = parent_path(p);
         }
@@ -111,6 +165,15 @@ pub(crate) fn child_path(parent: &str, key: &str) -> String {
 }
 
 impl Collector {
+    /// A collector for the object at `object`.
+    pub fn new(object: ObjectKey) -> Collector {
+        Collector {
+            errors: RefCell::default(),
+            object,
+            spans: RefCell::default(),
+        }
+    }
+
     /// A problem that leaves the field as decoded (unknown or duplicate keys).
     fn error(&self, node: &Node, path: &str, message: String) {
         self.push(node, path, message, false);
@@ -132,7 +195,10 @@ impl Collector {
     }
 
     fn span(&self, path: &str, node: &Node) {
-        self.spans.borrow_mut().insert(path, node.line, node.col);
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.spans
+            .borrow_mut()
+            .push((self.object.path(path), to_u32(node.line), to_u32(node.col)));
     }
 
     /// Deserializes `node` as `T`, collecting problems. `None` only if a visitor gave up.

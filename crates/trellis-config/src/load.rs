@@ -3,16 +3,16 @@
 //! Then runs validation and analysis. Owns file walking and kind dispatch; field-level
 //! decoding is `de.rs`, rules are `validate.rs` and `analyze.rs`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::de::{Collector, Spans};
+pub(crate) use crate::de::SpanIndex;
+use crate::de::{Collector, ObjectKey};
 use crate::diag::{Diagnostic, Diagnostics, Severity, closest};
 use crate::registry::Registry;
 use crate::types::*;
-use crate::yaml::{Node, NodeKind, parse_documents};
+use crate::yaml::{Node, NodeKind, for_each_document};
 use crate::{Loaded, analyze, validate};
 
 /// Istio networking API versions we accept.
@@ -52,10 +52,6 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "GatewayClass",
 ];
 
-/// Positions of every resource's field paths, keyed by (file, line of the object).
-#[derive(Debug, Default)]
-pub(crate) struct SpanIndex(HashMap<(String, usize), Spans>);
-
 /// Accumulates resources and diagnostics across files.
 #[derive(Default)]
 pub(crate) struct Loader {
@@ -64,6 +60,14 @@ pub(crate) struct Loader {
     spans: SpanIndex,
     /// (file, resource, path) of fields that hold a neutral value after a decode error.
     substituted: Vec<(String, String, String)>,
+}
+
+/// Lengths of everything a file adds to, to undo it.
+struct Checkpoint {
+    diagnostics: usize,
+    substituted: usize,
+    spans: usize,
+    resources: [usize; 7],
 }
 
 #[derive(Deserialize, Default)]
@@ -85,16 +89,6 @@ struct EndpointSliceDoc {
     address_type: String,
     endpoints: Vec<SliceEndpoint>,
     ports: Vec<SlicePort>,
-}
-
-impl SpanIndex {
-    /// Position of `path` within the resource at (`file`, `line`); falls back to the object.
-    pub fn locate(&self, file: &str, line: usize, path: &str) -> (usize, usize) {
-        self.0
-            .get(&(file.to_string(), line))
-            .and_then(|s| s.locate(path))
-            .unwrap_or((line, 1))
-    }
 }
 
 /// `VirtualService default/reviews`.
@@ -142,23 +136,65 @@ impl Loader {
         }
     }
 
+    /// Loads each document as soon as it is parsed and drops its tree. A syntax error
+    /// anywhere in the file discards what the file's earlier documents added: a file with
+    /// invalid YAML reports only that error.
     pub fn load_str(&mut self, file: &str, src: &str) {
-        match parse_documents(src) {
-            Ok(docs) => {
-                for doc in &docs {
-                    self.load_object(file, doc, true);
-                }
-            }
-            Err(e) => self
-                .diagnostics
-                .push(Diagnostic::error(file, e.line, e.col, e.message)),
+        let checkpoint = self.checkpoint();
+        if let Err(e) = for_each_document(src, |doc| self.load_object(file, &doc, true)) {
+            self.rollback(checkpoint);
+            self.diagnostics
+                .push(Diagnostic::error(file, e.line, e.col, e.message));
         }
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        // Exhaustive, so that a new kind cannot be forgotten here.
+        let Snapshot {
+            virtual_services,
+            destination_rules,
+            gateways,
+            service_entries,
+            workload_entries,
+            services,
+            endpoint_slices,
+        } = &self.snapshot;
+        Checkpoint {
+            diagnostics: self.diagnostics.len(),
+            substituted: self.substituted.len(),
+            spans: self.spans.len(),
+            resources: [
+                virtual_services.len(),
+                destination_rules.len(),
+                gateways.len(),
+                service_entries.len(),
+                workload_entries.len(),
+                services.len(),
+                endpoint_slices.len(),
+            ],
+        }
+    }
+
+    fn rollback(&mut self, to: Checkpoint) {
+        self.diagnostics.truncate(to.diagnostics);
+        self.substituted.truncate(to.substituted);
+        self.spans.truncate(to.spans);
+        let s = &mut self.snapshot;
+        let [vs, dr, gw, se, we, svc, es] = to.resources;
+        s.virtual_services.truncate(vs);
+        s.destination_rules.truncate(dr);
+        s.gateways.truncate(gw);
+        s.service_entries.truncate(se);
+        s.workload_entries.truncate(we);
+        s.services.truncate(svc);
+        s.endpoint_slices.truncate(es);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
     pub fn finish(mut self) -> Result<Loaded, Diagnostics> {
         // A field that failed to decode holds a neutral value: do not also report the
         // rules that value breaks.
+        self.spans.seal();
         let substituted = std::mem::take(&mut self.substituted);
         let shadowed = |d: &Diagnostic| {
             substituted.iter().any(|(file, resource, path)| {
@@ -262,7 +298,7 @@ impl Loader {
             self.error(file, at, &label, "apiVersion", message);
             return;
         }
-        let ctx = Collector::default();
+        let ctx = Collector::new(ObjectKey::new(file, node.line));
         match kind {
             "List" if allow_list => return self.load_list(file, node),
             "VirtualService" => {
@@ -321,7 +357,7 @@ impl Loader {
                 return;
             }
         }
-        for e in ctx.errors.into_inner() {
+        for e in ctx.errors.take() {
             if e.substituted {
                 self.substituted
                     .push((file.to_string(), label.clone(), e.path.clone()));
@@ -336,9 +372,7 @@ impl Loader {
                 message: e.message,
             });
         }
-        self.spans
-            .0
-            .insert((file.to_string(), node.line), ctx.spans.into_inner());
+        self.spans.extend(ctx);
     }
 
     fn decode<T: serde::de::DeserializeOwned + Default>(

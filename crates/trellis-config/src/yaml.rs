@@ -48,8 +48,8 @@ pub enum CoreScalar<'a> {
     Str(&'a str),
 }
 
-struct Builder {
-    docs: Vec<Node>,
+struct Builder<F> {
+    on_document: F,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     alias_budget: usize,
@@ -138,9 +138,19 @@ impl Node {
 }
 
 /// Parses a multi-document YAML stream. Empty documents are dropped.
+#[cfg(test)]
 pub fn parse_documents(src: &str) -> Result<Vec<Node>, SyntaxError> {
+    let mut docs = Vec::new();
+    for_each_document(src, |doc| docs.push(doc))?;
+    Ok(docs)
+}
+
+/// Parses a multi-document YAML stream and hands each non-empty document to `on_document`
+/// as soon as it is complete, so only one document's tree is alive at a time. On a syntax
+/// error, documents before it have already been handed out; the caller discards them.
+pub fn for_each_document(src: &str, on_document: impl FnMut(Node)) -> Result<(), SyntaxError> {
     let mut builder = Builder {
-        docs: Vec::new(),
+        on_document,
         stack: Vec::new(),
         anchors: HashMap::new(),
         alias_budget: ALIAS_NODE_BUDGET,
@@ -155,10 +165,10 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, SyntaxError> {
             message: format!("invalid YAML: {}", e.info()),
         });
     }
-    if let Some(e) = builder.error {
-        return Err(e);
+    match builder.error {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(builder.docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 /// YAML 1.2 core schema resolution of a plain scalar.
@@ -221,7 +231,7 @@ fn is_core_float(s: &str) -> bool {
     mantissa_ok && exp_ok
 }
 
-impl Builder {
+impl<F: FnMut(Node)> Builder<F> {
     fn fail(&mut self, mark: Marker, message: String) {
         if self.error.is_none() {
             self.error = Some(SyntaxError {
@@ -238,7 +248,9 @@ impl Builder {
             self.anchors.insert(anchor, node.clone());
         }
         let Some(top) = self.stack.last_mut() else {
-            self.docs.push(node);
+            if !node.is_null() {
+                (self.on_document)(node);
+            }
             return;
         };
         match &mut top.node.kind {
@@ -252,7 +264,7 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+impl<F: FnMut(Node)> MarkedEventReceiver for Builder<F> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         if self.error.is_some() {
             return;

@@ -41,8 +41,44 @@ GET /stats/prometheus  metrics, Prometheus text format (also /metrics)\n";
 #[derive(Clone)]
 pub struct AdminState {
     pub telemetry: Arc<Telemetry>,
-    pub resources: Arc<ArcSwap<trellis_xds::Resources>>,
+    pub resources: Arc<ArcSwap<EncodedResources>>,
     pub ready: Arc<AtomicBool>,
+}
+
+/// The xDS resources being served, kept protobuf-encoded (a tenth of the decoded size) and
+/// decoded only when `/config_dump` asks.
+#[derive(Debug, Default)]
+pub struct EncodedResources {
+    pub version: String,
+    listeners: Vec<u8>,
+    routes: Vec<u8>,
+    clusters: Vec<u8>,
+    endpoints: Vec<u8>,
+}
+
+impl EncodedResources {
+    /// The resources back as messages.
+    pub fn decode(&self) -> Result<trellis_xds::Resources, prost::DecodeError> {
+        Ok(trellis_xds::Resources {
+            version: self.version.clone(),
+            listeners: decode_all(&self.listeners)?,
+            routes: decode_all(&self.routes)?,
+            clusters: decode_all(&self.clusters)?,
+            endpoints: decode_all(&self.endpoints)?,
+        })
+    }
+}
+
+impl From<&trellis_xds::Resources> for EncodedResources {
+    fn from(r: &trellis_xds::Resources) -> EncodedResources {
+        EncodedResources {
+            version: r.version.clone(),
+            listeners: encode_all(&r.listeners),
+            routes: encode_all(&r.routes),
+            clusters: encode_all(&r.clusters),
+            endpoints: encode_all(&r.endpoints),
+        }
+    }
 }
 
 /// Binds `addr` and serves the admin endpoints forever.
@@ -132,8 +168,17 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-fn config_dump(resources: &trellis_xds::Resources) -> Response<Full<Bytes>> {
-    let dump = config_dump_json(resources);
+fn config_dump(encoded: &EncodedResources) -> Response<Full<Bytes>> {
+    let resources = match encoded.decode() {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored resources do not decode: {e}; this is a bug, please report it\n"),
+            );
+        }
+    };
+    let dump = config_dump_json(&resources);
     let mut body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
     body.push(b'\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -150,6 +195,31 @@ pub fn config_dump_json(resources: &trellis_xds::Resources) -> serde_json::Value
         "version": resources.version,
         "resources": trellis_xds::to_json(resources),
     })
+}
+
+/// Length-delimited messages, back to back.
+fn encode_all<M: prost::Message>(messages: &[M]) -> Vec<u8> {
+    let len: usize = messages
+        .iter()
+        .map(|m| {
+            let n = m.encoded_len();
+            n + prost::length_delimiter_len(n)
+        })
+        .sum();
+    let mut buf = Vec::with_capacity(len);
+    for m in messages {
+        // Cannot fail: the buffer has exactly the room the messages need.
+        let _ = m.encode_length_delimited(&mut buf);
+    }
+    buf
+}
+
+fn decode_all<M: prost::Message + Default>(mut buf: &[u8]) -> Result<Vec<M>, prost::DecodeError> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        out.push(M::decode_length_delimited(&mut buf)?);
+    }
+    Ok(out)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -200,7 +270,7 @@ mod tests {
         };
         let state = AdminState {
             telemetry: Arc::new(Telemetry::with_access_log(&proxy, AccessLogSink::Off)),
-            resources: Arc::new(ArcSwap::from_pointee(resources)),
+            resources: Arc::new(ArcSwap::from_pointee(EncodedResources::from(&resources))),
             ready: Arc::new(AtomicBool::new(false)),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -279,10 +349,10 @@ mod tests {
         admin
             .state
             .resources
-            .store(Arc::new(trellis_xds::Resources {
+            .store(Arc::new(EncodedResources::from(&trellis_xds::Resources {
                 version: "v8".into(),
                 ..Default::default()
-            }));
+            })));
         let (_, _, body) = request(admin.addr, "GET", "/config_dump").await;
         let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(dump["version"], "v8");

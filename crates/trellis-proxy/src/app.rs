@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use trellis_xds::{Locality, ProxyIdentity, Role};
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, EncodedResources};
 use crate::listeners::Listeners;
+use crate::memory;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
 use crate::source::DirSource;
@@ -112,6 +113,8 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rt = if threads <= 1 {
+        // One worker thread: one malloc arena is enough (the loader's thread shares it).
+        memory::limit_arenas(1);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -153,7 +156,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
     let mut listeners = Listeners::new(proxy);
     listeners.apply(&first)?;
-    let resources = Arc::new(ArcSwap::from_pointee(first));
+    let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::from(&first)));
+    drop(first);
+    memory::trim();
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
     let state = AdminState {
@@ -175,7 +180,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let watcher = source.watch(fingerprint, move |res| {
         listeners.apply(&res).map_err(|e| e.to_string())?;
-        resources.store(Arc::new(res));
+        resources.store(Arc::new(EncodedResources::from(&res)));
+        drop(res);
+        memory::trim();
         Ok(())
     });
     tokio::select! {

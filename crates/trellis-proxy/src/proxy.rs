@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -39,6 +39,8 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// `remote`'s IP rendered for `x-forwarded-for`, once per connection.
+    peer_ip: Option<HeaderValue>,
     /// Raised by `listeners::framing` when an HTTP/1 request is framed ambiguously.
     pub framing_violation: Arc<AtomicBool>,
     active: AtomicUsize,
@@ -61,6 +63,7 @@ impl ConnInfo {
             listener,
             remote,
             local,
+            peer_ip: headers::peer_value(remote.ip()),
             framing_violation: Arc::default(),
             active: AtomicUsize::new(0),
             opened: Instant::now(),
@@ -144,6 +147,7 @@ impl Proxy {
             sent: 0,
             complete: false,
             in_flight: None,
+            lease: None,
         });
         match forward(&runtime, conn, req, &mut log).await {
             Ok(resp) => Ok(upstream_response(resp, log)),
@@ -230,34 +234,40 @@ async fn forward(
     log.in_flight = Some(InFlight::new(&endpoint.state));
 
     headers::strip_hop_by_hop(&mut parts.headers);
-    log.request_id = headers::forwarding(&mut parts.headers, settings, conn.remote.ip());
+    log.request_id = headers::forwarding_from(&mut parts.headers, settings, conn.peer_ip.as_ref());
     log.xff = parts.headers.get(&X_FORWARDED_FOR).cloned();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(pq);
-    parts.uri = Uri::from_parts(uri).map_err(|e| {
-        Local::new(
-            StatusCode::BAD_REQUEST,
-            "DPE",
-            format!("cannot build upstream uri: {e}\n"),
-        )
-    })?;
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
+            // Origin form on the wire; only an absolute-form (or h2) request URI needs rewriting.
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                parts.uri = origin_form(&parts.uri);
+            }
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(HOST) {
                 parts.headers.insert(HOST, authority);
             }
         }
         UpstreamProtocol::Http2 => {
-            // The pool keys connections by endpoint, so :authority is the endpoint address;
-            // the client's authority travels in `host` only for HTTP/1 upstreams.
+            // The client's authority travels as :authority (the pool keys by endpoint, not URI).
+            let client = Authority::try_from(authority.as_bytes())
+                .unwrap_or_else(|_| endpoint.authority.clone());
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(client);
+            uri.path_and_query = Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            );
+            parts.uri = Uri::from_parts(uri).map_err(|e| {
+                Local::new(
+                    StatusCode::BAD_REQUEST,
+                    "DPE",
+                    format!("cannot build upstream uri: {e}\n"),
+                )
+            })?;
             parts.version = Version::HTTP_2;
             parts.headers.remove(HOST);
         }
@@ -265,9 +275,10 @@ async fn forward(
     let upstream_req =
         Request::from_parts(parts, RequestBody::new(body, Arc::clone(&log.received)));
     let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
-    let sent = tokio::time::timeout(wait, cluster.client.request(upstream_req)).await;
+    let sent = tokio::time::timeout(wait, endpoint.pool.send(upstream_req)).await;
     match sent {
-        Ok(Ok(mut resp)) => {
+        Ok(Ok((mut resp, lease))) => {
+            log.lease = lease;
             headers::strip_hop_by_hop(resp.headers_mut());
             Ok(resp)
         }
@@ -326,6 +337,14 @@ fn check_header_limits(
         ));
     }
     Ok(())
+}
+
+/// `/path?query` of `uri`.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

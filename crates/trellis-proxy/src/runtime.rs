@@ -7,6 +7,7 @@
 pub mod balancer;
 pub mod cluster;
 pub mod listener;
+pub mod pool;
 pub mod route;
 
 use std::collections::HashMap;

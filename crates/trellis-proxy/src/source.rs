@@ -1,6 +1,6 @@
 //! Config source for standalone mode: a directory of YAML loaded with `trellis_config` and
 //! compiled with `trellis_xds` for this proxy's identity, re-read when its content changes
-//! (polling: a fingerprint of paths, mtimes and sizes every 500 ms). Produces `Resources`; it
+//! (polling: a fingerprint of the YAML files' paths, mtimes and sizes every 500 ms). Produces `Resources`; it
 //! never touches the runtime itself (`app` applies what it yields).
 
 use std::collections::hash_map::DefaultHasher;
@@ -94,18 +94,35 @@ fn walk(path: &Path, h: &mut DefaultHasher) {
         return;
     };
     path.hash(h);
-    meta.len().hash(h);
-    if let Ok(m) = meta.modified() {
-        m.hash(h);
-    }
-    if meta.is_dir()
-        && let Ok(entries) = std::fs::read_dir(path)
-    {
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths {
-            walk(&p, h);
+    if !meta.is_dir() {
+        meta.len().hash(h);
+        if let Ok(m) = meta.modified() {
+            m.hash(h);
         }
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    // Only what the loader reads: no hidden entries, only `*.yaml`/`*.yml` files (a log file
+    // written into the directory must not trigger a reload).
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            let yaml = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == "yaml" || e == "yml");
+            !hidden && (yaml || p.is_dir())
+        })
+        .collect();
+    paths.sort();
+    for p in paths {
+        walk(&p, h);
     }
 }
 
@@ -127,6 +144,24 @@ mod tests {
         assert_eq!(b, src.fingerprint());
         std::fs::write(dir.path().join("a.yaml"), "x: 12\n")?;
         assert_ne!(b, src.fingerprint());
+        Ok(())
+    }
+
+    #[test]
+    fn fingerprint_ignores_files_the_loader_does_not_read() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("a.yaml"), "x: 1\n")?;
+        let src = DirSource {
+            dir: dir.path().to_path_buf(),
+            identity: ProxyIdentity::default(),
+        };
+        let a = src.fingerprint();
+        std::fs::write(dir.path().join("proxy.log"), "listening\n")?;
+        std::fs::write(dir.path().join(".a.yaml.tmp"), "x: 2\n")?;
+        assert_eq!(a, src.fingerprint());
+        std::fs::create_dir(dir.path().join("more"))?;
+        std::fs::write(dir.path().join("more").join("b.yml"), "y: 1\n")?;
+        assert_ne!(a, src.fingerprint());
         Ok(())
     }
 }

@@ -240,8 +240,8 @@ pub fn outbound(
             }
         }
     }
-    let mut clusters = Vec::new();
-    let mut assignments = Vec::new();
+    let mut clusters = Vec::with_capacity(wanted.len());
+    let mut assignments = Vec::with_capacity(wanted.len());
     for (host, port, subset) in &wanted {
         let (cluster, cla) = outbound_cluster(ctx, host, *port, subset);
         clusters.push(cluster);

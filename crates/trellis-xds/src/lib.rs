@@ -118,6 +118,7 @@ pub fn compile(
         }
     };
     let (mut clusters, endpoints) = cluster::outbound(&ctx, &refs);
+    clusters.reserve_exact(inbound.len());
     clusters.extend(inbound);
     let mut resources = Resources {
         version: String::new(),
@@ -126,27 +127,144 @@ pub fn compile(
         clusters,
         endpoints,
     };
-    resources.listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    resources.routes.sort_by(|a, b| a.name.cmp(&b.name));
-    resources.clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    resources
-        .endpoints
-        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    sort_by_name(&mut resources.listeners, |l| &l.name);
+    sort_by_name(&mut resources.routes, |r| &r.name);
+    sort_by_name(&mut resources.clusters, |c| &c.name);
+    sort_by_name(&mut resources.endpoints, |a| &a.cluster_name);
     resources.version = content_version(&resources);
     resources
 }
 
-/// A hash of everything but the version: FNV-1a (64 bit) over the JSON rendering, which, unlike
-/// the protobuf encoding of maps, has a stable order.
+/// Stable sort by name without a merge buffer of whole resources (a `Cluster` is ~3 KiB, so
+/// `sort_by` on 1,000 clusters would allocate megabytes): sorts indices, then permutes in place.
+fn sort_by_name<T>(items: &mut [T], name: impl Fn(&T) -> &str) {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| name(&items[a]).cmp(name(&items[b])));
+    // Position `j` must receive the item now at `order[j]`; follow each cycle once.
+    for start in 0..order.len() {
+        let mut j = start;
+        loop {
+            let k = order[j];
+            order[j] = j;
+            if k == start || k == j {
+                break;
+            }
+            items.swap(j, k);
+            j = k;
+        }
+    }
+}
+
+/// A hash of everything but the version: FNV-1a (64 bit) over the compact JSON rendering of
+/// [`to_json`] without `version`, which, unlike the protobuf encoding of maps, has a stable order.
+///
+/// The rendering is streamed into the hasher one resource at a time (keys in the sorted order
+/// `serde_json` maps use), so the JSON of the whole snapshot is never held in memory.
 pub fn content_version(resources: &Resources) -> String {
-    let mut content = json::to_json(resources);
-    if let Some(obj) = content.as_object_mut() {
-        obj.remove("version");
+    let mut hasher = Fnv1a::default();
+    hasher.bytes(b"{\"clusters\":");
+    hash_list(&mut hasher, &resources.clusters, json::cluster);
+    hasher.bytes(b",\"endpoints\":");
+    hash_list(&mut hasher, &resources.endpoints, json::load_assignment);
+    hasher.bytes(b",\"listeners\":");
+    hash_list(&mut hasher, &resources.listeners, json::listener);
+    hasher.bytes(b",\"routes\":");
+    hash_list(&mut hasher, &resources.routes, json::route_configuration);
+    hasher.bytes(b"}");
+    format!("{:016x}", hasher.0)
+}
+
+/// Hashes `[a,b,...]`, rendering one item at a time.
+fn hash_list<T>(hasher: &mut Fnv1a, items: &[T], render: fn(&T) -> serde_json::Value) {
+    hasher.bytes(b"[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            hasher.bytes(b",");
+        }
+        // Writing into a hasher cannot fail, and a `Value` always serializes.
+        let _ = serde_json::to_writer(&mut *hasher, &render(item));
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in content.to_string().bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    hasher.bytes(b"]");
+}
+
+/// FNV-1a, 64 bit.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
     }
-    format!("{hash:016x}")
+}
+
+impl Fnv1a {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_by_name_is_stable_and_complete() {
+        let mut items = vec![
+            ("c", 0),
+            ("a", 1),
+            ("b", 2),
+            ("a", 3),
+            ("e", 4),
+            ("d", 5),
+            ("a", 6),
+        ];
+        let mut expected = items.clone();
+        expected.sort_by(|a, b| a.0.cmp(b.0));
+        sort_by_name(&mut items, |i| i.0);
+        assert_eq!(items, expected);
+        for n in 0..40usize {
+            // Pseudo-random names with many ties.
+            let mut items: Vec<(String, usize)> = (0..n)
+                .map(|i| (format!("{}", (i * 7919) % 13), i))
+                .collect();
+            let mut expected = items.clone();
+            expected.sort_by(|a, b| a.0.cmp(&b.0));
+            sort_by_name(&mut items, |i| &i.0);
+            assert_eq!(items, expected, "n = {n}");
+        }
+    }
+
+    /// The streamed hash is the hash of the whole JSON rendering (what versions always were).
+    #[test]
+    fn content_version_hashes_the_json_rendering() {
+        let loaded = trellis_config::load_str(
+            "t.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec:\n  hosts: [a.example]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints: [{address: 10.0.0.1, labels: {version: v1}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a.example]\n  gateways: [gw]\n  http: [{route: [{destination: {host: a.example}}]}]\n",
+        )
+        .unwrap();
+        let proxy = ProxyIdentity {
+            labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            ..ProxyIdentity::default()
+        };
+        let resources = compile(&loaded.snapshot, &loaded.registry, &proxy);
+        assert!(!resources.clusters.is_empty() && !resources.endpoints.is_empty());
+        let mut content = to_json(&resources);
+        content.as_object_mut().unwrap().remove("version");
+        let mut whole = Fnv1a::default();
+        whole.bytes(content.to_string().as_bytes());
+        assert_eq!(resources.version, format!("{:016x}", whole.0));
+    }
 }

@@ -459,6 +459,17 @@ fn yaml_syntax_error_is_located() {
 }
 
 #[test]
+fn yaml_syntax_error_discards_the_whole_file() {
+    // Documents are loaded as they are parsed; a later syntax error still loads nothing
+    // from the file and reports only the syntax error, not the earlier document's errors.
+    let bad_then_broken = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\nspec:\n  adress: 10.0.0.1\n---\nkind: Service\nmetadata:\n  name: [a\n";
+    let errors = load_err(bad_then_broken);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].message.contains("invalid YAML"), "{errors:#?}");
+    assert!(errors[0].line >= 9, "{errors:#?}");
+}
+
+#[test]
 fn duplicate_names_are_errors() {
     let one = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm\nspec:\n  address: 10.0.0.1\n";
     let errors = load_err(&format!("{one}---\n{one}"));

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use super::ConnInfo;
 use crate::runtime::Cluster;
 use crate::runtime::balancer::InFlight;
+use crate::runtime::pool::Lease;
 use crate::telemetry::{RequestRecord, Telemetry};
 
 /// The downstream request body on its way upstream; counts bytes received.
@@ -63,6 +64,8 @@ pub struct RequestLog {
     /// Set once the response body reached its end.
     pub complete: bool,
     pub in_flight: Option<InFlight>,
+    /// The upstream HTTP/1.1 connection, back to its pool once the response is complete.
+    pub lease: Option<Lease>,
 }
 
 impl RequestBody {
@@ -255,6 +258,11 @@ fn str_of(v: &Option<HeaderValue>) -> &str {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        if self.complete
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
         self.record();
         self.conn.end_request();
     }

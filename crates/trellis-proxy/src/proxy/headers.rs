@@ -2,7 +2,6 @@
 //! directions, `x-forwarded-for`/`x-forwarded-proto` at the edge, `x-request-id` generated when
 //! missing. Pure functions over `HeaderMap`; no routing here.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -20,12 +19,21 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Remove hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` unless it is `trailers`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names beats six hashed removals.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.remove(CONNECTION) {
         // Also any further Connection lines (remove returns the first, drops the rest).
         if let Ok(list) = conn.to_str() {
             for name in list.split(',') {
                 let name = name.trim();
-                if name.eq_ignore_ascii_case("te") || name.is_empty() {
+                // `keep-alive` goes below anyway; `close` names no header.
+                if name.is_empty()
+                    || name.eq_ignore_ascii_case("te")
+                    || name.eq_ignore_ascii_case("keep-alive")
+                    || name.eq_ignore_ascii_case("close")
+                {
                     continue;
                 }
                 if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
@@ -55,12 +63,34 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == CONNECTION
+        || *name == TE
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
+/// The downstream peer's address as `x-forwarded-for` carries it (computed once a connection).
+pub fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&peer.to_string()).ok()
+}
+
 /// Forwarding headers for a request entering through a listener with `settings`; returns the
 /// request id that the request carries upstream.
 pub fn forwarding(h: &mut HeaderMap, settings: &HttpSettings, peer: IpAddr) -> Option<HeaderValue> {
+    forwarding_from(h, settings, peer_value(peer).as_ref())
+}
+
+/// `forwarding` with the peer address already rendered by `peer_value`.
+pub fn forwarding_from(
+    h: &mut HeaderMap,
+    settings: &HttpSettings,
+    ip: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
     if settings.use_remote_address {
-        let ip = HeaderValue::from_str(&peer.to_string()).ok();
-        let joined = match (h.get(&X_FORWARDED_FOR), &ip) {
+        let joined = match (h.get(&X_FORWARDED_FOR), ip) {
             (Some(prev), Some(ip)) => {
                 let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
                 v.extend_from_slice(prev.as_bytes());
@@ -68,7 +98,7 @@ pub fn forwarding(h: &mut HeaderMap, settings: &HttpSettings, peer: IpAddr) -> O
                 v.extend_from_slice(ip.as_bytes());
                 HeaderValue::from_bytes(&v).ok()
             }
-            (None, ip) => ip.clone(),
+            (None, ip) => ip.cloned(),
             (Some(_), None) => None,
         };
         if let Some(v) = joined {
@@ -90,21 +120,21 @@ pub fn forwarding(h: &mut HeaderMap, settings: &HttpSettings, peer: IpAddr) -> O
 
 /// A random UUID (version 4, RFC 4122 variant) as a header value.
 pub fn uuid_v4() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut v = fastrand::u128(..);
     v = (v & !(0xF << 76)) | (0x4 << 76);
     v = (v & !(0x3 << 62)) | (0x2 << 62);
-    let hex = format!("{v:032x}");
-    let mut s = String::with_capacity(36);
-    for (i, part) in [(0, 8), (8, 12), (12, 16), (16, 20), (20, 32)]
-        .iter()
-        .enumerate()
-    {
-        if i > 0 {
-            s.push('-');
+    let mut out = [0u8; 36];
+    let mut nibble = 0;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *b = b'-';
+            continue;
         }
-        let _ = write!(s, "{}", &hex[part.0..part.1]);
+        *b = HEX[((v >> (124 - 4 * nibble)) & 0xF) as usize];
+        nibble += 1;
     }
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(
         "00000000-0000-4000-8000-000000000000",
     ))
 }

@@ -22,21 +22,15 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::explicit_http_config::ProtocolConfig,
 };
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prost::Message;
 
 use super::balancer::{Balancer, BalancerState, EndpointState, LbPolicy};
+use super::pool::EndpointPool;
 use super::{RuntimeError, duration, istio_string};
-use crate::proxy::body::RequestBody;
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// The pooled HTTP client for one cluster (pools per endpoint address inside).
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -54,7 +48,6 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub balancer: Balancer,
     pub service: ServiceLabels,
-    pub client: UpstreamClient,
     balancer_state: Arc<BalancerState>,
 }
 
@@ -67,6 +60,8 @@ pub struct Endpoint {
     pub locality: Locality,
     pub workload: WorkloadLabels,
     pub state: Arc<EndpointState>,
+    /// Connections to `addr` (carried over with the address while the settings match).
+    pub pool: Arc<EndpointPool>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -150,20 +145,16 @@ impl Cluster {
                 ));
             }
         };
+        let pools = PoolSettings {
+            protocol,
+            connect_timeout,
+            idle_timeout,
+        };
         let endpoints = match assignment {
-            Some(a) => endpoints(a, resolve_dns, prev).map_err(|(f, why)| err(&f, why))?,
+            Some(a) => endpoints(a, resolve_dns, prev, &pools).map_err(|(f, why)| err(&f, why))?,
             None => Vec::new(),
         };
         let service = ServiceLabels::from_metadata(c.metadata.as_ref());
-        let reuse = prev.filter(|p| {
-            p.protocol == protocol
-                && p.connect_timeout == connect_timeout
-                && p.idle_timeout == idle_timeout
-        });
-        let client = match reuse {
-            Some(p) => p.client.clone(),
-            None => new_client(protocol, connect_timeout, idle_timeout),
-        };
         let balancer_state = prev
             .map(|p| Arc::clone(&p.balancer_state))
             .unwrap_or_default();
@@ -180,7 +171,6 @@ impl Cluster {
             endpoints,
             balancer,
             service,
-            client,
             balancer_state,
         })
     }
@@ -265,10 +255,38 @@ fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>)
     Ok((protocol, idle))
 }
 
+/// What an endpoint's connection pool is built with.
+struct PoolSettings {
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// The previous endpoint's pool when it fits, a new one otherwise.
+    fn pool(&self, addr: SocketAddr, prev: Option<&Endpoint>) -> Arc<EndpointPool> {
+        match prev {
+            Some(e)
+                if e.pool
+                    .fits(self.protocol, self.connect_timeout, self.idle_timeout) =>
+            {
+                Arc::clone(&e.pool)
+            }
+            _ => Arc::new(EndpointPool::new(
+                addr,
+                self.protocol,
+                self.connect_timeout,
+                self.idle_timeout,
+            )),
+        }
+    }
+}
+
 fn endpoints(
     a: &ClusterLoadAssignment,
     resolve_dns: bool,
     prev: Option<&Cluster>,
+    pools: &PoolSettings,
 ) -> Result<Vec<Endpoint>, (String, String)> {
     // Only the best (lowest) priority that has endpoints is used; failover is a later issue.
     let best = a
@@ -337,10 +355,8 @@ fn endpoints(
                 .map_or(1, |w| w.value.max(1));
             let authority = Authority::try_from(addr.to_string().as_str())
                 .map_err(|e| (field.clone(), format!("address {addr}: {e}")))?;
-            let state = prev
-                .and_then(|p| p.endpoints.iter().find(|e| e.addr == addr))
-                .map(|e| Arc::clone(&e.state))
-                .unwrap_or_default();
+            let before = prev.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
+            let state = before.map(|e| Arc::clone(&e.state)).unwrap_or_default();
             out.push(Endpoint {
                 addr,
                 authority,
@@ -348,6 +364,7 @@ fn endpoints(
                 locality: locality.clone(),
                 workload: WorkloadLabels::from_metadata(lb.metadata.as_ref()),
                 state,
+                pool: pools.pool(addr, before),
             });
         }
     }
@@ -369,26 +386,4 @@ fn resolve(host: &str, port: u16, dns: bool) -> Result<SocketAddr, String> {
         .map_err(|e| format!("resolve {host:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("resolve {host:?}: no addresses"))
-}
-
-fn new_client(
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
-    idle: Duration,
-) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if protocol == UpstreamProtocol::Http2 {
-        b.http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_timeout(Duration::from_secs(10))
-            .http2_adaptive_window(true);
-    }
-    b.build(connector)
 }
