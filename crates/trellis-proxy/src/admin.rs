@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::memory;
 use crate::telemetry::{PROMETHEUS_CONTENT_TYPE, Telemetry};
 
 /// At most this many admin connections are served at once; more wait in the accept backlog.
@@ -169,8 +170,13 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 }
 
 fn config_dump(encoded: &EncodedResources) -> Response<Full<Bytes>> {
-    let resources = match encoded.decode() {
-        Ok(r) => r,
+    let body = match encoded.decode() {
+        Ok(resources) => {
+            let mut body =
+                serde_json::to_vec_pretty(&config_dump_json(&resources)).unwrap_or_default();
+            body.push(b'\n');
+            body
+        }
         Err(e) => {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -178,9 +184,8 @@ fn config_dump(encoded: &EncodedResources) -> Response<Full<Bytes>> {
             );
         }
     };
-    let dump = config_dump_json(&resources);
-    let mut body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
-    body.push(b'\n');
+    // The decoded messages and the JSON tree were many times the size of the body.
+    memory::trim();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response
         .headers_mut()

@@ -27,9 +27,9 @@ impl DirSource {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        Ok(trellis_xds::compile(
-            &loaded.snapshot,
-            &loaded.registry,
+        Ok(trellis_xds::compile_owned(
+            loaded.snapshot,
+            loaded.registry,
             &self.identity,
         ))
     }

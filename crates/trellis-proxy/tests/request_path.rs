@@ -461,6 +461,38 @@ async fn h2c_prior_knowledge_downstream() {
 }
 
 #[tokio::test]
+async fn h2_upstream_gets_the_client_authority() {
+    let g = backend("g").await;
+    let vhosts = vec![vhost(
+        "v",
+        &["*"],
+        vec![to_cluster("r", prefix("/"), "grpc")],
+    )];
+    let p = start(&resources(
+        vhosts,
+        vec![cluster("grpc", LbPolicy::RoundRobin, true, &[(g.addr, 1)])],
+    ));
+    let req = Request::post(format!("http://{}/pkg.Svc/Call", p.addr))
+        .header("host", "api.example.com:8443")
+        .header("content-type", "application/grpc")
+        .body(Full::from(Bytes::from_static(b"\0\0\0\0\x00")))
+        .expect("req");
+    let resp = tokio::time::timeout(Duration::from_secs(10), h1().request(req))
+        .await
+        .expect("in time")
+        .expect("resp");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("echo-authority").map(|v| v.as_bytes()),
+        Some(&b"api.example.com:8443"[..])
+    );
+    assert_eq!(
+        resp.headers().get("echo-version").map(|v| v.as_bytes()),
+        Some(&b"HTTP/2.0"[..])
+    );
+}
+
+#[tokio::test]
 async fn grpc_over_h2_keeps_trailers() {
     let g = backend("g").await;
     let vhosts = vec![vhost(

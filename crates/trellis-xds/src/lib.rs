@@ -107,32 +107,98 @@ pub fn compile(
         registry,
         proxy,
     };
-    let (listeners, routes, refs, inbound) = match proxy.role {
-        Role::Gateway => {
-            let (listeners, routes, refs) = gateway::compile(&ctx);
-            (listeners, routes, refs, Vec::new())
-        }
-        Role::Sidecar => {
-            let s = sidecar::compile(&ctx);
-            (s.listeners, s.routes, s.refs, s.inbound_clusters)
-        }
+    let front = Front::compile(&ctx);
+    let (clusters, endpoints) = cluster::outbound(&ctx, &front.refs);
+    front.finish(clusters, endpoints)
+}
+
+/// [`compile`] for a caller that no longer needs the configuration (the proxy's standalone
+/// mode): the same resources, but each input is freed as soon as nothing reads it any more.
+/// Once listeners and routes are built only the DestinationRules and the registry are kept,
+/// and each registry service is dropped once its host's clusters are built, so the whole
+/// input and the whole output are never in memory together.
+pub fn compile_owned(
+    mut snapshot: trellis_config::Snapshot,
+    registry: trellis_config::Registry,
+    proxy: &ProxyIdentity,
+) -> Resources {
+    let front = Front::compile(&Context {
+        snapshot: &snapshot,
+        registry: &registry,
+        proxy,
+    });
+    // Clusters read only the DestinationRules of the snapshot.
+    let rules = trellis_config::Snapshot {
+        destination_rules: std::mem::take(&mut snapshot.destination_rules),
+        ..Default::default()
     };
-    let (mut clusters, endpoints) = cluster::outbound(&ctx, &refs);
-    clusters.reserve_exact(inbound.len());
-    clusters.extend(inbound);
-    let mut resources = Resources {
-        version: String::new(),
-        listeners,
-        routes,
-        clusters,
-        endpoints,
+    drop(snapshot);
+    let empty = trellis_config::Registry::default();
+    let ctx = Context {
+        snapshot: &rules,
+        registry: &empty,
+        proxy,
     };
-    sort_by_name(&mut resources.listeners, |l| &l.name);
-    sort_by_name(&mut resources.routes, |r| &r.name);
-    sort_by_name(&mut resources.clusters, |c| &c.name);
-    sort_by_name(&mut resources.endpoints, |a| &a.cluster_name);
-    resources.version = content_version(&resources);
-    resources
+    let (clusters, endpoints) = cluster::outbound_owned(&ctx, registry, &front.refs);
+    drop(rules);
+    front.finish(clusters, endpoints)
+}
+
+/// What is built before the outbound clusters: listeners, route configurations, the service
+/// ports they reference and (sidecars) the inbound clusters.
+struct Front {
+    listeners: Vec<Listener>,
+    routes: Vec<RouteConfiguration>,
+    refs: route::ClusterRefs,
+    inbound: Vec<Cluster>,
+}
+
+impl Front {
+    fn compile(ctx: &Context<'_>) -> Front {
+        match ctx.proxy.role {
+            Role::Gateway => {
+                let (listeners, routes, refs) = gateway::compile(ctx);
+                Front {
+                    listeners,
+                    routes,
+                    refs,
+                    inbound: Vec::new(),
+                }
+            }
+            Role::Sidecar => {
+                let s = sidecar::compile(ctx);
+                Front {
+                    listeners: s.listeners,
+                    routes: s.routes,
+                    refs: s.refs,
+                    inbound: s.inbound_clusters,
+                }
+            }
+        }
+    }
+
+    /// Adds the outbound clusters, sorts everything by name and sets the version.
+    fn finish(
+        self,
+        mut clusters: Vec<Cluster>,
+        endpoints: Vec<ClusterLoadAssignment>,
+    ) -> Resources {
+        clusters.reserve_exact(self.inbound.len());
+        clusters.extend(self.inbound);
+        let mut resources = Resources {
+            version: String::new(),
+            listeners: self.listeners,
+            routes: self.routes,
+            clusters,
+            endpoints,
+        };
+        sort_by_name(&mut resources.listeners, |l| &l.name);
+        sort_by_name(&mut resources.routes, |r| &r.name);
+        sort_by_name(&mut resources.clusters, |c| &c.name);
+        sort_by_name(&mut resources.endpoints, |a| &a.cluster_name);
+        resources.version = content_version(&resources);
+        resources
+    }
 }
 
 /// Stable sort by name without a merge buffer of whole resources (a `Cluster` is ~3 KiB, so
@@ -163,26 +229,41 @@ fn sort_by_name<T>(items: &mut [T], name: impl Fn(&T) -> &str) {
 pub fn content_version(resources: &Resources) -> String {
     let mut hasher = Fnv1a::default();
     hasher.bytes(b"{\"clusters\":");
-    hash_list(&mut hasher, &resources.clusters, json::cluster);
+    hash_list(&mut hasher, &resources.clusters, |c, h| {
+        serde_json::to_writer(h, &json::cluster(c))
+    });
     hasher.bytes(b",\"endpoints\":");
-    hash_list(&mut hasher, &resources.endpoints, json::load_assignment);
+    hash_list(&mut hasher, &resources.endpoints, |a, h| {
+        serde_json::to_writer(h, &json::load_assignment(a))
+    });
     hasher.bytes(b",\"listeners\":");
-    hash_list(&mut hasher, &resources.listeners, json::listener);
+    hash_list(&mut hasher, &resources.listeners, |l, h| {
+        serde_json::to_writer(h, &json::listener(l))
+    });
     hasher.bytes(b",\"routes\":");
-    hash_list(&mut hasher, &resources.routes, json::route_configuration);
+    // A route configuration holds every virtual host of a port: stream it per virtual host.
+    hash_list(
+        &mut hasher,
+        &resources.routes,
+        json::write_route_configuration,
+    );
     hasher.bytes(b"}");
     format!("{:016x}", hasher.0)
 }
 
 /// Hashes `[a,b,...]`, rendering one item at a time.
-fn hash_list<T>(hasher: &mut Fnv1a, items: &[T], render: fn(&T) -> serde_json::Value) {
+fn hash_list<T>(
+    hasher: &mut Fnv1a,
+    items: &[T],
+    write: impl Fn(&T, &mut Fnv1a) -> serde_json::Result<()>,
+) {
     hasher.bytes(b"[");
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             hasher.bytes(b",");
         }
         // Writing into a hasher cannot fail, and a `Value` always serializes.
-        let _ = serde_json::to_writer(&mut *hasher, &render(item));
+        let _ = write(item, hasher);
     }
     hasher.bytes(b"]");
 }

@@ -58,6 +58,11 @@ fn run_case(dir: &Path) -> Result<(), String> {
     if resources != again {
         return Err("compile is not deterministic".into());
     }
+    let owned =
+        trellis_xds::compile_owned(loaded.snapshot.clone(), loaded.registry.clone(), &proxy);
+    if resources != owned {
+        return Err("compile_owned differs from compile".into());
+    }
     let actual = serde_json::to_string_pretty(&to_json(&resources)).expect("json") + "\n";
     let expected_path = dir.join("expected.json");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {

@@ -107,6 +107,16 @@ pub async fn run(config: UpConfig) -> anyhow::Result<ExitCode> {
         _ = sigterm.recv() => Stop::Signal("SIGTERM"),
     };
 
+    // A Ctrl-C in a terminal reaches the whole foreground process group, so a child may exit a
+    // moment before our own handler sees the signal: that is a stop, not a failure.
+    let stop = match stop {
+        Stop::ChildDied(exited) => tokio::select! {
+            _ = sigint.recv() => Stop::Signal("SIGINT"),
+            _ = sigterm.recv() => Stop::Signal("SIGTERM"),
+            _ = tokio::time::sleep(Duration::from_millis(300)) => Stop::ChildDied(exited),
+        },
+        other => other,
+    };
     let code = match stop {
         Stop::Signal(name) => {
             eprintln!(

@@ -6,6 +6,7 @@
 //! lines and flushes whenever the queue runs dry, so a line is out as soon as the log is idle.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,7 +79,10 @@ pub fn format_line(r: &RequestRecord<'_>) -> Vec<u8> {
         out: &mut line,
         first: true,
     };
-    field.plain_str("start_time", Rfc3339Millis(r.start));
+    field.key("start_time");
+    field.out.push(b'"');
+    push_rfc3339_millis(field.out, r.start);
+    field.out.push(b'"');
     field.str("method", r.method);
     field.str("path", r.path);
     field.str("protocol", r.protocol);
@@ -99,13 +103,13 @@ pub fn format_line(r: &RequestRecord<'_>) -> Vec<u8> {
     field.opt_str("request_id", r.request_id);
     field.str("authority", r.authority);
     match r.upstream_host {
-        Some(addr) => field.plain_str("upstream_host", addr),
+        Some(addr) => field.addr("upstream_host", addr),
         None => field.null("upstream_host"),
     }
     field.opt_str("upstream_cluster", r.upstream_cluster);
     field.opt_str("route_name", r.route_name);
-    field.plain_str("downstream_remote_address", r.downstream_remote);
-    field.plain_str("downstream_local_address", r.downstream_local);
+    field.addr("downstream_remote_address", r.downstream_remote);
+    field.addr("downstream_local_address", r.downstream_local);
     match r.grpc_status {
         Some(status) => field.str("grpc_status", status),
         None => field.null("grpc_status"),
@@ -116,26 +120,65 @@ pub fn format_line(r: &RequestRecord<'_>) -> Vec<u8> {
 
 /// `2024-05-01T12:34:56.789Z`: RFC 3339, UTC, millisecond precision (Envoy's `%START_TIME%`).
 pub fn rfc3339_millis(t: SystemTime) -> String {
-    Rfc3339Millis(t).to_string()
+    let mut out = Vec::with_capacity(24);
+    push_rfc3339_millis(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-/// Displays a `SystemTime` as [`rfc3339_millis`] does, without an intermediate `String`.
-struct Rfc3339Millis(SystemTime);
+/// Appends [`rfc3339_millis`] without `fmt` (it runs once per logged request).
+fn push_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    push_padded(out, u64::try_from(year).unwrap_or(0), 4);
+    out.push(b'-');
+    push_padded(out, u64::from(month), 2);
+    out.push(b'-');
+    push_padded(out, u64::from(day), 2);
+    out.push(b'T');
+    push_padded(out, rem / 3600, 2);
+    out.push(b':');
+    push_padded(out, rem % 3600 / 60, 2);
+    out.push(b':');
+    push_padded(out, rem % 60, 2);
+    out.push(b'.');
+    push_padded(out, u64::from(since.subsec_millis()), 3);
+    out.push(b'Z');
+}
 
-impl std::fmt::Display for Rfc3339Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let secs = since.as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (year, month, day) = civil_from_days(days as i64);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            since.subsec_millis()
-        )
+/// `n` in decimal, left-padded with zeros to at least `width` digits.
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len().saturating_sub(width));
+    out.extend_from_slice(&buf[start..]);
+}
+
+/// `ip:port` (`[ip]:port` for IPv6), as `SocketAddr`'s `Display` writes it.
+fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_padded(out, u64::from(*octet), 1);
+            }
+            out.push(b':');
+            push_padded(out, u64::from(a.port()), 1);
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
     }
 }
 
@@ -188,10 +231,12 @@ impl Fields<'_> {
         }
     }
 
-    /// A string value whose text never needs JSON escaping (addresses, timestamps).
-    fn plain_str(&mut self, key: &str, value: impl std::fmt::Display) {
+    /// An address as a JSON string (it never needs escaping).
+    fn addr(&mut self, key: &str, value: SocketAddr) {
         self.key(key);
-        let _ = write!(self.out, "\"{value}\"");
+        self.out.push(b'"');
+        push_addr(self.out, value);
+        self.out.push(b'"');
     }
 
     fn null(&mut self, key: &str) {
@@ -201,7 +246,7 @@ impl Fields<'_> {
 
     fn num(&mut self, key: &str, value: u64) {
         self.key(key);
-        let _ = write!(self.out, "{value}");
+        push_padded(self.out, value, 1);
     }
 }
 
@@ -246,6 +291,21 @@ mod tests {
         assert_eq!(rfc3339_millis(t), "2024-12-31T23:59:59.999Z");
         let t = UNIX_EPOCH + Duration::from_secs(4_107_542_400); // 2100 is not a leap year
         assert_eq!(rfc3339_millis(t), "2100-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn numbers_and_addresses_print_as_display_does() {
+        for n in [0u64, 7, 10, 99, 65_535, 1_234_567, u64::MAX] {
+            let mut out = Vec::new();
+            push_padded(&mut out, n, 1);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for a in ["127.0.0.1:8080", "10.255.0.9:1", "0.0.0.0:0", "[::1]:15001"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            push_addr(&mut out, addr);
+            assert_eq!(out, a.as_bytes());
+        }
     }
 
     #[test]
