@@ -2,7 +2,8 @@
 //!
 //! `runtime` turns xDS `Resources` into hot-path tables, `listeners` binds and serves them,
 //! `proxy` carries one request from downstream to upstream, `source` feeds the runtime from a
-//! directory, `memory` tunes malloc, and `app` wires everything together (the only place that does).
+//! directory, `memory` tunes malloc, and `app` wires everything together (the only place that
+//! does).
 
 pub mod admin;
 pub mod app;

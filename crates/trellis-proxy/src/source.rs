@@ -1,7 +1,7 @@
 //! Config source for standalone mode: a directory of YAML loaded with `trellis_config` and
 //! compiled with `trellis_xds` for this proxy's identity, re-read when its content changes
-//! (polling: a fingerprint of the YAML files' paths, mtimes and sizes every 500 ms). Produces `Resources`; it
-//! never touches the runtime itself (`app` applies what it yields).
+//! (polling: a fingerprint of the YAML files' paths, mtimes and sizes every 500 ms). Produces
+//! `Resources`; it never touches the runtime itself (`app` applies what it yields).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
