@@ -474,3 +474,70 @@ fn grpc_unary_streaming_and_status_through_the_gateway() {
         gw.proxy.describe()
     );
 }
+
+/// Slowloris: a client that trickles a request head one byte a second is cut off by the request
+/// header timeout (10 s, Envoy's `request_headers_timeout` as the compiler sets it), even though
+/// it is never idle; nothing reaches the backend.
+#[test]
+fn trickled_request_head_is_cut_off_by_the_header_timeout() {
+    let (_apps, mut gw) = reviews_gateway();
+    let mut stream = TcpStream::connect(gw.addr()).expect("connect to the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("set read timeout");
+    let head = b"GET /reviews/slowloris HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut closed_after = None;
+    let mut buf = [0u8; 1024];
+    'trickle: for byte in head.iter().chain(std::iter::repeat(&b'a')).take(40) {
+        if stream.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let tick = Instant::now();
+        while tick.elapsed() < Duration::from_secs(1) {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    closed_after = Some(started.elapsed());
+                    break 'trickle;
+                }
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => {
+                    closed_after = Some(started.elapsed());
+                    break 'trickle;
+                }
+            }
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    let Some(closed_after) = closed_after else {
+        panic!(
+            "the proxy kept a trickling request head open for 40 s; answer {answer:?}\n{}",
+            gw.proxy.describe()
+        );
+    };
+    assert!(
+        closed_after >= Duration::from_secs(5),
+        "closed after {closed_after:?}, before the header timeout could have fired: {answer:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "a timed-out head gets nothing or a 408: {answer:?}"
+    );
+    let forwarded = metric_sum(
+        &gw.metrics(),
+        "istio_requests_total",
+        &[("destination_service", REVIEWS)],
+    );
+    assert_eq!(forwarded, 0.0, "the trickled request must not be forwarded");
+    assert!(
+        !gw.proxy.stdout_text().contains("slowloris"),
+        "the trickled request must not be served"
+    );
+}
