@@ -15,28 +15,19 @@ use trellis_testkit::wait_until;
 
 /// reviews v1 and v2; jason → v2, everyone else → v1; only for host `bookinfo.example.com`.
 fn bookinfo() -> (Apps, Gateway) {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (apps, mut parts) = reviews_v1_v2(port);
     let http = format!(
         "  - name: jason\n    match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {}}}]\n  - name: everyone\n    route: [{{destination: {}}}]\n",
         dest(REVIEWS, Some("v2"), 9080),
         dest(REVIEWS, Some("v1"), 9080)
     );
-    let yaml = docs(&[
-        gateway_yaml(port),
-        service_entry_yaml(
-            "reviews",
-            REVIEWS,
-            9080,
-            "HTTP",
-            &[
-                ep(apps.port("reviews/v1"), "v1"),
-                ep(apps.port("reviews/v2"), "v2"),
-            ],
-        ),
-        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
-        virtual_service_yaml("bookinfo", &["bookinfo.example.com"], &http),
-    ]);
+    parts.push(virtual_service_yaml(
+        "bookinfo",
+        &["bookinfo.example.com"],
+        &http,
+    ));
+    let yaml = docs(&parts);
     let gw = Gateway::start(port, &yaml);
     (apps, gw)
 }

@@ -312,28 +312,15 @@ fn http1_framing_attacks_get_400_close_and_reach_no_backend() {
 
 #[test]
 fn h2c_prior_knowledge_downstream() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, mut parts) = reviews_v1_v2(port);
     let http = format!(
         "  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
         dest(REVIEWS, Some("v2"), 9080),
         dest(REVIEWS, Some("v1"), 9080)
     );
-    let yaml = docs(&[
-        gateway_yaml(port),
-        service_entry_yaml(
-            "reviews",
-            REVIEWS,
-            9080,
-            "HTTP",
-            &[
-                ep(apps.port("reviews/v1"), "v1"),
-                ep(apps.port("reviews/v2"), "v2"),
-            ],
-        ),
-        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
-        virtual_service_yaml("reviews", &["*"], &http),
-    ]);
+    parts.push(virtual_service_yaml("reviews", &["*"], &http));
+    let yaml = docs(&parts);
     let mut gw = Gateway::start(port, &yaml);
     // curl reports the HTTP version it spoke.
     let output = Command::new("curl")

@@ -33,23 +33,10 @@ fn config_version(gw: &Gateway) -> String {
 
 #[test]
 fn hot_reload_under_load_loses_nothing_and_survives_a_broken_edit() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, parts) = reviews_v1_v2(port);
     let dir = trellis_testkit::TempDir::new().expect("temp dir");
-    let base = docs(&[
-        gateway_yaml(port),
-        service_entry_yaml(
-            "reviews",
-            REVIEWS,
-            9080,
-            "HTTP",
-            &[
-                ep(apps.port("reviews/v1"), "v1"),
-                ep(apps.port("reviews/v2"), "v2"),
-            ],
-        ),
-        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
-    ]);
+    let base = docs(&parts);
     std::fs::write(dir.path().join("mesh.yaml"), base).expect("write mesh.yaml");
     write_atomic(dir.path(), "reviews-vs.yaml", &split(100, 0));
     let mut gw = Gateway::start_in(dir, port);

@@ -315,28 +315,15 @@ fn routes_by_host_uri_headers_query_and_method() {
 
 #[test]
 fn weighted_split_90_10_over_1000_requests() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, mut parts) = reviews_v1_v2(port);
     let http = format!(
         "  - route:\n    - {{destination: {}, weight: 90}}\n    - {{destination: {}, weight: 10}}\n",
         dest(REVIEWS, Some("v1"), 9080),
         dest(REVIEWS, Some("v2"), 9080)
     );
-    let yaml = docs(&[
-        gateway_yaml(port),
-        service_entry_yaml(
-            "reviews",
-            REVIEWS,
-            9080,
-            "HTTP",
-            &[
-                ep(apps.port("reviews/v1"), "v1"),
-                ep(apps.port("reviews/v2"), "v2"),
-            ],
-        ),
-        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
-        virtual_service_yaml("reviews", &["*"], &http),
-    ]);
+    parts.push(virtual_service_yaml("reviews", &["*"], &http));
+    let yaml = docs(&parts);
     let mut gw = Gateway::start(port, &yaml);
     let counts = tally(&mut gw.client(), "reviews.local", "/reviews", &[], 1000);
     let v1 = counts.get("reviews/v1").copied().unwrap_or(0);

@@ -561,3 +561,25 @@ pub fn grpc(addr: &str, args: &[&str]) -> serde_json::Value {
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body}"))
 }
+
+/// reviews v1 and v2 running, with the `ServiceEntry` (both endpoints, labelled by version) and the
+/// `DestinationRule` (subsets v1, v2) for them, plus a Gateway on `port`: the common start of
+/// most tests. Add the VirtualService.
+pub fn reviews_v1_v2(port: u16) -> (Apps, Vec<String>) {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let docs = vec![
+        gateway_yaml(port),
+        service_entry_yaml(
+            "reviews",
+            REVIEWS,
+            9080,
+            "HTTP",
+            &[
+                ep(apps.port("reviews/v1"), "v1"),
+                ep(apps.port("reviews/v2"), "v2"),
+            ],
+        ),
+        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
+    ];
+    (apps, docs)
+}
