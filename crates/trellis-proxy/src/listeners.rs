@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -18,7 +20,7 @@ use tokio::sync::watch;
 
 pub mod framing;
 
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Proxy, poll_registered};
 use crate::runtime::{HttpSettings, Runtime, RuntimeError};
 
 /// hyper's read buffer must hold the request line plus the header block.
@@ -165,8 +167,13 @@ fn server_builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .keep_alive(true)
+        // Flatten head and body into one buffer: one `send` per response instead of a
+        // `writev` (cheaper in the kernel; our bodies are small or streamed in chunks anyway).
+        .writev(false)
         .timer(TokioTimer::new())
-        .header_read_timeout(s.request_headers_timeout)
+        // The request-head deadline is enforced by `serve_connection`'s coarse per-connection
+        // check instead: hyper's own arms and drops a boxed timer for every request.
+        .header_read_timeout(None)
         .max_headers(s.max_headers_count)
         .max_buf_size((s.max_request_headers_bytes + HEAD_SLACK).max(8192));
     b.http2()
@@ -192,26 +199,65 @@ async fn serve_connection(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStr
         let conn = Arc::clone(&svc_conn);
         async move { proxy.handle(&conn, req).await }
     });
-    let guarded = framing::FramingGuard::new(stream, Arc::clone(&conn.framing_violation));
+    let guarded = framing::FramingGuard::new(stream, Arc::clone(&conn.framing_violation))
+        .with_http2_flag(Arc::clone(&conn.http2));
     let served = builder.serve_connection(TokioIo::new(guarded), service);
     tokio::pin!(served);
     let idle = settings.idle_timeout;
-    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let head_timeout = settings.request_headers_timeout;
+    // One coarse timer per connection: checks the keep-alive idle timeout and, for HTTP/1, that
+    // a request head arrives within `request_headers_timeout` of the connection waiting for it
+    // (opened, or its last response done) — as hyper's `header_read_timeout` would, give or
+    // take a tick, without a timer per request.
+    let tick =
+        (idle.min(head_timeout) / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut draining = false;
+    let mut timer = Box::pin(tokio::time::sleep(tick));
+    let mut registered = false;
     loop {
-        tokio::select! {
-            res = served.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(remote = %conn.remote, error = %e, "connection ended with error");
-                }
-                break;
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = served.as_mut().poll(cx) {
+                return Poll::Ready(Some(res));
             }
-            _ = tokio::time::sleep(tick), if !draining => {
-                if conn.idle_for().is_some_and(|d| d >= idle) {
+            if poll_registered(timer.as_mut(), &mut registered, cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(res) = event else {
+            match overdue(&conn, head_timeout, idle) {
+                Some(Overdue::Head) => break,
+                Some(Overdue::Idle) if !draining => {
                     served.as_mut().graceful_shutdown();
                     draining = true;
                 }
+                _ => {}
             }
+            timer.as_mut().reset(tokio::time::Instant::now() + tick);
+            registered = false;
+            continue;
+        };
+        if let Err(e) = res {
+            tracing::debug!(remote = %conn.remote, error = %e, "connection ended with error");
         }
+        break;
     }
+}
+
+/// A deadline a connection has passed.
+enum Overdue {
+    /// HTTP/1 and no complete request head within `request_headers_timeout`: close.
+    Head,
+    /// No request in flight for the idle timeout: drain.
+    Idle,
+}
+
+fn overdue(conn: &ConnInfo, head_timeout: Duration, idle: Duration) -> Option<Overdue> {
+    let waiting = conn.idle_for()?;
+    if waiting >= head_timeout && !conn.http2.load(Ordering::Relaxed) {
+        tracing::debug!(remote = %conn.remote, timeout = ?head_timeout, "no request head in time; closing");
+        return Some(Overdue::Head);
+    }
+    (waiting >= idle).then_some(Overdue::Idle)
 }

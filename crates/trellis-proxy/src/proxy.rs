@@ -8,9 +8,12 @@ pub mod body;
 pub mod headers;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -25,7 +28,7 @@ use crate::runtime::route::RequestView;
 use crate::runtime::{Runtime, UpstreamProtocol};
 use crate::telemetry::Telemetry;
 use body::{RequestBody, RequestLog, ResponseBody};
-use headers::{X_FORWARDED_FOR, X_TRELLIS_FLAGS};
+use headers::X_TRELLIS_FLAGS;
 
 /// Shared by every connection: the current snapshot and the telemetry sink.
 pub struct Proxy {
@@ -43,10 +46,17 @@ pub struct ConnInfo {
     peer_ip: Option<HeaderValue>,
     /// Raised by `listeners::framing` when an HTTP/1 request is framed ambiguously.
     pub framing_violation: Arc<AtomicBool>,
+    /// Raised by `listeners::framing` when the connection starts with the HTTP/2 preface.
+    pub http2: Arc<AtomicBool>,
     active: AtomicUsize,
     opened: Instant,
     /// Milliseconds since `opened` when the last request ended.
     last_end_ms: AtomicU64,
+    /// A reusable deadline for "response headers within": taken by a request while it waits
+    /// for upstream and put back after. Resetting it to a later deadline costs an atomic store
+    /// (tokio only touches its timer wheel when a deadline moves earlier or fires), where a fresh
+    /// timer per request is registered and removed every time.
+    response_timer: Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 /// A response the proxy generates itself.
@@ -65,9 +75,39 @@ impl ConnInfo {
             local,
             peer_ip: headers::peer_value(remote.ip()),
             framing_violation: Arc::default(),
+            http2: Arc::default(),
             active: AtomicUsize::new(0),
             opened: Instant::now(),
             last_end_ms: AtomicU64::new(0),
+            response_timer: Mutex::new(None),
+        }
+    }
+
+    /// A timer that fires `wait` from now: the connection's idle one if free (HTTP/2 streams
+    /// in parallel get their own). Give it back with `put_response_timer`.
+    fn take_response_timer(&self, wait: Duration) -> Pin<Box<tokio::time::Sleep>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let idle = self
+            .response_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match idle {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    fn put_response_timer(&self, timer: Pin<Box<tokio::time::Sleep>>) {
+        let mut slot = self
+            .response_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(timer);
         }
     }
 
@@ -234,8 +274,9 @@ async fn forward(
     log.in_flight = Some(InFlight::new(&endpoint.state));
 
     headers::strip_hop_by_hop(&mut parts.headers);
-    log.request_id = headers::forwarding_from(&mut parts.headers, settings, conn.peer_ip.as_ref());
-    log.xff = parts.headers.get(&X_FORWARDED_FOR).cloned();
+    let forwarded = headers::forwarding_ids(&mut parts.headers, settings, conn.peer_ip.as_ref());
+    log.request_id = forwarded.request_id;
+    log.xff = forwarded.x_forwarded_for;
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
             // Origin form on the wire; only an absolute-form (or h2) request URI needs rewriting.
@@ -275,7 +316,20 @@ async fn forward(
     let upstream_req =
         Request::from_parts(parts, RequestBody::new(body, Arc::clone(&log.received)));
     let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
-    let sent = tokio::time::timeout(wait, endpoint.pool.send(upstream_req)).await;
+    let mut timer = conn.take_response_timer(wait);
+    let sent = {
+        let send = endpoint.pool.send(upstream_req);
+        tokio::pin!(send);
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = send.as_mut().poll(cx) {
+                return Poll::Ready(Ok(r));
+            }
+            poll_registered(timer.as_mut(), &mut registered, cx).map(Err)
+        })
+        .await
+    };
+    conn.put_response_timer(timer);
     match sent {
         Ok(Ok((mut resp, lease))) => {
             log.lease = lease;
@@ -308,6 +362,22 @@ async fn forward(
             Err(Local::new(StatusCode::GATEWAY_TIMEOUT, "UT", msg))
         }
     }
+}
+
+/// Polls `timer` the first time (registering this task's waker with it) and afterwards only
+/// once it has fired: re-polling a pending `Sleep` on every wake-up of a busy task costs more
+/// than this check, and the waker it holds is this task's until it fires. Reset `registered` to
+/// false whenever the timer is reset or moves to another task.
+pub(crate) fn poll_registered(
+    timer: Pin<&mut tokio::time::Sleep>,
+    registered: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if *registered && !timer.is_elapsed() {
+        return Poll::Pending;
+    }
+    *registered = true;
+    timer.poll(cx)
 }
 
 /// Limits that must hold before routing: header count and total header bytes (431 otherwise).
@@ -376,4 +446,49 @@ pub fn local_response(local: Local, mut log: Option<Box<RequestLog>>) -> Respons
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     h.insert(&X_TRELLIS_FLAGS, HeaderValue::from_static(local.flag));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnInfo {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        ConnInfo::new(Arc::from("l"), addr, addr)
+    }
+
+    async fn wait_for(timer: &mut Pin<Box<tokio::time::Sleep>>) {
+        let mut registered = false;
+        std::future::poll_fn(|cx| poll_registered(timer.as_mut(), &mut registered, cx)).await;
+    }
+
+    #[tokio::test]
+    async fn a_reused_response_timer_fires_at_its_new_deadline() {
+        let conn = conn();
+        // First use, then the same timer reset to a later and then an earlier deadline.
+        for ms in [20, 80, 30] {
+            let wait = Duration::from_millis(ms);
+            let start = Instant::now();
+            let mut timer = conn.take_response_timer(wait);
+            wait_for(&mut timer).await;
+            let took = start.elapsed();
+            assert!(took >= wait, "{ms} ms timer fired after {took:?}");
+            assert!(took < wait + Duration::from_secs(2), "{took:?}");
+            conn.put_response_timer(timer);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registered_timer_is_not_ready_before_its_deadline() {
+        let conn = conn();
+        let mut timer = conn.take_response_timer(Duration::from_millis(50));
+        let mut registered = false;
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(poll_registered(timer.as_mut(), &mut registered, &mut cx).is_pending());
+        assert!(registered);
+        assert!(poll_registered(timer.as_mut(), &mut registered, &mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(poll_registered(timer.as_mut(), &mut registered, &mut cx).is_ready());
+    }
 }

@@ -24,6 +24,8 @@ pub struct FramingGuard<S> {
     line: Vec<u8>,
     head: Head,
     violation: Arc<AtomicBool>,
+    /// Raised when the connection opens with the HTTP/2 preface.
+    http2: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +57,14 @@ impl<S> FramingGuard<S> {
             line: Vec::new(),
             head: Head::default(),
             violation,
+            http2: None,
         }
+    }
+
+    /// Also raise `flag` if the connection turns out to be HTTP/2 (prior knowledge).
+    pub fn with_http2_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.http2 = Some(flag);
+        self
     }
 
     fn scan(&mut self, mut data: &[u8]) {
@@ -76,6 +85,9 @@ impl<S> FramingGuard<S> {
                     if self.line.len() == H2_PREFACE.len() {
                         self.state = State::Passthrough;
                         self.line = Vec::new();
+                        if let Some(flag) = &self.http2 {
+                            flag.store(true, Ordering::Relaxed);
+                        }
                         return;
                     }
                     data = &data[n..];
@@ -258,6 +270,21 @@ mod tests {
             g.scan(c.as_bytes());
         }
         (v.load(Ordering::Relaxed), g.state)
+    }
+
+    #[test]
+    fn the_http2_preface_raises_the_http2_flag_even_when_split() {
+        let h2 = Arc::new(AtomicBool::new(false));
+        let mut g = FramingGuard::new((), Arc::default()).with_http2_flag(Arc::clone(&h2));
+        g.scan(b"PRI * HT");
+        assert!(!h2.load(Ordering::Relaxed));
+        g.scan(b"TP/2.0\r\n\r\nSM\r\n\r\n");
+        assert!(h2.load(Ordering::Relaxed));
+        assert_eq!(g.state, State::Passthrough);
+        let h2 = Arc::new(AtomicBool::new(false));
+        let mut g = FramingGuard::new((), Arc::default()).with_http2_flag(Arc::clone(&h2));
+        g.scan(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!h2.load(Ordering::Relaxed));
     }
 
     #[test]

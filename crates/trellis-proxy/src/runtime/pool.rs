@@ -102,7 +102,9 @@ impl EndpointPool {
             UpstreamProtocol::Http1 => {
                 let mut tx = match self.checkout() {
                     Some(tx) => tx,
-                    None => self.connect_h1().await?,
+                    // Boxed: the connect state machine is large and rarely needed; inline it
+                    // would be copied along with every request's future.
+                    None => Box::pin(self.connect_h1()).await?,
                 };
                 let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
                 let lease = Lease {
@@ -119,7 +121,7 @@ impl EndpointPool {
                 let mut tx = match shared {
                     Some(tx) => tx,
                     None => {
-                        let tx = self.connect_h2().await?;
+                        let tx = Box::pin(self.connect_h2()).await?;
                         *lock(&self.shared) = Some(tx.clone());
                         tx
                     }
@@ -216,6 +218,8 @@ impl EndpointPool {
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let io = TokioIo::new(self.tcp().await?);
         let (tx, conn) = http1::Builder::new()
+            // One `send` per request rather than `writev` (see `listeners::server_builder`).
+            .writev(false)
             .handshake(io)
             .await
             .map_err(UpstreamError::Handshake)?;
