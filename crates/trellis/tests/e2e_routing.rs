@@ -607,3 +607,38 @@ spec:
     );
     assert!(body.contains(empty), "the body names the cluster: {body}");
 }
+
+/// A route `timeout` (Istio's `http[].timeout`) bounds the wait for the upstream's response:
+/// 504 with flag `UT` and a one-line body, while a faster request on the same route succeeds.
+#[test]
+fn route_timeout_answers_504_ut() {
+    let port = gateway_port();
+    let (_apps, mut parts) = reviews_v1_v2(port);
+    let http = format!(
+        "  - timeout: 1s\n    route: [{{destination: {}}}]\n",
+        dest(REVIEWS, Some("v1"), 9080)
+    );
+    parts.push(virtual_service_yaml("reviews", &["*"], &http));
+    let gw = Gateway::start(port, &docs(&parts));
+
+    let (status, _, body) = http_request(&gw.url("/delay/0.1"), &[]);
+    assert_eq!(status, 200, "a fast answer fits in the timeout: {body}");
+
+    let (status, headers, body) = http_request(&gw.url("/delay/3"), &[]);
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(
+        headers.get("x-trellis-flags").map(String::as_str),
+        Some("UT")
+    );
+    assert_eq!(
+        body.trim_end().lines().count(),
+        1,
+        "one-line body: {body:?}"
+    );
+    let timeouts = metric_sum(
+        &gw.metrics(),
+        "istio_requests_total",
+        &[("response_code", "504"), ("response_flags", "UT")],
+    );
+    assert_eq!(timeouts, 1.0);
+}
