@@ -642,3 +642,37 @@ fn route_timeout_answers_504_ut() {
     );
     assert_eq!(timeouts, 1.0);
 }
+
+/// A `resolution: DNS` ServiceEntry: the proxy resolves the endpoint's host name (`localhost`)
+/// and routes to it; the cluster is STRICT_DNS in `/config_dump`.
+#[test]
+fn dns_service_entry_resolves_and_routes() {
+    let apps = Apps::start(&[("legacy", "v1")]);
+    let port = gateway_port();
+    let host = "legacy.example.internal";
+    let se = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: default}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  endpoints: [{{address: localhost, ports: {{http: {app}}}}}]
+"#,
+        app = apps.port("legacy/v1")
+    );
+    let http = format!("  - route: [{{destination: {}}}]\n", dest(host, None, 8000));
+    let yaml = docs(&[
+        gateway_yaml(port),
+        se,
+        virtual_service_yaml("legacy", &["*"], &http),
+    ]);
+    let gw = Gateway::start(port, &yaml);
+    let (status, headers, body) = http_request(&gw.url("/get"), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-sample-service"], "legacy/v1");
+    let (_, dump) = gw.admin_get("/config_dump");
+    assert!(dump.contains("STRICT_DNS"), "{dump}");
+}
