@@ -163,6 +163,11 @@ async fn accept_loop(
     tracing::info!(listener = %name, "listener closed");
 }
 
+/// hyper's HTTP/1 read buffer: a head that does not fit is rejected (431).
+fn hyper_buf_size(s: &HttpSettings) -> usize {
+    (s.max_request_headers_bytes + HEAD_SLACK).max(8192)
+}
+
 fn server_builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -175,7 +180,7 @@ fn server_builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
         // check instead: hyper's own arms and drops a boxed timer for every request.
         .header_read_timeout(None)
         .max_headers(s.max_headers_count)
-        .max_buf_size((s.max_request_headers_bytes + HEAD_SLACK).max(8192));
+        .max_buf_size(hyper_buf_size(s));
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(s.max_concurrent_streams)
@@ -200,7 +205,12 @@ async fn serve_connection(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStr
         async move { proxy.handle(&conn, req).await }
     });
     let guarded = framing::FramingGuard::new(stream, Arc::clone(&conn.framing_violation))
-        .with_http2_flag(Arc::clone(&conn.http2));
+        .with_http2_flag(Arc::clone(&conn.http2))
+        .with_head_limits(
+            settings.max_headers_count,
+            hyper_buf_size(&settings),
+            Arc::clone(&conn.rejected_head),
+        );
     let served = builder.serve_connection(TokioIo::new(guarded), service);
     tokio::pin!(served);
     let idle = settings.idle_timeout;
@@ -242,6 +252,10 @@ async fn serve_connection(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStr
             tracing::debug!(remote = %conn.remote, error = %e, "connection ended with error");
         }
         break;
+    }
+    // A head hyper rejected never reached the service: log and count it here.
+    if let Some(rejected) = conn.rejected_head.get() {
+        proxy.record_rejected_head(&conn, rejected);
     }
 }
 

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::listeners::framing::RejectedHead;
 use crate::runtime::balancer::InFlight;
 use crate::runtime::route::RequestView;
 use crate::runtime::{Runtime, UpstreamProtocol};
@@ -48,6 +49,8 @@ pub struct ConnInfo {
     pub framing_violation: Arc<AtomicBool>,
     /// Raised by `listeners::framing` when the connection starts with the HTTP/2 preface.
     pub http2: Arc<AtomicBool>,
+    /// Set by `listeners::framing` for a request head hyper rejects while parsing.
+    pub rejected_head: Arc<OnceLock<RejectedHead>>,
     active: AtomicUsize,
     opened: Instant,
     /// Milliseconds since `opened` when the last request ended.
@@ -76,6 +79,7 @@ impl ConnInfo {
             peer_ip: headers::peer_value(remote.ip()),
             framing_violation: Arc::default(),
             http2: Arc::default(),
+            rejected_head: Arc::default(),
             active: AtomicUsize::new(0),
             opened: Instant::now(),
             last_end_ms: AtomicU64::new(0),
@@ -147,6 +151,45 @@ impl Proxy {
             runtime: ArcSwap::from_pointee(runtime),
             telemetry,
         }
+    }
+
+    /// Log and count a request head hyper rejected while parsing (`DPE`) and the framing guard
+    /// answered; called once, when its connection ends.
+    pub fn record_rejected_head(&self, conn: &ConnInfo, rejected: &RejectedHead) {
+        if !rejected.answered.load(Ordering::Relaxed) {
+            return;
+        }
+        let unknown = "unknown";
+        let rec = crate::telemetry::RequestRecord {
+            start: SystemTime::now(),
+            duration: Duration::ZERO,
+            method: &rejected.method,
+            path: &rejected.path,
+            authority: "",
+            protocol: "HTTP/1.1",
+            grpc: false,
+            response_code: rejected.error.status(),
+            grpc_status: None,
+            response_flags: "DPE",
+            request_id: "",
+            user_agent: "",
+            x_forwarded_for: "",
+            downstream_remote: conn.remote,
+            downstream_local: conn.local,
+            upstream_host: None,
+            upstream_cluster: "",
+            route_name: "",
+            bytes_received: 0,
+            bytes_sent: 0,
+            destination_service: unknown,
+            destination_service_name: unknown,
+            destination_service_namespace: unknown,
+            destination_workload: unknown,
+            destination_workload_namespace: unknown,
+            destination_version: unknown,
+            destination_app: unknown,
+        };
+        self.telemetry.record(&rec);
     }
 
     /// Serve one request; never fails (failures are responses).

@@ -425,6 +425,25 @@ async fn framing_attacks_are_rejected_before_any_backend() {
 }
 
 #[tokio::test]
+async fn a_rejected_head_pipelined_after_a_good_request_leaves_its_answer_alone() {
+    let a = backend("a").await;
+    let vhosts = vec![vhost("v", &["*"], vec![to_cluster("r", prefix("/"), "a")])];
+    let p = start(&resources(
+        vhosts,
+        vec![cluster("a", LbPolicy::RoundRobin, false, &[(a.addr, 1)])],
+    ));
+    let raw = "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n\
+               POST /bad HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+    let out = raw_exchange(p.addr, raw).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    let second = out.find("HTTP/1.1 400").map(|i| &out[i..]);
+    let second = second.unwrap_or_else(|| panic!("no 400 after the 200: {out:?}"));
+    assert!(second.contains("x-trellis-flags: DPE\r\n"), "{out:?}");
+    assert!(second.ends_with("differing values\n"), "{out:?}");
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn h2c_prior_knowledge_downstream() {
     let a = backend("a").await;
     let vhosts = vec![vhost(

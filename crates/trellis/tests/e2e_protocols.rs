@@ -310,6 +310,150 @@ fn http1_framing_attacks_get_400_close_and_reach_no_backend() {
     );
 }
 
+/// Heads hyper rejects while parsing (too many headers, a head larger than its buffer, differing
+/// or invalid Content-Length, a final transfer coding that is not chunked) get the proxy's own
+/// answer, as Envoy's `DPE`: status, `x-trellis-flags: DPE`, a one-line body, `connection:
+/// close` and a close, one access-log line and a count in `istio_requests_total`.
+#[test]
+fn hyper_rejected_heads_get_dpe_logged_and_counted() {
+    let (_apps, mut gw) = reviews_gateway();
+    let smuggled = "GET /reviews/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let many: String = (0..101).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+    // hyper's read buffer is 60 KiB of headers plus 8 KiB: a head still incomplete at exactly
+    // that size is rejected, and every byte sent was read (no reset racing the answer).
+    let mut too_large = String::from("GET /reviews/too-large HTTP/1.1\r\nHost: x\r\nx-big: ");
+    too_large.push_str(&"a".repeat(60 * 1024 + 8 * 1024 - too_large.len()));
+    // (case path, raw request, status, what the body mentions)
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/reviews/too-many",
+            format!("GET /reviews/too-many HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+            431,
+            "headers",
+        ),
+        ("/reviews/too-large", too_large, 431, "larger than"),
+        (
+            "/reviews/cl-cl",
+            format!(
+                "POST /reviews/cl-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\
+                 Content-Length: 5\r\n\r\nabcde{smuggled}"
+            ),
+            400,
+            "content-length",
+        ),
+        (
+            "/reviews/cl-bad",
+            format!(
+                "POST /reviews/cl-bad HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nabcde{smuggled}"
+            ),
+            400,
+            "content-length",
+        ),
+        (
+            "/reviews/te-gzip",
+            format!(
+                "POST /reviews/te-gzip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n\
+                 0\r\n\r\n{smuggled}"
+            ),
+            400,
+            "transfer-encoding",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, raw, want, mention) in &cases {
+        let (answer, closed) = raw_exchange(&gw, raw);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let header = |name: &str| {
+            head.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        let (flags, close) = (header("x-trellis-flags"), header("connection"));
+        let responses = answer.matches("HTTP/1.1 ").count();
+        if status != *want
+            || flags.as_deref() != Some("DPE")
+            || close.as_deref() != Some("close")
+            || !closed
+            || responses != 1
+            || !body.contains(mention)
+            || body.lines().count() != 1
+        {
+            failures.push(format!(
+                "{case}: expected one {want} DPE, connection: close, a one-line body about \
+                 {mention} and a close; got {responses} response(s), closed={closed}: {answer:?}"
+            ));
+        }
+    }
+    // One access-log line each, with the flag, the status and the request line's path.
+    let logged = |log: &str, case: &str, want: u16| {
+        let method = if want == 431 { "GET" } else { "POST" };
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["response_flags"] == "DPE"
+                    && v["response_code"] == want
+                    && v["method"] == method
+                    && v["path"] == case
+            })
+            .count()
+    };
+    let all_logged = || {
+        let log = gw.proxy.stdout_text();
+        cases
+            .iter()
+            .all(|(case, _, want, _)| logged(&log, case, *want) == 1)
+    };
+    if !wait_until(Duration::from_secs(5), all_logged) {
+        let log = gw.proxy.stdout_text();
+        for (case, _, want, _) in &cases {
+            let n = logged(&log, case, *want);
+            if n != 1 {
+                failures.push(format!("{case}: {n} DPE access-log lines, expected 1"));
+            }
+        }
+    }
+    let log = gw.proxy.stdout_text();
+    if log.contains("smuggled") {
+        failures.push(format!("the smuggled request was served: {log}"));
+    }
+    // Counted with the flag and status; nothing reached the backend.
+    let metrics = gw.metrics();
+    for (code, want) in [("431", 2.0), ("400", 3.0)] {
+        let got = metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &[("response_flags", "DPE"), ("response_code", code)],
+        );
+        if got != want {
+            failures.push(format!(
+                "istio_requests_total{{response_flags=DPE,response_code={code}}}: expected {want}, got {got}"
+            ));
+        }
+    }
+    let forwarded = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[("destination_service", REVIEWS)],
+    );
+    if forwarded != 0.0 {
+        failures.push(format!(
+            "requests forwarded to {REVIEWS}: expected 0, got {forwarded}"
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        gw.proxy.describe()
+    );
+}
+
 #[test]
 fn h2c_prior_knowledge_downstream() {
     let port = gateway_port();
