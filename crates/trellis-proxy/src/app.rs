@@ -155,9 +155,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
     let mut listeners = Listeners::new(proxy);
-    listeners.apply(&first)?;
+    // Keep the encoded copy for /config_dump first; applying consumes the messages.
     let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::from(&first)));
-    drop(first);
+    listeners.apply(first)?;
     memory::trim();
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
@@ -179,9 +179,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bound.join(", ")
     );
     let watcher = source.watch(fingerprint, move |res| {
-        listeners.apply(&res).map_err(|e| e.to_string())?;
-        resources.store(Arc::new(EncodedResources::from(&res)));
-        drop(res);
+        let encoded = EncodedResources::from(&res);
+        listeners.apply(res).map_err(|e| e.to_string())?;
+        resources.store(Arc::new(encoded));
         memory::trim();
         Ok(())
     });

@@ -72,9 +72,9 @@ impl Listeners {
 
     /// Compile `res`, bind what is new, swap the snapshot in, close what was removed.
     /// On error nothing changes.
-    pub fn apply(&mut self, res: &trellis_xds::Resources) -> Result<(), ListenerError> {
+    pub fn apply(&mut self, res: trellis_xds::Resources) -> Result<(), ListenerError> {
         let prev = self.proxy.runtime.load_full();
-        let next = Runtime::compile(res, Some(&prev))?;
+        let next = Runtime::compile_owned(res, Some(&prev))?;
         let mut fresh = Vec::new();
         for (name, l) in &next.listeners {
             if self

@@ -58,22 +58,43 @@ pub struct Runtime {
 impl Runtime {
     /// Translate `res`; `prev` is the running snapshot whose per-cluster state carries over.
     pub fn compile(res: &Resources, prev: Option<&Runtime>) -> Result<Runtime, RuntimeError> {
-        let assignments: HashMap<&str, _> = res
-            .endpoints
-            .iter()
-            .map(|a| (a.cluster_name.as_str(), a))
+        Runtime::compile_owned(res.clone(), prev)
+    }
+
+    /// Like [`Runtime::compile`], consuming `res`: each cluster's xDS messages (and its endpoints)
+    /// are freed as soon as they are translated, so a large config never exists twice in memory.
+    pub fn compile_owned(res: Resources, prev: Option<&Runtime>) -> Result<Runtime, RuntimeError> {
+        let Resources {
+            version,
+            listeners: xlisteners,
+            routes: xroutes,
+            clusters: xclusters,
+            endpoints,
+        } = res;
+        let eds_names: Vec<String> = xclusters.iter().map(|c| eds_name(c).to_owned()).collect();
+        let mut users: HashMap<&str, usize> = HashMap::with_capacity(eds_names.len());
+        for n in &eds_names {
+            *users.entry(n.as_str()).or_default() += 1;
+        }
+        let mut assignments: HashMap<String, _> = endpoints
+            .into_iter()
+            .map(|a| (a.cluster_name.clone(), a))
             .collect();
-        let mut clusters = HashMap::with_capacity(res.clusters.len());
-        for c in &res.clusters {
-            let eds_name = c
-                .eds_cluster_config
-                .as_ref()
-                .map(|e| e.service_name.as_str())
-                .filter(|s| !s.is_empty())
-                .unwrap_or(&c.name);
+        let mut clusters = HashMap::with_capacity(xclusters.len());
+        for (c, eds) in xclusters.into_iter().zip(&eds_names) {
             let before = prev.and_then(|p| p.clusters.get(c.name.as_str()));
-            let compiled =
-                Cluster::compile(c, assignments.get(eds_name).copied(), before.map(|c| &**c))?;
+            let remaining = users.get_mut(eds.as_str()).map(|u| {
+                *u -= 1;
+                *u
+            });
+            // The last cluster that reads an assignment takes (and then frees) it.
+            let owned = if remaining == Some(0) {
+                assignments.remove(eds.as_str())
+            } else {
+                None
+            };
+            let assignment = owned.as_ref().or_else(|| assignments.get(eds.as_str()));
+            let compiled = Cluster::compile(&c, assignment, before.map(|c| &**c))?;
             if clusters
                 .insert(Arc::clone(&compiled.name), Arc::new(compiled))
                 .is_some()
@@ -84,9 +105,10 @@ impl Runtime {
                 });
             }
         }
-        let mut routes = HashMap::with_capacity(res.routes.len());
-        for rc in &res.routes {
-            let table = RouteTable::compile(rc, &clusters)?;
+        drop(assignments);
+        let mut routes = HashMap::with_capacity(xroutes.len());
+        for rc in xroutes {
+            let table = RouteTable::compile(&rc, &clusters)?;
             if routes
                 .insert(Arc::clone(&table.name), Arc::new(table))
                 .is_some()
@@ -97,9 +119,9 @@ impl Runtime {
                 });
             }
         }
-        let mut listeners = HashMap::with_capacity(res.listeners.len());
-        for l in &res.listeners {
-            let compiled = Listener::compile(l, &clusters)?;
+        let mut listeners = HashMap::with_capacity(xlisteners.len());
+        for l in xlisteners {
+            let compiled = Listener::compile(&l, &clusters)?;
             if listeners
                 .insert(Arc::clone(&compiled.name), Arc::new(compiled))
                 .is_some()
@@ -111,7 +133,7 @@ impl Runtime {
             }
         }
         Ok(Runtime {
-            version: res.version.clone(),
+            version,
             listeners,
             routes,
             clusters,
@@ -125,6 +147,15 @@ impl Runtime {
             RouteSource::Rds(name) => self.routes.get(&**name),
         }
     }
+}
+
+/// The name of the `ClusterLoadAssignment` a cluster reads (EDS service name, else its own name).
+fn eds_name(c: &envoy_types::pb::envoy::config::cluster::v3::Cluster) -> &str {
+    c.eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&c.name)
 }
 
 /// protobuf `Duration` → std (negative → zero).

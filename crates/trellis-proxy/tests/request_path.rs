@@ -581,7 +581,11 @@ async fn config_swap_under_load_loses_nothing() {
     });
     for i in 0..20 {
         p.listeners
-            .apply(if i % 2 == 0 { &res_b } else { &res_a })
+            .apply(if i % 2 == 0 {
+                res_b.clone()
+            } else {
+                res_a.clone()
+            })
             .expect("apply");
         assert_eq!(p.listeners.bound()[LISTENER], addr, "never rebound");
         tokio::task::yield_now().await;
@@ -594,7 +598,7 @@ async fn config_swap_under_load_loses_nothing() {
     bad.routes[0].virtual_hosts[0].domains.push("a*b".into());
     let err = p
         .listeners
-        .apply(&bad)
+        .apply(bad.clone())
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();

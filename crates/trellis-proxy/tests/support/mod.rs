@@ -324,7 +324,7 @@ pub fn start(res: &Resources) -> Running {
         Arc::new(Telemetry::new(&ProxyIdentity::default())),
     ));
     let mut listeners = Listeners::new(proxy);
-    listeners.apply(res).expect("apply");
+    listeners.apply(res.clone()).expect("apply");
     let addr = listeners.bound()[LISTENER];
     Running { listeners, addr }
 }
