@@ -479,8 +479,8 @@ async fn h2c_prior_knowledge_downstream() {
     assert_eq!(resp.status(), 404);
 }
 
-#[tokio::test]
-async fn h2_upstream_gets_the_client_authority() {
+/// A backend behind a catch-all route to an h2 (gRPC) cluster; the backend must stay alive.
+async fn grpc_proxy() -> (Backend, Running) {
     let g = backend("g").await;
     let vhosts = vec![vhost(
         "v",
@@ -491,6 +491,12 @@ async fn h2_upstream_gets_the_client_authority() {
         vhosts,
         vec![cluster("grpc", LbPolicy::RoundRobin, true, &[(g.addr, 1)])],
     ));
+    (g, p)
+}
+
+#[tokio::test]
+async fn h2_upstream_gets_the_client_authority() {
+    let (_g, p) = grpc_proxy().await;
     let req = Request::post(format!("http://{}/pkg.Svc/Call", p.addr))
         .header("host", "api.example.com:8443")
         .header("content-type", "application/grpc")
@@ -513,16 +519,7 @@ async fn h2_upstream_gets_the_client_authority() {
 
 #[tokio::test]
 async fn grpc_over_h2_keeps_trailers() {
-    let g = backend("g").await;
-    let vhosts = vec![vhost(
-        "v",
-        &["*"],
-        vec![to_cluster("r", prefix("/"), "grpc")],
-    )];
-    let p = start(&resources(
-        vhosts,
-        vec![cluster("grpc", LbPolicy::RoundRobin, true, &[(g.addr, 1)])],
-    ));
+    let (_g, p) = grpc_proxy().await;
     let req = Request::post(format!("http://{}/pkg.Svc/Call", p.addr))
         .header("content-type", "application/grpc")
         .header("te", "trailers")

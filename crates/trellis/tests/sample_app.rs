@@ -1,10 +1,12 @@
 //! End-to-end tests of `trellis sample-app`: the real binary on a free
 //! loopback port, driven by curl (HTTP/1.1 and h2c) and Python grpcio.
 
+mod e2e_support;
+
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use e2e_support::grpc;
 use serde_json::Value;
 use trellis_testkit::{Process, free_port, http_request, wait_for_port};
 
@@ -179,23 +181,6 @@ fn status_delay_and_not_found() {
     let v = json(&body);
     assert_identity(&v);
     assert_eq!(v["error"], "no route for /no/such/path");
-}
-
-/// Runs `tests/py/grpc_client.py ADDR ARGS…` and parses its JSON line.
-fn grpc(addr: &str, args: &[&str]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/grpc_client.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .arg(addr)
-        .args(args)
-        .output()
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "grpc_client.py {args:?} failed (is grpcio installed? `python3 -m pip install grpcio`):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    json(&String::from_utf8_lossy(&output.stdout))
 }
 
 #[test]
