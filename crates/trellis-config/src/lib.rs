@@ -11,13 +11,14 @@
 mod analyze;
 mod de;
 pub mod diag;
-mod load;
+pub mod load;
 pub mod registry;
 pub mod types;
 mod validate;
 mod yaml;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use load::Loader;
 pub use registry::{
     Endpoint, Protocol, Registry, Resolution, Service, ServiceLocation, ServicePort,
 };

@@ -54,7 +54,7 @@ const UNSUPPORTED_KINDS: &[&str] = &[
 
 /// Accumulates resources and diagnostics across files.
 #[derive(Default)]
-pub(crate) struct Loader {
+pub struct Loader {
     snapshot: Snapshot,
     diagnostics: Vec<Diagnostic>,
     spans: SpanIndex,

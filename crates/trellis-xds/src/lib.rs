@@ -13,6 +13,7 @@ mod cluster;
 mod gateway;
 mod json;
 mod listener;
+mod node;
 mod route;
 mod sidecar;
 
