@@ -122,7 +122,7 @@ pub async fn serve(
             },
         );
     };
-    let target = chain.action.pick();
+    let target = chain.pick();
     let Some(cluster) = target.cluster.as_deref() else {
         tracing::info!(cluster = %target.name, "cluster not found; closing connection");
         return finish(

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
@@ -53,6 +54,8 @@ pub struct TcpChain {
     pub action: RouteAction,
     /// Close the connection after this long without bytes either way (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Connections picked so far (from a random start), for [`TcpChain::pick`].
+    picks: AtomicU64,
 }
 
 impl TcpListener {
@@ -178,6 +181,7 @@ impl TcpListener {
                 stat_prefix: proxy.stat_prefix.as_str().into(),
                 action,
                 idle_timeout,
+                picks: AtomicU64::new(fastrand::u64(..)),
             });
         }
         if out.chains.is_empty() {
@@ -200,6 +204,33 @@ impl TcpListener {
         });
         by_name.or(self.fallback).and_then(|i| self.chains.get(i))
     }
+}
+
+impl TcpChain {
+    /// The cluster for a new connection. A weighted split follows the golden-ratio sequence
+    /// over a per-chain counter: every run of connections is split by weight to within a
+    /// connection or two (a random draw per connection, as Envoy does, strays by several
+    /// percent over a few hundred connections), and the random start keeps proxies apart.
+    pub fn pick(&self) -> &ClusterRef {
+        match &self.action {
+            RouteAction::Cluster(c) => c,
+            RouteAction::Weighted { clusters, total } => {
+                let k = self.picks.fetch_add(1, Ordering::Relaxed);
+                let r = golden_point(k, *total);
+                let i = clusters.partition_point(|(bound, _)| *bound <= r);
+                // `i` < len because the last bound == total > r.
+                &clusters[i.min(clusters.len() - 1)].1
+            }
+        }
+    }
+}
+
+/// The `k`-th point of the golden-ratio sequence scaled to `0..total`.
+fn golden_point(k: u64, total: u64) -> u64 {
+    // 2^64 / φ: multiplying wraps around the unit interval as 64-bit fixed point.
+    const INV_PHI: u64 = 0x9E37_79B9_7F4A_7C15;
+    let frac = k.wrapping_mul(INV_PHI);
+    ((u128::from(frac) * u128::from(total)) >> 64) as u64
 }
 
 /// `address.socket_address` as a `SocketAddr` (an IP address, not a name).
@@ -339,6 +370,38 @@ mod tests {
         let l = listener(vec![chain(&["a.example.com"], "a")]).unwrap();
         assert_eq!(picked(&l, Some("c.example.com")), None);
         assert_eq!(picked(&l, None), None);
+    }
+
+    #[test]
+    fn weighted_pick_splits_every_run_by_weight() {
+        let clusters = [("a", 80u64), ("b", 20)]
+            .iter()
+            .scan(0, |total, (name, w)| {
+                *total += w;
+                Some((
+                    *total,
+                    ClusterRef {
+                        name: (*name).into(),
+                        cluster: None,
+                    },
+                ))
+            })
+            .collect();
+        let chain = TcpChain {
+            stat_prefix: "x".into(),
+            action: RouteAction::Weighted {
+                clusters,
+                total: 100,
+            },
+            idle_timeout: None,
+            picks: AtomicU64::new(fastrand::u64(..)),
+        };
+        for n in [50, 200, 1000] {
+            let a = (0..n).filter(|_| &*chain.pick().name == "a").count();
+            let share = a as f64 / n as f64;
+            assert!((share - 0.8).abs() <= 0.03, "{a} of {n}");
+        }
+        assert!((0..1000).all(|k| golden_point(k, 7) < 7));
     }
 
     #[test]
