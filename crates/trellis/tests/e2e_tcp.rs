@@ -132,6 +132,34 @@ fn wait_metric(gw: &Gateway, name: &str, want: &[(&str, &str)], value: f64) -> S
     text
 }
 
+/// Waits for an access-log line (proxy stdout, JSON) of a TCP connection that has every
+/// `(field, value)` of `want` (values compared as JSON strings or numbers rendered as text).
+fn wait_log_line(gw: &mut Gateway, want: &[(&str, &str)]) -> serde_json::Value {
+    let mut found = None;
+    let matches = |line: &serde_json::Value| {
+        line["protocol"] == "TCP"
+            && want.iter().all(|(k, v)| match &line[*k] {
+                serde_json::Value::String(s) => s == v,
+                other => other.to_string() == *v,
+            })
+    };
+    let ok = wait_until(Duration::from_secs(10), || {
+        found = gw
+            .proxy
+            .stdout_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| matches(l));
+        found.is_some()
+    });
+    assert!(
+        ok,
+        "no TCP access-log line with {want:?}:\n{}",
+        gw.proxy.stdout_text()
+    );
+    found.unwrap_or_default()
+}
+
 #[test]
 fn tcp_traffic_shifting_80_20_then_all_to_v2() {
     let (_v1, p1) = tcp_echo("tcp-echo", "v1");
@@ -232,7 +260,7 @@ fn tcp_routes_by_port_and_closes_on_connect_failure() {
         service_entry_yaml("gone", gone, 7002, "TCP", &[ep(dead, "v1")]),
         l4_virtual_service("by-port", "\"*\"", &routes),
     ]);
-    let gw = Gateway::start(port_a, &yaml);
+    let mut gw = Gateway::start(port_a, &yaml);
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     assert!(wait_for_port(at(port_b), Duration::from_secs(5)));
     for _ in 0..5 {
@@ -264,6 +292,30 @@ fn tcp_routes_by_port_and_closes_on_connect_failure() {
     let received = metric_sum(&text, "istio_tcp_received_bytes_total", &alpha_labels);
     let sent = metric_sum(&text, "istio_tcp_sent_bytes_total", &alpha_labels);
     assert_eq!((received, sent), (15.0, 60.0), "{text}");
+
+    // One access-log line per connection, with Envoy's fields.
+    let upstream = format!("127.0.0.1:{pa}");
+    let line = wait_log_line(
+        &mut gw,
+        &[
+            ("upstream_host", &upstream),
+            ("bytes_received", "3"),
+            ("bytes_sent", "12"),
+        ],
+    );
+    assert_eq!(line["response_flags"], "-", "{line}");
+    assert_eq!(
+        line["upstream_cluster"],
+        format!("outbound|7000||{alpha}"),
+        "{line}"
+    );
+    let line = wait_log_line(&mut gw, &[("response_flags", "UF")]);
+    assert_eq!(
+        line["upstream_cluster"],
+        format!("outbound|7002||{gone}"),
+        "{line}"
+    );
+    assert_eq!(line["bytes_sent"], 0, "{line}");
 }
 
 /// A throwaway self-signed certificate for `host`: `(cert.pem, key.pem)` in `dir`.
@@ -375,7 +427,7 @@ fn tls_passthrough_routes_by_sni_without_terminating() {
         service_entry_yaml("backend-b", "b.example.com", 443, "TLS", &[ep(pb, "v1")]),
         l4_virtual_service("passthrough", "a.example.com, b.example.com", routes),
     ]);
-    let gw = Gateway::start(port, &yaml);
+    let mut gw = Gateway::start(port, &yaml);
 
     // Each name reaches its own backend, and the client verified that backend's certificate.
     for _ in 0..3 {
@@ -424,6 +476,13 @@ fn tls_passthrough_routes_by_sni_without_terminating() {
         "istio_tcp_connections_closed_total",
         &[("response_flags", "NR")],
         2.0,
+    );
+    let line = wait_log_line(&mut gw, &[("authority", "c.example.com")]);
+    assert_eq!(line["response_flags"], "NR", "{line}");
+    let line = wait_log_line(&mut gw, &[("authority", "a.example.com")]);
+    assert_eq!(
+        line["upstream_cluster"], "outbound|443||a.example.com",
+        "{line}"
     );
     let a = [
         ("destination_service", "a.example.com"),
