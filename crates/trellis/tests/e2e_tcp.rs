@@ -140,7 +140,7 @@ fn wait_log_line(gw: &mut Gateway, want: &[(&str, &str)]) -> serde_json::Value {
         line["protocol"] == "TCP"
             && want.iter().all(|(k, v)| match &line[*k] {
                 serde_json::Value::String(s) => s == v,
-                other => other.to_string() == *v,
+                other => other.to_string().as_str() == *v,
             })
     };
     let ok = wait_until(Duration::from_secs(10), || {
