@@ -1,7 +1,7 @@
 //! Trellis data plane: sidecar and gateway proxy.
 //!
 //! `runtime` turns xDS `Resources` into hot-path tables, `listeners` binds and serves them,
-//! `proxy` carries one request from downstream to upstream, `source` feeds the runtime from a
+//! `proxy` carries one request from downstream to upstream, `tcp_proxy` one L4 connection, `source` feeds the runtime from a
 //! directory, `memory` tunes malloc, and `app` wires everything together (the only place that
 //! does).
 
@@ -12,4 +12,5 @@ pub mod memory;
 pub mod proxy;
 pub mod runtime;
 pub mod source;
+pub mod tcp_proxy;
 pub mod telemetry;

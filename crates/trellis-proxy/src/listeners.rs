@@ -2,7 +2,8 @@
 //! it binds listeners that are new (or moved), closes removed ones and never rebinds one that
 //! stayed; binding happens before the snapshot is swapped in, so a bind failure leaves the old
 //! config serving. Each connection is served by hyper (HTTP/1.1 and h2c prior knowledge on one
-//! port) with the listener's limits and timeouts. Owns sockets only; routing is `crate::proxy`.
+//! port) with the listener's limits and timeouts; L4 (tcp_proxy) listeners hand each connection
+//! to `crate::tcp_proxy`. Owns sockets only; routing is `crate::proxy`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub mod framing;
+pub mod sni;
 
 use crate::proxy::{ConnInfo, Proxy, poll_registered};
 use crate::runtime::{HttpSettings, Runtime, RuntimeError};
@@ -76,20 +78,16 @@ impl Listeners {
         let prev = self.proxy.runtime.load_full();
         let next = Runtime::compile_owned(res, Some(&prev))?;
         let mut fresh = Vec::new();
-        for (name, l) in &next.listeners {
-            if self
-                .active
-                .get(name)
-                .is_some_and(|a| a.configured == l.addr)
-            {
+        for (name, addr) in next.listener_addrs() {
+            if self.active.get(name).is_some_and(|a| a.configured == addr) {
                 continue;
             }
-            let std_listener = bind(l.addr).map_err(|source| ListenerError::Bind {
+            let std_listener = bind(addr).map_err(|source| ListenerError::Bind {
                 name: name.to_string(),
-                addr: l.addr,
+                addr,
                 source,
             })?;
-            fresh.push((Arc::clone(name), l.addr, std_listener));
+            fresh.push((Arc::clone(name), addr, std_listener));
         }
         let mut tokio_listeners = Vec::with_capacity(fresh.len());
         for (name, addr, l) in fresh {
@@ -100,7 +98,7 @@ impl Listeners {
             })?;
             tokio_listeners.push((name, addr, tl));
         }
-        let keep: Vec<Arc<str>> = next.listeners.keys().cloned().collect();
+        let keep: Vec<Arc<str>> = next.listener_addrs().map(|(n, _)| Arc::clone(n)).collect();
         self.proxy.runtime.store(Arc::new(next));
         self.active.retain(|name, _| keep.contains(name));
         for (name, configured, tl) in tokio_listeners {
@@ -150,6 +148,17 @@ async fn accept_loop(
         match accepted {
             Ok((stream, remote)) => {
                 let local = stream.local_addr().unwrap_or(remote);
+                // L4 listeners: the chain is chosen per connection by `tcp_proxy`.
+                if let Some(l) = proxy.runtime.load().tcp_listeners.get(&name) {
+                    let l = Arc::clone(l);
+                    tokio::spawn(crate::tcp_proxy::serve(
+                        Arc::clone(&proxy),
+                        l,
+                        stream,
+                        remote,
+                    ));
+                    continue;
+                }
                 let conn = Arc::new(ConnInfo::new(Arc::clone(&name), remote, local));
                 tokio::spawn(serve_connection(Arc::clone(&proxy), conn, stream));
             }

@@ -9,8 +9,10 @@ pub mod cluster;
 pub mod listener;
 pub mod pool;
 pub mod route;
+pub mod tcp;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use trellis_xds::Resources;
 pub use cluster::{Cluster, Endpoint, UpstreamProtocol};
 pub use listener::{HttpSettings, Listener, RouteSource};
 pub use route::{Route, RouteTable};
+pub use tcp::{TcpChain, TcpListener};
 
 /// Why a snapshot could not be built; names the resource and the field.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,8 @@ pub struct Runtime {
     pub listeners: HashMap<Arc<str>, Arc<Listener>>,
     pub routes: HashMap<Arc<str>, Arc<RouteTable>>,
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// L4 (tcp_proxy) listeners; names are unique across both listener maps.
+    pub tcp_listeners: HashMap<Arc<str>, Arc<TcpListener>>,
 }
 
 impl Runtime {
@@ -120,12 +125,22 @@ impl Runtime {
             }
         }
         let mut listeners = HashMap::with_capacity(xlisteners.len());
+        let mut tcp_listeners = HashMap::new();
         for l in xlisteners {
-            let compiled = Listener::compile(&l, &clusters)?;
-            if listeners
-                .insert(Arc::clone(&compiled.name), Arc::new(compiled))
-                .is_some()
-            {
+            let dup = if TcpListener::is_l4(&l) {
+                let compiled = TcpListener::compile(&l, &clusters)?;
+                listeners.contains_key(&compiled.name)
+                    || tcp_listeners
+                        .insert(Arc::clone(&compiled.name), Arc::new(compiled))
+                        .is_some()
+            } else {
+                let compiled = Listener::compile(&l, &clusters)?;
+                tcp_listeners.contains_key(&compiled.name)
+                    || listeners
+                        .insert(Arc::clone(&compiled.name), Arc::new(compiled))
+                        .is_some()
+            };
+            if dup {
                 return Err(RuntimeError::Duplicate {
                     kind: "listener",
                     name: l.name.clone(),
@@ -137,7 +152,14 @@ impl Runtime {
             listeners,
             routes,
             clusters,
+            tcp_listeners,
         })
+    }
+
+    /// Every listener's name and configured address, HTTP and L4.
+    pub fn listener_addrs(&self) -> impl Iterator<Item = (&Arc<str>, SocketAddr)> {
+        let http = self.listeners.iter().map(|(n, l)| (n, l.addr));
+        http.chain(self.tcp_listeners.iter().map(|(n, l)| (n, l.addr)))
     }
 
     /// The route table a listener uses right now.

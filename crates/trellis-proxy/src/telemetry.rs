@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod tcp_metrics;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use trellis_xds::ProxyIdentity;
 
 use access_log::AccessLog;
 use metrics::{IstioCollector, IstioMetrics, LabelValues, Observation};
+use tcp_metrics::{TcpCollector, TcpLabels, TcpMetrics, TcpSeries};
 
 /// `Content-Type` of [`Telemetry::encode_prometheus`]'s output (Prometheus text format 0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -31,6 +33,7 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 pub struct Telemetry {
     registry: Registry,
     istio: Arc<IstioMetrics>,
+    tcp: Arc<TcpMetrics>,
     access_log: Option<AccessLog>,
     config_applies: Counter,
     config_rejections: Counter,
@@ -105,6 +108,8 @@ impl Telemetry {
         let series_dropped = Counter::default();
         let istio = Arc::new(IstioMetrics::new(proxy, series_dropped.clone()));
         registry.register_collector(Box::new(IstioCollector(Arc::clone(&istio))));
+        let tcp = Arc::new(TcpMetrics::new(proxy, series_dropped.clone()));
+        registry.register_collector(Box::new(TcpCollector(Arc::clone(&tcp))));
         let access_log_dropped = Counter::default();
         let out: Option<Box<dyn Write + Send>> = match sink {
             AccessLogSink::StdoutUnlessDisabled => {
@@ -156,6 +161,7 @@ impl Telemetry {
         Telemetry {
             registry,
             istio,
+            tcp,
             access_log,
             config_applies,
             config_rejections,
@@ -190,6 +196,18 @@ impl Telemetry {
             response_bytes: r.bytes_sent,
         };
         self.istio.record(&values, obs);
+        if let Some(log) = &self.access_log {
+            log.log(r);
+        }
+    }
+
+    /// The `istio_tcp_*` series of a connection's labels (`None` past the series bound).
+    pub fn tcp_series(&self, labels: &TcpLabels<'_>) -> Option<Arc<TcpSeries>> {
+        self.tcp.series(labels)
+    }
+
+    /// One access-log line for a finished TCP connection (no metrics: those are live).
+    pub fn log_connection(&self, r: &RequestRecord<'_>) {
         if let Some(log) = &self.access_log {
             log.log(r);
         }

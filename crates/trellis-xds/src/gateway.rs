@@ -3,8 +3,9 @@
 //!
 //! Owns gateway selection (selector ⊆ proxy labels, any namespace), server host forms (`ns/host`)
 //! and VS host × server host intersection. Route translation lives in `route.rs`, clusters in
-//! `cluster.rs`. Only plaintext HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) are compiled for
-//! now; HTTPS/TLS/TCP servers are skipped.
+//! `cluster.rs`. Plaintext HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) are compiled here; TCP
+//! and TLS-passthrough servers by `l4.rs`; TLS-terminating (HTTPS/TLS SIMPLE, MUTUAL) servers
+//! are skipped for now.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,7 +32,9 @@ pub fn compile(ctx: &Context<'_>) -> (Vec<Listener>, Vec<RouteConfiguration>, Cl
     let mut refs = ClusterRefs::new();
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
-    for (port, servers) in servers_by_port(ctx) {
+    let by_port = servers_by_port(ctx);
+    let http_ports = by_port.keys().copied().collect();
+    for (port, servers) in by_port {
         let name = format!("http.{port}");
         routes.push(port_routes(ctx, port, &name, &servers, &mut refs));
         listeners.push(http_listener(
@@ -46,6 +49,7 @@ pub fn compile(ctx: &Context<'_>) -> (Vec<Listener>, Vec<RouteConfiguration>, Cl
             },
         ));
     }
+    listeners.extend(crate::l4::gateway_listeners(ctx, &http_ports, &mut refs));
     (listeners, routes, refs)
 }
 

@@ -13,15 +13,19 @@ use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{LbEndpoint, LocalityLbEndpoints, lb_endpoint};
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, ListenerFilter, filter, listener_filter,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteMatch, VirtualHost,
     WeightedCluster, header_matcher, query_parameter_matcher, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
@@ -100,6 +104,10 @@ pub fn listener(l: &Listener) -> Value {
             "filterChains",
             l.filter_chains.iter().map(filter_chain).collect(),
         )
+        .list(
+            "listenerFilters",
+            l.listener_filters.iter().map(listener_filter).collect(),
+        )
         .opt("trafficDirection", direction)
         .done()
 }
@@ -107,6 +115,10 @@ pub fn listener(l: &Listener) -> Value {
 fn filter_chain(c: &FilterChain) -> Value {
     Obj::default()
         .str("name", &c.name)
+        .opt(
+            "filterChainMatch",
+            c.filter_chain_match.as_ref().map(filter_chain_match),
+        )
         .list("filters", c.filters.iter().map(network_filter).collect())
         .done()
 }
@@ -122,6 +134,53 @@ fn network_filter(f: &Filter) -> Value {
         .done()
 }
 
+fn filter_chain_match(m: &FilterChainMatch) -> Value {
+    Obj::default()
+        .list(
+            "serverNames",
+            m.server_names.iter().map(|n| json!(n)).collect(),
+        )
+        .str("transportProtocol", &m.transport_protocol)
+        .done()
+}
+
+fn listener_filter(f: &ListenerFilter) -> Value {
+    let typed = match &f.config_type {
+        Some(listener_filter::ConfigType::TypedConfig(any)) => Some(any_value(any)),
+        _ => None,
+    };
+    Obj::default()
+        .str("name", &f.name)
+        .opt("typedConfig", typed)
+        .done()
+}
+
+fn tcp_proxy(t: &TcpProxy) -> Value {
+    let o = Obj::typed(&TcpProxy::type_url()).str("statPrefix", &t.stat_prefix);
+    match &t.cluster_specifier {
+        Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => o.str("cluster", c),
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+            let clusters = w
+                .clusters
+                .iter()
+                .map(|c| {
+                    Obj::default()
+                        .str("name", &c.name)
+                        .num("weight", u64::from(c.weight))
+                        .done()
+                })
+                .collect();
+            o.opt(
+                "weightedClusters",
+                Some(Obj::default().list("clusters", clusters).done()),
+            )
+        }
+        None => o,
+    }
+    .opt("idleTimeout", t.idle_timeout.as_ref().map(duration))
+    .done()
+}
+
 /// Unpacks the `Any`s we emit; anything else renders as its type URL alone.
 fn any_value(any: &Any) -> Value {
     let bytes = any.value.as_slice();
@@ -133,6 +192,12 @@ fn any_value(any: &Any) -> Value {
         HttpProtocolOptions::decode(bytes)
             .ok()
             .map(|m| upstream_http_options(&m))
+    } else if any.type_url == TcpProxy::type_url() {
+        TcpProxy::decode(bytes).ok().map(|m| tcp_proxy(&m))
+    } else if any.type_url == TlsInspector::type_url() {
+        TlsInspector::decode(bytes)
+            .ok()
+            .map(|_| Obj::typed(&TlsInspector::type_url()).done())
     } else if any.type_url == Router::type_url() {
         Router::decode(bytes)
             .ok()

@@ -12,6 +12,7 @@
 mod cluster;
 mod gateway;
 mod json;
+mod l4;
 mod listener;
 mod node;
 mod route;

@@ -67,6 +67,9 @@ pub struct SampleAppArgs {
     /// Instance id reported in every answer; defaults to `<name>-<version>-<pid>`.
     #[arg(long)]
     pub instance: Option<String>,
+    /// Plain TCP line echo instead of HTTP: each line comes back as `name/version <line>`.
+    #[arg(long)]
+    pub tcp_echo: bool,
 }
 
 fn main() -> std::process::ExitCode {

@@ -4,12 +4,13 @@
 //! names the service, version and instance that produced it, so tests and
 //! demos can see where the mesh routed a request. This module owns the
 //! listener, the shutdown signals and the HTTP-vs-gRPC dispatch; the
-//! endpoints themselves live in [`http`] and [`grpc`]. It must never panic on
+//! endpoints themselves live in [`http`] and [`grpc`]; `--tcp-echo` serves [`tcp`] instead. It must never panic on
 //! a request path: every bad input gets an explicit error answer.
 
 mod grpc;
 mod http;
 mod messages;
+mod tcp;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,8 @@ pub struct SampleAppConfig {
     pub identity: Identity,
     pub address: IpAddr,
     pub port: u16,
+    /// Serve the line echo over plain TCP instead of HTTP/gRPC.
+    pub tcp_echo: bool,
 }
 
 /// Who this process claims to be in every answer.
@@ -62,6 +65,7 @@ impl From<SampleAppArgs> for SampleAppConfig {
             },
             address: args.address,
             port: args.port,
+            tcp_echo: args.tcp_echo,
         }
     }
 }
@@ -78,6 +82,14 @@ pub async fn run(config: SampleAppConfig) -> anyhow::Result<()> {
         "sample-app {}/{} (instance {}) listening on {local}",
         identity.service, identity.version, identity.instance
     );
+    if config.tcp_echo {
+        let result = tcp::serve(listener, Arc::clone(&identity), shutdown_signal()).await;
+        eprintln!(
+            "sample-app {}/{}: shutting down",
+            identity.service, identity.version
+        );
+        return result;
+    }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {

@@ -1,0 +1,425 @@
+//! L4 routing: VirtualService `tcp` and `tls` routes -> listeners whose filter chains end in an
+//! `envoy.filters.network.tcp_proxy` (one cluster or weighted clusters), with the
+//! `envoy.filters.listener.tls_inspector` listener filter and `filter_chain_match.server_names`
+//! for TLS passthrough, as Istio generates them.
+//!
+//! Owns which Gateway servers are L4 (TCP-like protocols, and TLS/HTTPS with `tls.mode:
+//! PASSTHROUGH`), which `tcp`/`tls` routes apply to a server (gateways, port, sourceLabels,
+//! sourceNamespace), SNI host × server host intersection and the shape of the tcp_proxy chains.
+//! HTTP servers stay in `gateway.rs`; destinations become cluster names through `route.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier, tcp_proxy::WeightedCluster,
+    tcp_proxy::weighted_cluster::ClusterWeight,
+};
+use envoy_types::util::pack_any;
+use trellis_config::{
+    Gateway, Protocol, Resource, RouteDestination, Server, ServerTlsMode, VirtualService,
+    resolve_host,
+};
+
+use crate::gateway::{selects, split_server_host};
+use crate::listener::socket_address;
+use crate::route::{ClusterRefs, Scope, binds, destination_cluster, host_intersection};
+use crate::{Context, Listener};
+
+pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+pub const TLS_INSPECTOR_FILTER: &str = "envoy.filters.listener.tls_inspector";
+
+/// One L4 server of a selected Gateway.
+struct Bound<'a> {
+    /// `namespace/name` of the Gateway.
+    key: String,
+    namespace: &'a str,
+    server: &'a Server,
+    /// TLS passthrough (routes by SNI) rather than plain TCP.
+    passthrough: bool,
+}
+
+/// Where L4 routes are being matched: which proxy, gateway and port.
+#[derive(Clone, Copy)]
+struct L4Scope<'a> {
+    ctx: &'a Context<'a>,
+    gateway: Option<&'a str>,
+    port: u32,
+}
+
+/// A `tcp_proxy` filter to one cluster (stat prefix = the cluster) or a weighted split
+/// (stat prefix = `<vs name>.<vs namespace>`, as Istio).
+pub fn tcp_proxy(split_prefix: &str, mut targets: Vec<(String, u32)>) -> TcpProxy {
+    let (stat_prefix, specifier) = if targets.len() == 1 {
+        let (cluster, _) = targets.remove(0);
+        (cluster.clone(), ClusterSpecifier::Cluster(cluster))
+    } else {
+        let clusters = targets
+            .into_iter()
+            .map(|(name, weight)| ClusterWeight {
+                name,
+                weight,
+                ..Default::default()
+            })
+            .collect();
+        (
+            split_prefix.to_string(),
+            ClusterSpecifier::WeightedClusters(WeightedCluster { clusters }),
+        )
+    };
+    TcpProxy {
+        stat_prefix,
+        cluster_specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+/// A filter chain holding one tcp_proxy; `server_names` empty = any SNI (or none).
+pub fn tcp_chain(server_names: Vec<String>, proxy: TcpProxy) -> FilterChain {
+    let filter_chain_match = (!server_names.is_empty()).then(|| FilterChainMatch {
+        server_names,
+        ..Default::default()
+    });
+    FilterChain {
+        filter_chain_match,
+        filters: vec![Filter {
+            name: TCP_PROXY_FILTER.into(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A listener of tcp_proxy chains; with the TLS inspector when any chain matches on SNI.
+pub fn l4_listener(
+    name: &str,
+    ip: &str,
+    port: u32,
+    direction: TrafficDirection,
+    chains: Vec<FilterChain>,
+) -> Listener {
+    let sni = chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.server_names.is_empty())
+    });
+    let listener_filters = if sni {
+        vec![ListenerFilter {
+            name: TLS_INSPECTOR_FILTER.into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }]
+    } else {
+        Vec::new()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(socket_address(ip, port)),
+        traffic_direction: direction as i32,
+        filter_chains: chains,
+        listener_filters,
+        ..Default::default()
+    }
+}
+
+/// Listeners `0.0.0.0_<port>` for the gateway's TCP and TLS-passthrough servers on ports that
+/// carry no HTTP server (`http_ports`). A port whose routes yield no chain gets no listener.
+pub fn gateway_listeners(
+    ctx: &Context<'_>,
+    http_ports: &BTreeSet<u32>,
+    refs: &mut ClusterRefs,
+) -> Vec<Listener> {
+    let mut services: Vec<&Resource<VirtualService>> =
+        ctx.snapshot.virtual_services.iter().collect();
+    services.sort_by_key(|vs| vs.key());
+    let mut out = Vec::new();
+    for (port, servers) in l4_servers(ctx, http_ports) {
+        let chains = port_chains(ctx, port, &servers, &services, refs);
+        if chains.is_empty() {
+            continue;
+        }
+        out.push(l4_listener(
+            &format!("0.0.0.0_{port}"),
+            &ctx.proxy.bind_address,
+            port,
+            TrafficDirection::Outbound,
+            chains,
+        ));
+    }
+    out
+}
+
+/// Servers of selected Gateways that are TCP-like, or TLS/HTTPS in PASSTHROUGH mode, by port.
+fn l4_servers<'a>(
+    ctx: &'a Context<'_>,
+    http_ports: &BTreeSet<u32>,
+) -> BTreeMap<u32, Vec<Bound<'a>>> {
+    let mut gateways: Vec<&Resource<Gateway>> = ctx
+        .snapshot
+        .gateways
+        .iter()
+        .filter(|g| selects(&g.spec, &ctx.proxy.labels))
+        .collect();
+    gateways.sort_by_key(|g| g.key());
+    let mut by_port: BTreeMap<u32, Vec<Bound<'a>>> = BTreeMap::new();
+    for g in gateways {
+        for server in &g.spec.servers {
+            let Some(port) = &server.port else { continue };
+            if http_ports.contains(&port.number) {
+                continue;
+            }
+            let protocol = Protocol::parse(&port.protocol);
+            let mode = server.tls.as_ref().and_then(|t| t.mode).unwrap_or_default();
+            let passthrough = match protocol {
+                Protocol::Tls | Protocol::Https => {
+                    if mode != ServerTlsMode::Passthrough {
+                        continue; // TLS termination: a later issue
+                    }
+                    true
+                }
+                p if p.is_http() || p == Protocol::Udp => continue,
+                _ => false,
+            };
+            by_port.entry(port.number).or_default().push(Bound {
+                key: g.key(),
+                namespace: &g.meta.namespace,
+                server,
+                passthrough,
+            });
+        }
+    }
+    by_port
+}
+
+/// The chains of one port: SNI chains of the TLS routes first (each server name once), then at
+/// most one catch-all chain (a `*` SNI host, or the first applicable TCP route).
+fn port_chains(
+    ctx: &Context<'_>,
+    port: u32,
+    servers: &[Bound<'_>],
+    services: &[&Resource<VirtualService>],
+    refs: &mut ClusterRefs,
+) -> Vec<FilterChain> {
+    let mut chains = Vec::new();
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut catch_all = false;
+    for bound in servers {
+        let scope = L4Scope {
+            ctx,
+            gateway: Some(&bound.key),
+            port,
+        };
+        for vs in services {
+            let ns = vs.meta.namespace.as_str();
+            if !binds(&vs.spec.gateways, ns, Some(&bound.key)) || !vs_on_server(vs, bound) {
+                continue;
+            }
+            if bound.passthrough {
+                for tls in &vs.spec.tls {
+                    let mut names = BTreeSet::new();
+                    let mut any = false;
+                    for m in &tls.matches {
+                        let applies = l4_match_applies(
+                            &m.gateways,
+                            m.port,
+                            &m.source_labels,
+                            &m.source_namespace,
+                            vs,
+                            scope,
+                        );
+                        if !applies {
+                            continue;
+                        }
+                        for sni in &m.sni_hosts {
+                            for name in sni_on_server(&resolve_sni(sni), bound) {
+                                if name == "*" {
+                                    any = true;
+                                } else if !taken.contains(&name) {
+                                    names.insert(name);
+                                }
+                            }
+                        }
+                    }
+                    let any = any && !catch_all;
+                    if names.is_empty() && !any {
+                        continue;
+                    }
+                    let targets = destinations(&tls.route, ns, scope, refs);
+                    let split = format!("{}.{ns}", vs.meta.name);
+                    if !names.is_empty() {
+                        taken.extend(names.iter().cloned());
+                        let names = names.into_iter().collect();
+                        chains.push(tcp_chain(names, tcp_proxy(&split, targets.clone())));
+                    }
+                    if any {
+                        catch_all = true;
+                        chains.push(tcp_chain(Vec::new(), tcp_proxy(&split, targets)));
+                    }
+                }
+            } else if !catch_all {
+                let route = vs.spec.tcp.iter().find(|r| {
+                    r.matches.is_empty()
+                        || r.matches.iter().any(|m| {
+                            l4_match_applies(
+                                &m.gateways,
+                                m.port,
+                                &m.source_labels,
+                                &m.source_namespace,
+                                vs,
+                                scope,
+                            )
+                        })
+                });
+                if let Some(route) = route {
+                    let targets = destinations(&route.route, ns, scope, refs);
+                    let split = format!("{}.{ns}", vs.meta.name);
+                    catch_all = true;
+                    chains.push(tcp_chain(Vec::new(), tcp_proxy(&split, targets)));
+                }
+            }
+        }
+    }
+    // Envoy picks by match specificity, not order; keep the catch-all last for readers.
+    chains.sort_by_key(|c| c.filter_chain_match.is_none());
+    chains
+}
+
+/// Whether a VirtualService's hosts meet the server's hosts it may bind (`ns/host` forms).
+fn vs_on_server(vs: &Resource<VirtualService>, bound: &Bound<'_>) -> bool {
+    let ns = vs.meta.namespace.as_str();
+    bound.server.hosts.iter().any(|server_host| {
+        let (allowed_ns, pattern) = split_server_host(server_host, bound.namespace);
+        (allowed_ns == "*" || allowed_ns == ns)
+            && vs
+                .spec
+                .hosts
+                .iter()
+                .any(|h| host_intersection(&resolve_host(h, ns), pattern).is_some())
+    })
+}
+
+/// SNI hosts are names as the client sends them: never expanded with a namespace.
+fn resolve_sni(sni: &str) -> String {
+    sni.to_ascii_lowercase()
+}
+
+/// The SNI host intersected with each server host (the more specific of the two).
+fn sni_on_server(sni: &str, bound: &Bound<'_>) -> BTreeSet<String> {
+    bound
+        .server
+        .hosts
+        .iter()
+        .filter_map(|h| host_intersection(sni, split_server_host(h, bound.namespace).1))
+        .map(|h| h.to_ascii_lowercase())
+        .collect()
+}
+
+/// Per-match conditions of `tcp`/`tls` matches that select proxies, gateways and ports.
+fn l4_match_applies(
+    gateways: &[String],
+    port: Option<u32>,
+    source_labels: &BTreeMap<String, String>,
+    source_namespace: &str,
+    vs: &Resource<VirtualService>,
+    scope: L4Scope<'_>,
+) -> bool {
+    let ns = vs.meta.namespace.as_str();
+    let gateway_ok = if gateways.is_empty() {
+        binds(&vs.spec.gateways, ns, scope.gateway)
+    } else {
+        binds(gateways, ns, scope.gateway)
+    };
+    let port_ok = port.is_none_or(|p| p == scope.port);
+    let labels = &scope.ctx.proxy.labels;
+    let source_ok = source_labels.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let ns_ok = source_namespace.is_empty() || source_namespace == scope.ctx.proxy.namespace;
+    gateway_ok && port_ok && source_ok && ns_ok
+}
+
+/// `(cluster, weight)` per destination: weight-0 destinations of a split are left out; when all
+/// weights are 0 (or unset) the split is equal.
+fn destinations(
+    route: &[RouteDestination],
+    ns: &str,
+    scope: L4Scope<'_>,
+    refs: &mut ClusterRefs,
+) -> Vec<(String, u32)> {
+    let several = route.len() > 1;
+    let all_zero = route.iter().all(|d| d.weight <= 0);
+    let scope = Scope {
+        ctx: scope.ctx,
+        gateway: scope.gateway,
+        port: scope.port,
+    };
+    let mut out = Vec::new();
+    for d in route {
+        let weight = if all_zero {
+            1
+        } else {
+            u32::try_from(d.weight).unwrap_or(0)
+        };
+        if several && weight == 0 {
+            continue;
+        }
+        out.push((
+            destination_cluster(&d.destination, ns, scope, refs),
+            weight.max(1),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_destination_is_a_cluster_several_are_a_split() {
+        let one = tcp_proxy("vs.ns", vec![("outbound|9000|v1|echo".into(), 100)]);
+        assert_eq!(one.stat_prefix, "outbound|9000|v1|echo");
+        assert!(matches!(
+            one.cluster_specifier,
+            Some(ClusterSpecifier::Cluster(ref c)) if c == "outbound|9000|v1|echo"
+        ));
+        let two = tcp_proxy("vs.ns", vec![("a".into(), 80), ("b".into(), 20)]);
+        assert_eq!(two.stat_prefix, "vs.ns");
+        let Some(ClusterSpecifier::WeightedClusters(w)) = two.cluster_specifier else {
+            panic!("expected weighted clusters");
+        };
+        let got: Vec<(&str, u32)> = w
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight))
+            .collect();
+        assert_eq!(got, vec![("a", 80), ("b", 20)]);
+    }
+
+    #[test]
+    fn tls_inspector_only_when_a_chain_matches_sni() {
+        let plain = l4_listener(
+            "l",
+            "127.0.0.1",
+            1,
+            TrafficDirection::Outbound,
+            vec![tcp_chain(Vec::new(), tcp_proxy("x", vec![("c".into(), 1)]))],
+        );
+        assert!(plain.listener_filters.is_empty());
+        let sni = l4_listener(
+            "l",
+            "127.0.0.1",
+            1,
+            TrafficDirection::Outbound,
+            vec![tcp_chain(
+                vec!["a.example.com".into()],
+                tcp_proxy("x", vec![("c".into(), 1)]),
+            )],
+        );
+        assert_eq!(sni.listener_filters[0].name, TLS_INSPECTOR_FILTER);
+    }
+}
