@@ -12,6 +12,7 @@
 mod cluster;
 mod gateway;
 mod json;
+mod lb;
 mod listener;
 mod node;
 mod route;
