@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod upstream;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use trellis_xds::ProxyIdentity;
 
 use access_log::AccessLog;
 use metrics::{IstioCollector, IstioMetrics, LabelValues, Observation};
+use upstream::{UpstreamCollector, UpstreamHealth};
 
 /// `Content-Type` of [`Telemetry::encode_prometheus`]'s output (Prometheus text format 0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -36,6 +38,8 @@ pub struct Telemetry {
     config_rejections: Counter,
     requests_active: Gauge,
     connections_active: Gauge,
+    /// Upstream clusters' health (outlier ejections), read at scrape time.
+    pub upstream: UpstreamHealth,
 }
 
 /// Everything telemetry needs to know about one finished request (borrowed from it).
@@ -105,6 +109,8 @@ impl Telemetry {
         let series_dropped = Counter::default();
         let istio = Arc::new(IstioMetrics::new(proxy, series_dropped.clone()));
         registry.register_collector(Box::new(IstioCollector(Arc::clone(&istio))));
+        let upstream = UpstreamHealth::default();
+        registry.register_collector(Box::new(UpstreamCollector(upstream.clone())));
         let access_log_dropped = Counter::default();
         let out: Option<Box<dyn Write + Send>> = match sink {
             AccessLogSink::StdoutUnlessDisabled => {
@@ -161,6 +167,7 @@ impl Telemetry {
             config_rejections,
             requests_active,
             connections_active,
+            upstream,
         }
     }
 
