@@ -1,5 +1,5 @@
 //! The proxy's admin server (Envoy's port 15000, loopback only by default): `/ready`,
-//! `/config_dump`, `/stats/prometheus` (also `/metrics`) and an index at `/`.
+//! `/config_dump`, `/clusters`, `/stats/prometheus` (also `/metrics`) and an index at `/`.
 //!
 //! Owns only the HTTP/1.1 surface over state others keep: readiness, the current xDS resources,
 //! and telemetry. It binds exactly the address it is given and never changes the state it shows.
@@ -36,6 +36,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 const INDEX: &str = "trellis-proxy admin\n\
 GET /ready             200 LIVE when the first configuration is applied, 503 before\n\
 GET /config_dump       the xDS resources being served, as JSON\n\
+GET /clusters          upstream endpoints with health (healthy, ejected, failed_active_hc)\n\
 GET /stats/prometheus  metrics, Prometheus text format (also /metrics)\n";
 
 /// What the admin server shows.
@@ -154,6 +155,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             "PRE_INITIALIZING\n".to_owned(),
         ),
         "/config_dump" => config_dump(&state.resources.load()),
+        "/clusters" => text(StatusCode::OK, state.telemetry.upstream.clusters_text()),
         "/stats/prometheus" | "/metrics" => {
             let mut response = text(StatusCode::OK, state.telemetry.encode_prometheus());
             response.headers_mut().insert(

@@ -154,6 +154,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    let weak = Arc::downgrade(&proxy);
+    telemetry.upstream.install(Box::new(move || {
+        weak.upgrade().map_or_else(Vec::new, |p| {
+            crate::runtime::outlier::health_report(&p.runtime.load())
+        })
+    }));
     let mut listeners = Listeners::new(proxy);
     // Keep the encoded copy for /config_dump first; applying consumes the messages.
     let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::from(&first)));

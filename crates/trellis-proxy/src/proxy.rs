@@ -25,6 +25,9 @@ use hyper::body::Incoming;
 
 use crate::listeners::framing::RejectedHead;
 use crate::runtime::balancer::InFlight;
+use crate::runtime::hash;
+use crate::runtime::outlier::Outcome;
+use crate::runtime::pool::UpstreamError;
 use crate::runtime::route::RequestView;
 use crate::runtime::{Runtime, UpstreamProtocol};
 use crate::telemetry::Telemetry;
@@ -304,7 +307,17 @@ async fn forward(
         return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
     };
     log.upstream = Some((Arc::clone(cluster), usize::MAX));
-    let Some(endpoint) = cluster.pick() else {
+    let hash = (cluster.hash_table.is_some() && !route.hash_policy.is_empty())
+        .then(|| {
+            hash::request_hash(
+                &route.hash_policy,
+                &parts.headers,
+                parts.uri.query(),
+                conn.remote.ip(),
+            )
+        })
+        .flatten();
+    let Some(endpoint) = cluster.pick(hash.as_ref().map(|h| h.hash)) else {
         let msg = format!("no healthy upstream for cluster {:?}\n", cluster.name);
         return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
     };
@@ -373,10 +386,14 @@ async fn forward(
         .await
     };
     conn.put_response_timer(timer);
+    cluster.report(endpoint, outcome(&sent));
     match sent {
         Ok(Ok((mut resp, lease))) => {
             log.lease = lease;
             headers::strip_hop_by_hop(resp.headers_mut());
+            if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
+                resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+            }
             Ok(resp)
         }
         Ok(Err(e)) if e.is_connect() => {
@@ -404,6 +421,16 @@ async fn forward(
             );
             Err(Local::new(StatusCode::GATEWAY_TIMEOUT, "UT", msg))
         }
+    }
+}
+
+/// What the outlier detector learns from one upstream attempt.
+fn outcome<T, L, E>(sent: &Result<Result<(Response<T>, L), UpstreamError>, E>) -> Outcome {
+    match sent {
+        Ok(Ok((resp, _))) => Outcome::Status(resp.status().as_u16()),
+        Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed,
+        Ok(Err(_)) => Outcome::Reset,
+        Err(_) => Outcome::Timeout,
     }
 }
 

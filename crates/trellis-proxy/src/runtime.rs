@@ -6,7 +6,10 @@
 
 pub mod balancer;
 pub mod cluster;
+pub mod hash;
 pub mod listener;
+pub mod locality;
+pub mod outlier;
 pub mod pool;
 pub mod route;
 pub mod tcp;

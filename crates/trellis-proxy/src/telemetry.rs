@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod metrics;
 pub mod tcp_metrics;
+pub mod upstream;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use trellis_xds::ProxyIdentity;
 use access_log::AccessLog;
 use metrics::{IstioCollector, IstioMetrics, LabelValues, Observation};
 use tcp_metrics::{TcpCollector, TcpLabels, TcpMetrics, TcpSeries};
+use upstream::{UpstreamCollector, UpstreamHealth};
 
 /// `Content-Type` of [`Telemetry::encode_prometheus`]'s output (Prometheus text format 0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -39,6 +41,8 @@ pub struct Telemetry {
     config_rejections: Counter,
     requests_active: Gauge,
     connections_active: Gauge,
+    /// Upstream clusters' health (outlier ejections), read at scrape time.
+    pub upstream: UpstreamHealth,
 }
 
 /// Everything telemetry needs to know about one finished request (borrowed from it).
@@ -110,6 +114,8 @@ impl Telemetry {
         registry.register_collector(Box::new(IstioCollector(Arc::clone(&istio))));
         let tcp = Arc::new(TcpMetrics::new(proxy, series_dropped.clone()));
         registry.register_collector(Box::new(TcpCollector(Arc::clone(&tcp))));
+        let upstream = UpstreamHealth::default();
+        registry.register_collector(Box::new(UpstreamCollector(upstream.clone())));
         let access_log_dropped = Counter::default();
         let out: Option<Box<dyn Write + Send>> = match sink {
             AccessLogSink::StdoutUnlessDisabled => {
@@ -167,6 +173,7 @@ impl Telemetry {
             config_rejections,
             requests_active,
             connections_active,
+            upstream,
         }
     }
 

@@ -27,9 +27,11 @@ use envoy_types::util::pack_any;
 
 use trellis_config::{
     ConnectionPoolSettings, DestinationRule, Endpoint, H2UpgradePolicy, LoadBalancerSettings,
-    Protocol, Registry, Resolution, Resource, Service, ServicePort, SimpleLb, Subset, resolve_host,
+    OutlierDetection, Protocol, Registry, Resolution, Resource, Service, ServicePort, SimpleLb,
+    Subset, resolve_host,
 };
 
+use crate::lb;
 use crate::listener::{ads, seconds, socket_address};
 use crate::route::{ClusterRefs, host_matches};
 use crate::{Cluster, ClusterLoadAssignment, Context};
@@ -72,6 +74,8 @@ pub struct EndpointSpec {
     pub locality: Locality,
     pub weight: u32,
     pub metadata: Option<Metadata>,
+    /// Envoy priority of the endpoint's group (0 = highest; set by `lb.rs`).
+    pub priority: u32,
 }
 
 /// `outbound|<port>|<subset>|<host>`.
@@ -141,19 +145,26 @@ fn upstream_protocol(http2: bool) -> HttpProtocolOptions {
 /// Each group's `lb_endpoints` is allocated to its final length (growing it by pushes would leave
 /// up to half of a 424-byte `LbEndpoint` per slot unused, about 1.2 MiB for 5,000 endpoints).
 pub fn load_assignment(name: &str, mut endpoints: Vec<EndpointSpec>) -> ClusterLoadAssignment {
-    let key = |l: &Locality| (l.region.clone(), l.zone.clone(), l.sub_zone.clone());
-    endpoints.sort_by(|a, b| {
-        (key(&a.locality), &a.address, a.port).cmp(&(key(&b.locality), &b.address, b.port))
-    });
+    let key = |e: &EndpointSpec| {
+        let l = &e.locality;
+        (
+            e.priority,
+            l.region.clone(),
+            l.zone.clone(),
+            l.sub_zone.clone(),
+        )
+    };
+    endpoints.sort_by(|a, b| (key(a), &a.address, a.port).cmp(&(key(b), &b.address, b.port)));
     endpoints.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     // Sorted by locality, so each group is one run.
     let runs: Vec<usize> = endpoints
-        .chunk_by(|a, b| a.locality == b.locality)
+        .chunk_by(|a, b| a.locality == b.locality && a.priority == b.priority)
         .map(<[EndpointSpec]>::len)
         .collect();
     let mut rest = endpoints.into_iter().peekable();
     let mut localities = Vec::with_capacity(runs.len());
     for run in runs {
+        let priority = rest.peek().map_or(0, |e| e.priority);
         let locality = rest
             .peek()
             .map(|e| e.locality.clone())
@@ -163,6 +174,7 @@ pub fn load_assignment(name: &str, mut endpoints: Vec<EndpointSpec>) -> ClusterL
         localities.push(LocalityLbEndpoints {
             locality,
             lb_endpoints,
+            priority,
             ..Default::default()
         });
     }
@@ -240,6 +252,7 @@ pub fn parse_locality(s: &str) -> Locality {
 struct Policy {
     load_balancer: Option<LoadBalancerSettings>,
     connection_pool: Option<ConnectionPoolSettings>,
+    outlier_detection: Option<OutlierDetection>,
 }
 
 /// Outbound clusters and their load assignments for the referenced service ports: each
@@ -316,8 +329,14 @@ fn outbound_cluster(
     let labels = subset_rule.map(|s| s.labels.clone()).unwrap_or_default();
     // A subset no DestinationRule defines selects nothing (Istio: no such cluster -> 503).
     let unknown_subset = !subset.is_empty() && subset_rule.is_none();
+    let lb = policy.load_balancer.as_ref();
+    let outlier = policy.outlier_detection.as_ref();
     let endpoints = match (service, service_port) {
-        (Some(s), Some(p)) if !unknown_subset => endpoints(s, p, &labels),
+        (Some(s), Some(p)) if !unknown_subset => {
+            let (mut specs, from) = endpoints(s, p, &labels);
+            lb::apply_failover_priority(&mut specs, &from, ctx.proxy, lb, outlier.is_some());
+            specs
+        }
         _ => Vec::new(),
     };
     let dns = service.is_some_and(|s| s.resolution == Resolution::Dns);
@@ -327,12 +346,13 @@ fn outbound_cluster(
         } else {
             endpoints
         };
-        (
-            Discovery::StrictDns(load_assignment(&name, endpoints)),
-            None,
-        )
+        let mut cla = load_assignment(&name, endpoints);
+        lb::apply_locality(&mut cla, ctx.proxy, lb, outlier.is_some());
+        (Discovery::StrictDns(cla), None)
     } else {
-        (Discovery::Eds, Some(load_assignment(&name, endpoints)))
+        let mut cla = load_assignment(&name, endpoints);
+        lb::apply_locality(&mut cla, ctx.proxy, lb, outlier.is_some());
+        (Discovery::Eds, Some(cla))
     };
     let http2 = service_port.is_some_and(|p| {
         matches!(
@@ -352,7 +372,22 @@ fn outbound_cluster(
             subset,
         )),
     };
-    (cluster(spec), cla)
+    let mut cluster = cluster(spec);
+    lb::apply_cluster(&mut cluster, lb, outlier);
+    (cluster, cla)
+}
+
+/// The merged `loadBalancer` settings of cluster `outbound|port|subset|host` (for the route's
+/// `hash_policy`).
+pub fn load_balancer_for(
+    ctx: &Context<'_>,
+    host: &str,
+    port: u32,
+    subset: &str,
+) -> Option<LoadBalancerSettings> {
+    let dr = destination_rule(ctx, host);
+    let subset_rule = dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset));
+    effective_policy(dr.map(|d| &d.spec), subset_rule, port).load_balancer
 }
 
 fn dns_host_endpoint(host: &str, port: u32) -> EndpointSpec {
@@ -362,28 +397,35 @@ fn dns_host_endpoint(host: &str, port: u32) -> EndpointSpec {
         locality: Locality::default(),
         weight: 1,
         metadata: None,
+        priority: 0,
     }
 }
 
-/// Registry endpoints of `service` whose labels include `labels`, on `port`.
-fn endpoints(
-    service: &Service,
+/// Registry endpoints of `service` whose labels include `labels`, on `port` (and, in the same
+/// order, the registry endpoints they come from).
+fn endpoints<'s>(
+    service: &'s Service,
     port: &ServicePort,
     labels: &BTreeMap<String, String>,
-) -> Vec<EndpointSpec> {
-    service
+) -> (Vec<EndpointSpec>, Vec<&'s Endpoint>) {
+    let from: Vec<&Endpoint> = service
         .endpoints
         .iter()
         .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
         .filter(|e| !e.address.starts_with("unix://"))
+        .collect();
+    let specs = from
+        .iter()
         .map(|e| EndpointSpec {
             address: e.address.clone(),
             port: e.port_for(port),
             locality: parse_locality(&e.locality),
             weight: e.weight.max(1),
             metadata: Some(endpoint_metadata(e, &service.namespace)),
+            priority: 0,
         })
-        .collect()
+        .collect();
+    (specs, from)
 }
 
 /// `{"workload", "namespace", "app", "version"}` for the proxy's `destination_*` labels.
@@ -486,6 +528,9 @@ fn effective_policy(dr: Option<&DestinationRule>, subset: Option<&Subset>, port:
         if layer.connection_pool.is_some() {
             policy.connection_pool = layer.connection_pool.clone();
         }
+        if layer.outlier_detection.is_some() {
+            policy.outlier_detection = layer.outlier_detection.clone();
+        }
         let port_level = layer
             .port_level_settings
             .iter()
@@ -493,6 +538,7 @@ fn effective_policy(dr: Option<&DestinationRule>, subset: Option<&Subset>, port:
         if let Some(p) = port_level {
             policy.load_balancer = p.load_balancer.clone();
             policy.connection_pool = p.connection_pool.clone();
+            policy.outlier_detection = p.outlier_detection.clone();
         }
     }
     policy
@@ -540,6 +586,7 @@ pub fn inbound(app_address: &str, port: u32, http2: bool) -> Cluster {
         locality: Locality::default(),
         weight: 1,
         metadata: None,
+        priority: 0,
     };
     cluster(ClusterSpec {
         discovery: Discovery::Static(load_assignment(&name, vec![endpoint])),
@@ -645,6 +692,7 @@ mod tests {
             locality: parse_locality(locality),
             weight: 0,
             metadata: None,
+            priority: 0,
         };
         let cla = load_assignment(
             "c",

@@ -36,6 +36,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{Cluster, ClusterLoadAssignment, Listener, Resources, RouteConfiguration};
 
+mod lb;
+
 /// A JSON object under construction that leaves out proto3 default values.
 #[derive(Default)]
 struct Obj(Map<String, Value>);
@@ -456,7 +458,12 @@ fn route_action(a: &RouteAction) -> Value {
         }
         _ => Obj::default(),
     };
-    o.opt("timeout", a.timeout.as_ref().map(duration)).done()
+    o.opt("timeout", a.timeout.as_ref().map(duration))
+        .list(
+            "hashPolicy",
+            a.hash_policy.iter().map(lb::hash_policy).collect(),
+        )
+        .done()
 }
 
 fn weighted_clusters(w: &WeightedCluster) -> Value {
@@ -491,7 +498,7 @@ pub fn cluster(c: &Cluster) -> Value {
         .into_iter()
         .map(|(k, v)| (k.clone(), any_value(v)))
         .collect();
-    Obj::typed(&Cluster::type_url())
+    let o = Obj::typed(&Cluster::type_url())
         .str("name", &c.name)
         .opt("type", kind.map(|k| json!(k.as_str_name())))
         .opt("edsClusterConfig", eds)
@@ -509,7 +516,18 @@ pub fn cluster(c: &Cluster) -> Value {
             (!options.is_empty()).then_some(Value::Object(options)),
         )
         .opt("metadata", c.metadata.as_ref().map(metadata))
-        .done()
+        .opt(
+            "outlierDetection",
+            c.outlier_detection.as_ref().map(lb::outlier_detection),
+        )
+        .opt(
+            "commonLbConfig",
+            c.common_lb_config.as_ref().map(lb::common_lb_config),
+        );
+    match c.lb_config.as_ref().and_then(lb::lb_config) {
+        Some((k, v)) => o.opt(k, Some(v)).done(),
+        None => o.done(),
+    }
 }
 
 fn upstream_http_options(o: &HttpProtocolOptions) -> Value {
@@ -554,6 +572,10 @@ fn locality_endpoints(l: &LocalityLbEndpoints) -> Value {
         .list(
             "lbEndpoints",
             l.lb_endpoints.iter().map(lb_endpoint).collect(),
+        )
+        .opt(
+            "loadBalancingWeight",
+            l.load_balancing_weight.as_ref().map(|w| json!(w.value)),
         )
         .num("priority", l.priority.into())
         .done()

@@ -13,6 +13,7 @@ mod cluster;
 mod gateway;
 mod json;
 mod l4;
+mod lb;
 mod listener;
 mod node;
 mod route;

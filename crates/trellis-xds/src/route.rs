@@ -215,10 +215,14 @@ fn route_action(
         targets.push((destination_cluster(&d.destination, ns, scope, refs), weight));
     }
     let timeout = http.timeout.as_ref().and_then(|t| t.get()).map(to_duration);
-    if let [(cluster, _)] = targets.as_slice() {
-        return forward(Some(cluster.clone()), Vec::new(), timeout);
-    }
-    forward(None, targets, timeout)
+    let hash_policy = crate::lb::route_hash_policy(scope.ctx, targets.iter().map(|(c, _)| c));
+    let mut action = if let [(cluster, _)] = targets.as_slice() {
+        forward(Some(cluster.clone()), Vec::new(), timeout)
+    } else {
+        forward(None, targets, timeout)
+    };
+    action.hash_policy = hash_policy;
+    action
 }
 
 fn forward(

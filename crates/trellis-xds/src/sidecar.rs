@@ -111,7 +111,11 @@ fn outbound_routes(
                     },
                     refs,
                 ),
-                None => vec![default_route(outbound_name(port, "", &service.hostname))],
+                None => {
+                    let mut route = default_route(outbound_name(port, "", &service.hostname));
+                    crate::lb::add_hash_policy(ctx, &mut route);
+                    vec![route]
+                }
             };
             let vh_name = format!("{}:{port}", service.hostname);
             let (bare_and_port, with_port) = domains(&names, port);

@@ -35,6 +35,14 @@ fn parse_proxy(text: &str) -> ProxyIdentity {
             "app_address" => proxy.app_address = value,
             "outbound_port" => proxy.outbound_port = value.parse().expect("port"),
             "inbound_port" => proxy.inbound_port = value.parse().expect("port"),
+            "locality" => {
+                let mut parts = value.splitn(3, '/').map(str::to_string);
+                proxy.locality = trellis_xds::Locality {
+                    region: parts.next().unwrap_or_default(),
+                    zone: parts.next().unwrap_or_default(),
+                    subzone: parts.next().unwrap_or_default(),
+                };
+            }
             _ => match key.strip_prefix("label.") {
                 Some(label) => {
                     labels.insert(label.to_string(), value);

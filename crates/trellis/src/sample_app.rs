@@ -7,6 +7,7 @@
 //! endpoints themselves live in [`http`] and [`grpc`]; `--tcp-echo` serves [`tcp`] instead. It must never panic on
 //! a request path: every bad input gets an explicit error answer.
 
+mod fault;
 mod grpc;
 mod http;
 mod messages;
@@ -47,6 +48,8 @@ pub struct Identity {
     pub service: String,
     pub version: String,
     pub instance: String,
+    /// `/fault/status/{code}` switch (see [`fault`]).
+    pub fault: Arc<fault::FaultSwitch>,
 }
 
 /// Body type of every answer: buffered JSON, or a stream of gRPC frames plus trailers.
@@ -62,6 +65,7 @@ impl From<SampleAppArgs> for SampleAppConfig {
                 service: args.name,
                 version: args.version,
                 instance,
+                fault: Arc::default(),
             },
             address: args.address,
             port: args.port,
@@ -129,6 +133,11 @@ async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut response = if grpc::is_grpc(&req) {
         grpc::handle(&identity, req).await
+    } else if let Some(r) = fault::control(&identity, req.uri().path()) {
+        r
+    } else if let Some(status) = identity.fault.status() {
+        drain(req.into_body()).await;
+        fault::injected(&identity, status)
     } else {
         http::handle(&identity, req).await
     };

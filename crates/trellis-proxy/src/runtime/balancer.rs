@@ -95,6 +95,11 @@ impl Balancer {
         self.policy
     }
 
+    /// The round-robin counter's next value (shared with the carried-over state).
+    pub fn next(&self) -> usize {
+        self.state.next.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Index of the chosen endpoint; `None` when there are none. `in_flight(i)` reads the
     /// endpoint's active request count.
     pub fn pick(&self, in_flight: impl Fn(usize) -> u64) -> Option<usize> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster as XCluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType,
     cluster::LbPolicy as XLb,
+    cluster::common_lb_config::LocalityConfigSpecifier as LocalitySpecifier,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Metadata, address::Address, socket_address::PortSpecifier,
@@ -25,12 +26,17 @@ use http::uri::Authority;
 use prost::Message;
 
 use super::balancer::{Balancer, BalancerState, EndpointState, LbPolicy};
+use super::hash::HashTable;
+use super::locality::{SlowStart, Topology};
+use super::outlier::{EndpointHealth, Outcome, OutlierConfig, OutlierStats};
 use super::pool::EndpointPool;
 use super::{RuntimeError, duration, istio_string};
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default `healthy_panic_threshold` (percent).
+const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -49,6 +55,14 @@ pub struct Cluster {
     pub balancer: Balancer,
     pub service: ServiceLabels,
     balancer_state: Arc<BalancerState>,
+    /// `outlier_detection`, when set.
+    pub outlier: Option<OutlierConfig>,
+    pub outlier_stats: Arc<OutlierStats>,
+    /// `common_lb_config.healthy_panic_threshold` (percent).
+    pub panic_threshold: f64,
+    pub topology: Topology,
+    /// RING_HASH / MAGLEV table over `endpoints`.
+    pub hash_table: Option<HashTable>,
 }
 
 #[derive(Debug)]
@@ -60,6 +74,12 @@ pub struct Endpoint {
     pub locality: Locality,
     pub workload: WorkloadLabels,
     pub state: Arc<EndpointState>,
+    /// Outlier and health-check verdicts (carried over with the address).
+    pub health: Arc<EndpointHealth>,
+    /// Envoy priority of the endpoint's locality group (0 is tried first).
+    pub priority: u32,
+    /// The locality group's `load_balancing_weight` (1 when unset).
+    pub locality_weight: u32,
     /// Connections to `addr` (carried over with the address while the settings match).
     pub pool: Arc<EndpointPool>,
 }
@@ -103,7 +123,8 @@ impl Cluster {
         let policy = match XLb::try_from(c.lb_policy) {
             Ok(XLb::RoundRobin) => LbPolicy::RoundRobin,
             Ok(XLb::LeastRequest) => LbPolicy::LeastRequest,
-            Ok(XLb::Random) => LbPolicy::Random,
+            // Hash policies pick at random when a request has no hash (as Envoy).
+            Ok(XLb::Random | XLb::RingHash | XLb::Maglev) => LbPolicy::Random,
             _ => {
                 return Err(err(
                     "lb_policy",
@@ -163,6 +184,31 @@ impl Cluster {
             endpoints.iter().map(|e| e.weight).collect(),
             Arc::clone(&balancer_state),
         );
+        let outlier = c.outlier_detection.as_ref().map(OutlierConfig::from_xds);
+        let outlier_stats = prev
+            .map(|p| Arc::clone(&p.outlier_stats))
+            .unwrap_or_default();
+        // Endpoints that left the cluster no longer count as ejected.
+        let ejected = endpoints.iter().filter(|e| e.health.ejected_now()).count();
+        outlier_stats
+            .ejected
+            .store(ejected as i64, std::sync::atomic::Ordering::Relaxed);
+        let common = c.common_lb_config.as_ref();
+        let panic_threshold = common
+            .and_then(|l| l.healthy_panic_threshold.as_ref())
+            .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value.clamp(0.0, 100.0));
+        let locality_weighted = common.is_some_and(|l| {
+            matches!(
+                l.locality_config_specifier,
+                Some(LocalitySpecifier::LocalityWeightedLbConfig(_))
+            )
+        });
+        let topology = Topology::build(
+            &endpoints,
+            locality_weighted,
+            SlowStart::from_lb_config(c.lb_config.as_ref()),
+        );
+        let hash_table = hash_table(c, &endpoints);
         Ok(Cluster {
             name: c.name.as_str().into(),
             protocol,
@@ -172,17 +218,58 @@ impl Cluster {
             balancer,
             service,
             balancer_state,
+            outlier,
+            outlier_stats,
+            panic_threshold,
+            topology,
+            hash_table,
         })
     }
 
-    /// Pick an endpoint with the cluster's balancer.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        let i = self.balancer.pick(|i| {
-            self.endpoints.get(i).map_or(0, |e| {
-                e.state.in_flight.load(std::sync::atomic::Ordering::Relaxed)
-            })
-        })?;
+    /// Pick a healthy endpoint: by priority and locality, then with the cluster's balancer, or
+    /// by `hash` on RING_HASH / MAGLEV clusters.
+    pub fn pick(&self, hash: Option<u64>) -> Option<&Endpoint> {
+        let i = super::locality::pick(self, hash)?;
         self.endpoints.get(i)
+    }
+
+    /// Tell the outlier detector how an attempt on `endpoint` ended.
+    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) {
+        if let Some(cfg) = &self.outlier
+            && endpoint
+                .health
+                .report(outcome, cfg, &self.outlier_stats, self.endpoints.len())
+        {
+            tracing::warn!(cluster = %self.name, endpoint = %endpoint.addr, ?outcome, "endpoint ejected");
+        }
+    }
+}
+
+/// The RING_HASH ring or MAGLEV table of a hash-policy cluster, over its endpoint addresses.
+fn hash_table(c: &XCluster, endpoints: &[Endpoint]) -> Option<HashTable> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+    let keys: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| (e.addr.to_string(), e.weight))
+        .collect();
+    match XLb::try_from(c.lb_policy) {
+        Ok(XLb::RingHash) => {
+            let min = match &c.lb_config {
+                Some(LbConfig::RingHashLbConfig(r)) => {
+                    r.minimum_ring_size.as_ref().map_or(0, |v| v.value)
+                }
+                _ => 0,
+            };
+            Some(HashTable::ring(&keys, min))
+        }
+        Ok(XLb::Maglev) => {
+            let size = match &c.lb_config {
+                Some(LbConfig::MaglevLbConfig(m)) => m.table_size.as_ref().map_or(0, |v| v.value),
+                _ => 0,
+            };
+            Some(HashTable::maglev(&keys, size))
+        }
+        _ => None,
     }
 }
 
@@ -288,18 +375,9 @@ fn endpoints(
     prev: Option<&Cluster>,
     pools: &PoolSettings,
 ) -> Result<Vec<Endpoint>, (String, String)> {
-    // Only the best (lowest) priority that has endpoints is used; failover is a later issue.
-    let best = a
-        .endpoints
-        .iter()
-        .filter(|l| !l.lb_endpoints.is_empty())
-        .map(|l| l.priority)
-        .min();
     let mut out = Vec::new();
     for (li, loc) in a.endpoints.iter().enumerate() {
-        if Some(loc.priority) != best {
-            continue;
-        }
+        let locality_weight = loc.load_balancing_weight.as_ref().map_or(1, |w| w.value);
         let locality = loc
             .locality
             .as_ref()
@@ -357,10 +435,16 @@ fn endpoints(
                 .map_err(|e| (field.clone(), format!("address {addr}: {e}")))?;
             let before = prev.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
             let state = before.map(|e| Arc::clone(&e.state)).unwrap_or_default();
+            let health: Arc<EndpointHealth> =
+                before.map(|e| Arc::clone(&e.health)).unwrap_or_default();
+            health.added.get_or_init(std::time::Instant::now);
             out.push(Endpoint {
                 addr,
                 authority,
                 weight,
+                health,
+                priority: loc.priority,
+                locality_weight,
                 locality: locality.clone(),
                 workload: WorkloadLabels::from_metadata(lb.metadata.as_ref()),
                 state,

@@ -47,6 +47,8 @@ pub struct Route {
     pub action: RouteAction,
     /// Upstream timeout; `None` means no route timeout.
     pub timeout: Option<Duration>,
+    /// `route.hash_policy`, for RING_HASH / MAGLEV clusters.
+    pub hash_policy: Vec<super::hash::HashPolicy>,
 }
 
 #[derive(Debug)]
@@ -330,12 +332,15 @@ impl Route {
             .and_then(|m| m.filter_metadata.get("istio"))
             .and_then(|s| istio_string(s, "name"))
             .unwrap_or(&r.name);
+        let hash_policy = super::hash::HashPolicy::compile(&action.hash_policy)
+            .map_err(|why| (at(".route"), why))?;
         Ok(Route {
             name: r.name.as_str().into(),
             istio_name: istio_name.into(),
             matcher,
             action: compiled,
             timeout,
+            hash_policy,
         })
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `/`, `/get`, `/{service}[/…]` (the app's own name, so that mesh routes
 //! like `/reviews` need no rewrite), `/headers`, `/post`, `/anything[/…]`,
-//! `/status/{code}`, `/delay/{seconds}`; anything else is a JSON 404. Every answer is JSON and
+//! `/status/{code}`, `/delay/{seconds}` (and `/fault/…`, see `fault.rs`); anything else is a
+//! JSON 404. Every answer is JSON and
 //! names the service, version and instance. Bodies are read with a size
 //! limit; bad input gets a 4xx, never a panic.
 
@@ -202,7 +203,7 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-fn json_response(
+pub(super) fn json_response(
     identity: &Identity,
     status: StatusCode,
     mut map: Map<String, Value>,
@@ -220,7 +221,7 @@ fn json_response(
     response
 }
 
-fn error_response(
+pub(super) fn error_response(
     identity: &Identity,
     status: StatusCode,
     message: &str,

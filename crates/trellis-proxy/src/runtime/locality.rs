@@ -1,0 +1,322 @@
+//! Choosing an endpoint when not every endpoint is equal: priority levels (Envoy's priority
+//! load with overprovisioning factor 1.4), locality weights (`locality_weighted_lb_config`),
+//! health (outlier ejections, active health checks, the panic threshold), consistent-hash
+//! tables and slow start.
+//!
+//! The common case (one level, every endpoint healthy, no locality weights, no slow start) stays
+//! on the cluster's plain [`Balancer`](super::balancer::Balancer); everything else is decided
+//! here per request from the cluster's immutable [`Topology`] and the endpoints' atomics. Owns
+//! no state of its own and never connects.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{LbConfig, SlowStartConfig};
+
+use super::balancer::LbPolicy;
+use super::cluster::{Cluster, Endpoint};
+use super::duration;
+
+/// Envoy's default overprovisioning factor (1.4, as a percentage multiplier).
+const OVERPROVISIONING: f64 = 1.4;
+
+/// Priority levels and localities of a cluster, as endpoint indices.
+#[derive(Debug, Default)]
+pub struct Topology {
+    /// Lowest priority number first.
+    pub levels: Vec<Level>,
+    pub locality_weighted: bool,
+    pub slow_start: Option<SlowStart>,
+    /// Until when some endpoint is still warming up.
+    pub warming_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Level {
+    pub priority: u32,
+    pub endpoints: Vec<u32>,
+    pub localities: Vec<LocalityGroup>,
+}
+
+#[derive(Debug)]
+pub struct LocalityGroup {
+    pub endpoints: Vec<u32>,
+    pub weight: u32,
+}
+
+/// Envoy's slow start: weight × max(min%, (age / window)^(1 / aggression)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowStart {
+    pub window: Duration,
+    pub aggression: f64,
+    pub min_weight_percent: f64,
+}
+
+impl SlowStart {
+    pub fn from_lb_config(c: Option<&LbConfig>) -> Option<SlowStart> {
+        let s: &SlowStartConfig = match c? {
+            LbConfig::RoundRobinLbConfig(r) => r.slow_start_config.as_ref()?,
+            LbConfig::LeastRequestLbConfig(l) => l.slow_start_config.as_ref()?,
+            _ => return None,
+        };
+        let window = s.slow_start_window.as_ref().map(duration)?;
+        Some(SlowStart {
+            window,
+            aggression: s
+                .aggression
+                .as_ref()
+                .map_or(1.0, |a| a.default_value)
+                .max(0.01),
+            min_weight_percent: s.min_weight_percent.as_ref().map_or(10.0, |p| p.value),
+        })
+    }
+
+    fn factor(&self, age: Duration) -> f64 {
+        if age >= self.window || self.window.is_zero() {
+            return 1.0;
+        }
+        let t = age.as_secs_f64() / self.window.as_secs_f64();
+        t.powf(1.0 / self.aggression)
+            .max(self.min_weight_percent / 100.0)
+    }
+}
+
+impl Topology {
+    /// Groups `endpoints` (already carrying priority and locality weight) into levels.
+    pub fn build(
+        endpoints: &[Endpoint],
+        locality_weighted: bool,
+        slow_start: Option<SlowStart>,
+    ) -> Topology {
+        let mut levels: Vec<Level> = Vec::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            let pos = match levels.iter().position(|l| l.priority == e.priority) {
+                Some(p) => p,
+                None => {
+                    levels.push(Level {
+                        priority: e.priority,
+                        ..Default::default()
+                    });
+                    levels.len() - 1
+                }
+            };
+            let level = &mut levels[pos];
+            level.endpoints.push(i as u32);
+            let group = level
+                .localities
+                .iter()
+                .position(|g| endpoints[g.endpoints[0] as usize].locality == e.locality);
+            match group {
+                Some(g) => level.localities[g].endpoints.push(i as u32),
+                None => level.localities.push(LocalityGroup {
+                    endpoints: vec![i as u32],
+                    weight: e.locality_weight,
+                }),
+            }
+        }
+        levels.sort_by_key(|l| l.priority);
+        let warming_until = slow_start.as_ref().and_then(|s| {
+            endpoints
+                .iter()
+                .filter_map(|e| e.health.added.get().map(|t| *t + s.window))
+                .max()
+        });
+        Topology {
+            levels,
+            locality_weighted,
+            slow_start,
+            warming_until,
+        }
+    }
+
+    /// Whether the plain balancer over all endpoints gives the same answer.
+    fn is_flat(&self) -> bool {
+        self.levels.len() <= 1
+            && !self.locality_weighted
+            && self.warming_until.is_none_or(|t| Instant::now() >= t)
+    }
+}
+
+/// The endpoint for one request; `hash` is the request hash for RING_HASH / MAGLEV clusters.
+pub fn pick(c: &Cluster, hash: Option<u64>) -> Option<usize> {
+    let n = c.endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    let in_flight = |i: usize| c.endpoints[i].state.in_flight.load(Relaxed);
+    let all_healthy = c.outlier_stats.ejected.load(Relaxed) <= 0
+        && c.endpoints
+            .iter()
+            .all(|e| !e.health.hc_failed.load(Relaxed));
+    if all_healthy && c.topology.is_flat() {
+        if let (Some(h), Some(t)) = (hash, &c.hash_table) {
+            return t.find(h, |_| true);
+        }
+        return c.balancer.pick(in_flight);
+    }
+    let healthy: Vec<bool> = c
+        .endpoints
+        .iter()
+        .map(|e| e.health.is_healthy(&c.outlier_stats))
+        .collect();
+    let count = healthy.iter().filter(|h| **h).count();
+    // Envoy's panic mode: below the threshold, health is ignored.
+    let panic = (count as f64) * 100.0 < c.panic_threshold * n as f64;
+    let ok = |i: u32| panic || healthy[i as usize];
+    let level = choose_level(&c.topology.levels, &ok, hash)?;
+    let candidates: Vec<u32> = if c.topology.locality_weighted {
+        let group = choose_locality(&level.localities, &ok)?;
+        group.endpoints.iter().copied().filter(|i| ok(*i)).collect()
+    } else {
+        level.endpoints.iter().copied().filter(|i| ok(*i)).collect()
+    };
+    if candidates.is_empty() {
+        return None;
+    }
+    if let (Some(h), Some(t)) = (hash, &c.hash_table) {
+        return t.find(h, |i| candidates.contains(&(i as u32)));
+    }
+    Some(choose_endpoint(c, &candidates, in_flight))
+}
+
+/// Envoy's priority load: each level's health is `1.4 × healthy / total` (capped at 100%);
+/// levels take load in order until 100% is given; when the total health is below 100% the
+/// loads are normalised.
+fn choose_level<'a>(
+    levels: &'a [Level],
+    ok: &impl Fn(u32) -> bool,
+    hash: Option<u64>,
+) -> Option<&'a Level> {
+    if levels.len() == 1 {
+        return levels.first();
+    }
+    let health: Vec<f64> = levels
+        .iter()
+        .map(|l| {
+            let good = l.endpoints.iter().filter(|i| ok(**i)).count() as f64;
+            (OVERPROVISIONING * 100.0 * good / l.endpoints.len().max(1) as f64).min(100.0)
+        })
+        .collect();
+    let sum: f64 = health.iter().sum();
+    if sum <= 0.0 {
+        return None;
+    }
+    let mut remaining = 100.0;
+    let loads: Vec<f64> = health
+        .iter()
+        .map(|h| {
+            let load = if sum < 100.0 {
+                h * 100.0 / sum
+            } else {
+                h.min(remaining)
+            };
+            remaining -= load;
+            load
+        })
+        .collect();
+    let r = match hash {
+        Some(h) => (h % 10_000) as f64 / 100.0,
+        None => fastrand::f64() * 100.0,
+    };
+    let mut acc = 0.0;
+    for (level, load) in levels.iter().zip(&loads) {
+        acc += load;
+        if r < acc {
+            return Some(level);
+        }
+    }
+    levels
+        .iter()
+        .zip(&loads)
+        .rev()
+        .find(|(_, l)| **l > 0.0)
+        .map(|(lv, _)| lv)
+}
+
+/// Envoy's locality-weighted choice: weight × availability, availability being
+/// `min(1, 1.4 × healthy / total)` of the locality.
+fn choose_locality<'a>(
+    groups: &'a [LocalityGroup],
+    ok: &impl Fn(u32) -> bool,
+) -> Option<&'a LocalityGroup> {
+    let effective: Vec<f64> = groups
+        .iter()
+        .map(|g| {
+            let good = g.endpoints.iter().filter(|i| ok(**i)).count() as f64;
+            let avail = (OVERPROVISIONING * good / g.endpoints.len().max(1) as f64).min(1.0);
+            f64::from(g.weight) * avail
+        })
+        .collect();
+    let total: f64 = effective.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut r = fastrand::f64() * total;
+    for (g, w) in groups.iter().zip(&effective) {
+        if r < *w {
+            return Some(g);
+        }
+        r -= w;
+    }
+    groups
+        .iter()
+        .zip(&effective)
+        .rev()
+        .find(|(_, w)| **w > 0.0)
+        .map(|(g, _)| g)
+}
+
+/// The cluster's policy over a subset of endpoints, with slow-start weights.
+fn choose_endpoint(c: &Cluster, candidates: &[u32], in_flight: impl Fn(usize) -> u64) -> usize {
+    let weight = |i: u32| {
+        let e = &c.endpoints[i as usize];
+        let base = f64::from(e.weight.max(1));
+        match &c.topology.slow_start {
+            Some(s) => base * s.factor(e.health.age()),
+            None => base,
+        }
+    };
+    if candidates.len() == 1 {
+        return candidates[0] as usize;
+    }
+    let weights: Vec<f64> = candidates.iter().map(|i| weight(*i)).collect();
+    let equal = weights
+        .windows(2)
+        .all(|w| (w[0] - w[1]).abs() < f64::EPSILON);
+    let draw = |weights: &[f64]| {
+        let total: f64 = weights.iter().sum();
+        let mut r = fastrand::f64() * total;
+        for (k, w) in weights.iter().enumerate() {
+            if r < *w {
+                return candidates[k] as usize;
+            }
+            r -= w;
+        }
+        candidates[candidates.len() - 1] as usize
+    };
+    match c.balancer.policy() {
+        LbPolicy::RoundRobin if equal => {
+            let k = c.balancer.next();
+            candidates[k % candidates.len()] as usize
+        }
+        LbPolicy::LeastRequest if equal => {
+            let a = fastrand::usize(..candidates.len());
+            let b = (a + 1 + fastrand::usize(..candidates.len() - 1)) % candidates.len();
+            let (ia, ib) = (candidates[a] as usize, candidates[b] as usize);
+            if in_flight(ib) < in_flight(ia) {
+                ib
+            } else {
+                ia
+            }
+        }
+        LbPolicy::LeastRequest => {
+            let effective: Vec<f64> = candidates
+                .iter()
+                .zip(&weights)
+                .map(|(i, w)| w / (in_flight(*i as usize) + 1) as f64)
+                .collect();
+            draw(&effective)
+        }
+        _ => draw(&weights),
+    }
+}

@@ -1,0 +1,410 @@
+//! Acceptance tests of endpoint choice and endpoint health: outlier ejection, locality failover
+//! and `distribute`, consistent hashing. Real `trellis sample-app`s (made to fail on demand with
+//! `/fault/status/503`) behind a real gateway `trellis-proxy` compiled from the Istio YAML in
+//! each test. Asserts who answered (`x-sample-service`), statuses, metrics and the admin
+//! `/clusters` page. Needs `cargo build -p trellis -p trellis-proxy --bins`.
+
+mod e2e_support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use e2e_support::*;
+use trellis_testkit::{TempDir, http_get, proxy, wait_until};
+
+const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
+
+/// A gateway proxy with extra flags (e.g. `--locality`).
+fn gateway_with(port: u16, yaml: &str, extra: &[&str]) -> Gateway {
+    let dir = TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write mesh.yaml");
+    let mut args: Vec<&str> = GATEWAY_ARGS.to_vec();
+    args.extend_from_slice(extra);
+    let (proxy, admin) = proxy(dir.path(), &args);
+    let gw = Gateway {
+        dir,
+        port,
+        admin,
+        proxy,
+    };
+    assert!(
+        trellis_testkit::wait_for_port(gw.addr(), Duration::from_secs(10)),
+        "gateway listener not bound"
+    );
+    gw
+}
+
+/// Turns the `/fault` switch of the sample app on `port` (status 0 clears it).
+fn fault(port: u16, status: u16) {
+    let path = if status == 0 {
+        "/fault/clear".to_string()
+    } else {
+        format!("/fault/status/{status}")
+    };
+    let (code, _, body) = http_get(&format!("http://127.0.0.1:{port}{path}"));
+    assert_eq!(code, 200, "{path}: {body}");
+}
+
+/// A ServiceEntry for reviews whose endpoints carry a `locality`; `eps` = (port, version,
+/// locality).
+fn service_entry_with_localities(eps: &[(u16, &str, &str)]) -> String {
+    let mut out = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [{REVIEWS}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+"#
+    );
+    for (port, version, locality) in eps {
+        out.push_str(&format!(
+            "  - {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: reviews, version: {version}}}, locality: {locality}}}\n"
+        ));
+    }
+    out
+}
+
+fn destination_rule(traffic_policy: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: {REVIEWS}
+  trafficPolicy:
+{traffic_policy}"#
+    )
+}
+
+fn route_all_to_reviews() -> String {
+    virtual_service_yaml(
+        "reviews",
+        &["*"],
+        &format!(
+            "  - route: [{{destination: {}}}]\n",
+            dest(REVIEWS, None, 9080)
+        ),
+    )
+}
+
+/// `n` requests; counts by `name/version` (failures as `ERR <status>`).
+fn send(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
+    let mut client = gw.client();
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let key = match client.get("reviews.example.com", "/get", &[]) {
+            Ok(r) if r.status == 200 => r.served_by(),
+            Ok(r) => format!("ERR {}", r.status),
+            Err(e) => format!("ERR {e}"),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+fn only(counts: &BTreeMap<String, usize>, who: &str) -> bool {
+    counts.len() == 1 && counts.contains_key(who)
+}
+
+/// The `health_flags` of every endpoint on the admin `/clusters` page, by address.
+fn health_flags(gw: &Gateway) -> BTreeMap<String, String> {
+    let (status, body) = gw.admin_get("/clusters");
+    assert_eq!(status, 200, "/clusters: {body}");
+    body.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{CLUSTER}::")))
+        .filter_map(|l| l.split_once("::health_flags::"))
+        .map(|(addr, flag)| (addr.to_string(), flag.to_string()))
+        .collect()
+}
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]);
+    let port = gateway_port();
+    let eps: Vec<Ep> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    // 3 endpoints, at most 34% ejected: one at a time.
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 1s
+      baseEjectionTime: 3s
+      maxEjectionPercent: 34
+";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        destination_rule(policy),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    let counts = send(&gw, 30);
+    assert_eq!(counts.len(), 3, "all three serve: {counts:?}");
+
+    fault(apps.port("reviews/v1"), 503);
+    // Taken before the ejection, so the time since it bounds the ejection's age from above.
+    let ejected_at = Instant::now();
+    // Round robin: v1 sees its third consecutive 503 within 9 requests, then is ejected.
+    let counts = send(&gw, 9);
+    assert_eq!(counts.get("ERR 503").copied(), Some(3), "{counts:?}");
+    let counts = send(&gw, 30);
+    assert!(
+        !counts.contains_key("reviews/v1") && !counts.keys().any(|k| k.starts_with("ERR")),
+        "v1 is ejected, nothing fails: {counts:?}"
+    );
+    let metrics = gw.metrics();
+    let labels = [("cluster_name", CLUSTER)];
+    assert_eq!(
+        metric_sum(&metrics, "trellis_outlier_ejections_total", &labels),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&metrics, "trellis_outlier_ejected", &labels),
+        1.0
+    );
+    let v1 = format!("127.0.0.1:{}", apps.port("reviews/v1"));
+    let flags = health_flags(&gw);
+    assert_eq!(
+        flags.get(&v1).map(String::as_str),
+        Some("ejected"),
+        "{flags:?}"
+    );
+    assert_eq!(flags.values().filter(|f| *f == "healthy").count(), 2);
+
+    // maxEjectionPercent: v2 fails too but may not be ejected (2 of 3 > 34%).
+    fault(apps.port("reviews/v2"), 503);
+    let counts = send(&gw, 20);
+    assert_eq!(counts.get("ERR 503").copied(), Some(10), "{counts:?}");
+    assert_eq!(counts.get("reviews/v3").copied(), Some(10), "{counts:?}");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric_sum(&metrics, "trellis_outlier_ejected", &labels),
+        1.0
+    );
+
+    // Healed, v1 comes back once its 3 s ejection time has passed (not before).
+    fault(apps.port("reviews/v1"), 0);
+    fault(apps.port("reviews/v2"), 0);
+    let back = wait_until(Duration::from_secs(15), || {
+        send(&gw, 6).contains_key("reviews/v1")
+    });
+    assert!(back, "v1 never came back: {}", gw.admin_get("/clusters").1);
+    assert!(
+        ejected_at.elapsed() >= Duration::from_secs(3),
+        "v1 came back after {:?}, before its ejection time",
+        ejected_at.elapsed()
+    );
+    let counts = send(&gw, 30);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric_sum(&metrics, "trellis_outlier_ejected", &labels),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(&metrics, "trellis_outlier_ejections_total", &labels),
+        1.0
+    );
+}
+
+#[test]
+fn locality_failover_prefers_zone_then_region_then_the_failover_region() {
+    let list = [
+        ("reviews", "zone1"),
+        ("reviews", "zone2"),
+        ("reviews", "r2"),
+        ("reviews", "r3"),
+    ];
+    let apps = Apps::start(&list);
+    let p = |v: &str| apps.port(&format!("reviews/{v}"));
+    let port = gateway_port();
+    let policy = "    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        failover: [{from: region1, to: region3}]
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 60s
+      maxEjectionPercent: 100
+";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_with_localities(&[
+            (p("zone1"), "zone1", "region1/zone1"),
+            (p("zone2"), "zone2", "region1/zone2"),
+            (p("r2"), "r2", "region2/zone1"),
+            (p("r3"), "r3", "region3/zone1"),
+        ]),
+        destination_rule(policy),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &["--locality", "region1/zone1"]);
+    let counts = send(&gw, 40);
+    assert!(
+        only(&counts, "reviews/zone1"),
+        "same zone first: {counts:?}"
+    );
+
+    fault(p("zone1"), 503);
+    let counts = send(&gw, 2);
+    assert_eq!(counts.get("ERR 503").copied(), Some(2), "{counts:?}");
+    let counts = send(&gw, 40);
+    assert!(
+        only(&counts, "reviews/zone2"),
+        "then the same region: {counts:?}"
+    );
+
+    fault(p("zone2"), 503);
+    let counts = send(&gw, 2);
+    assert_eq!(counts.get("ERR 503").copied(), Some(2), "{counts:?}");
+    let counts = send(&gw, 40);
+    assert!(
+        only(&counts, "reviews/r3"),
+        "then region3 (failover target), never region2: {counts:?}"
+    );
+    let flags = health_flags(&gw);
+    assert_eq!(
+        flags.values().filter(|f| *f == "ejected").count(),
+        2,
+        "{flags:?}"
+    );
+}
+
+#[test]
+fn locality_distribute_splits_by_weight() {
+    let list = [("reviews", "a"), ("reviews", "b"), ("reviews", "c")];
+    let apps = Apps::start(&list);
+    let p = |v: &str| apps.port(&format!("reviews/{v}"));
+    let port = gateway_port();
+    let policy = r#"    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: region1/zone1/*
+          to: {"region1/zone1/*": 70, "region1/zone2/*": 20, "region2/*": 10}
+    outlierDetection: {consecutive5xxErrors: 5}
+"#;
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_with_localities(&[
+            (p("a"), "a", "region1/zone1/s1"),
+            (p("b"), "b", "region1/zone2/s1"),
+            (p("c"), "c", "region2/zone9"),
+        ]),
+        destination_rule(policy),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &["--locality", "region1/zone1/s1"]);
+    let n = 1000;
+    let counts = send(&gw, n);
+    let share = |v: &str| {
+        100.0 * counts.get(&format!("reviews/{v}")).copied().unwrap_or(0) as f64 / n as f64
+    };
+    for (v, want) in [("a", 70.0), ("b", 20.0), ("c", 10.0)] {
+        let got = share(v);
+        assert!(
+            (got - want).abs() <= 5.0,
+            "{v}: {got}% (want {want} ± 5): {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn consistent_hash_on_header_and_generated_cookie() {
+    let list = [("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")];
+    let apps = Apps::start(&list);
+    let eps: Vec<Ep> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    let dr = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: {REVIEWS}
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpHeaderName: x-user
+        ringHash: {{minimumRingSize: 1024}}
+  subsets:
+  - name: sticky
+    labels: {{app: reviews}}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash:
+          httpCookie: {{name: affinity, path: /, ttl: 3600s}}
+          maglev: {{tableSize: 65537}}
+"#
+    );
+    let vs = virtual_service_yaml(
+        "reviews",
+        &["*"],
+        &format!(
+            "  - match: [{{uri: {{prefix: /anything/sticky}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
+            dest(REVIEWS, Some("sticky"), 9080),
+            dest(REVIEWS, None, 9080)
+        ),
+    );
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        dr,
+        vs,
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    let mut client = gw.client();
+    let mut chosen = BTreeMap::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let counts = tally(&mut client, "r", "/get", &[("x-user", &user)], 10);
+        assert_eq!(
+            counts.len(),
+            1,
+            "{user} always lands on one backend: {counts:?}"
+        );
+        let who = counts.keys().next().cloned().unwrap_or_default();
+        assert!(who.starts_with("reviews/"), "{who}");
+        *chosen.entry(who).or_insert(0) += 1;
+    }
+    assert_eq!(
+        chosen.len(),
+        3,
+        "30 users spread over all backends: {chosen:?}"
+    );
+
+    // Cookie: the first answer sets it; sending it back sticks to one backend.
+    let first = client
+        .get("r", "/anything/sticky", &[])
+        .expect("first sticky request");
+    assert_eq!(first.status, 200);
+    let set = first.headers.get("set-cookie").cloned().unwrap_or_default();
+    assert!(
+        set.starts_with("affinity=") && set.contains("Max-Age=3600") && set.contains("Path=/"),
+        "{set:?}"
+    );
+    let cookie = set.split(';').next().unwrap_or("").to_string();
+    let owner = first.served_by();
+    for _ in 0..30 {
+        let r = client
+            .get("r", "/anything/sticky", &[("cookie", &cookie)])
+            .expect("sticky request");
+        assert_eq!(r.served_by(), owner, "cookie {cookie} sticks");
+        assert!(!r.headers.contains_key("set-cookie"), "no new cookie");
+    }
+    // Without the cookie, new cookies spread over the backends.
+    let mut owners = BTreeMap::new();
+    for _ in 0..60 {
+        let r = client.get("r", "/anything/sticky", &[]).expect("request");
+        *owners.entry(r.served_by()).or_insert(0) += 1;
+    }
+    assert_eq!(owners.len(), 3, "{owners:?}");
+}
