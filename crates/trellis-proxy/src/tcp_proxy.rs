@@ -138,7 +138,7 @@ pub async fn serve(
         );
     };
     outcome.cluster = Some(cluster);
-    let Some(endpoint) = cluster.pick() else {
+    let Some(endpoint) = cluster.pick(None) else {
         return finish(
             &proxy,
             &listener,
