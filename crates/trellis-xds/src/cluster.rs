@@ -352,7 +352,10 @@ fn outbound_cluster(
             subset,
         )),
     };
-    (cluster(spec), cla)
+    let mut cluster = cluster(spec);
+    let budget = crate::resilience::RetryBudgetSpec::default();
+    crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
+    (cluster, cla)
 }
 
 fn dns_host_endpoint(host: &str, port: u32) -> EndpointSpec {

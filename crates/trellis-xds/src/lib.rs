@@ -14,6 +14,7 @@ mod gateway;
 mod json;
 mod listener;
 mod node;
+pub mod resilience;
 mod route;
 mod sidecar;
 

@@ -15,7 +15,8 @@ use trellis_config::{Protocol, Resource, Service, VirtualService, resolve_host};
 use crate::cluster::{KUBE_DOMAIN, inbound, inbound_name, outbound_name};
 use crate::listener::{HcmSpec, Routes, http_listener};
 use crate::route::{
-    ClusterRefs, Scope, binds, default_route, host_matches, route_config, virtual_host, vs_routes,
+    ClusterRefs, Scope, binds, default_outbound_route, default_route, host_matches, route_config,
+    virtual_host, vs_routes,
 };
 use crate::{Cluster, Context, Listener};
 
@@ -111,7 +112,11 @@ fn outbound_routes(
                     },
                     refs,
                 ),
-                None => vec![default_route(outbound_name(port, "", &service.hostname))],
+                None => vec![default_outbound_route(outbound_name(
+                    port,
+                    "",
+                    &service.hostname,
+                ))],
             };
             let vh_name = format!("{}:{port}", service.hostname);
             let (bare_and_port, with_port) = domains(&names, port);
