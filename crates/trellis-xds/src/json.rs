@@ -404,12 +404,9 @@ fn route_action(a: &RouteAction) -> Value {
 
 fn retry_policy(p: &RetryPolicy) -> Value {
     let predicates = p.retry_host_predicate.iter().map(|h| {
-        let typed = match &h.config_type {
-            Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(a)) => {
-                Some(any_value(a))
-            }
-            None => None,
-        };
+        let typed = h.config_type.as_ref().map(|c| match c {
+            retry_policy::retry_host_predicate::ConfigType::TypedConfig(a) => any_value(a),
+        });
         Obj::default()
             .str("name", &h.name)
             .opt("typedConfig", typed)
