@@ -5,9 +5,11 @@
 //! resource and field, so nothing partial is ever applied. No sockets are bound here.
 
 pub mod balancer;
+pub mod circuit;
 pub mod cluster;
 pub mod listener;
 pub mod pool;
+pub mod retry;
 pub mod route;
 
 use std::collections::HashMap;

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod upstream;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use trellis_xds::ProxyIdentity;
 
 use access_log::AccessLog;
 use metrics::{IstioCollector, IstioMetrics, LabelValues, Observation};
+use upstream::{UpstreamCollector, UpstreamStats};
 
 /// `Content-Type` of [`Telemetry::encode_prometheus`]'s output (Prometheus text format 0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -31,6 +33,8 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 pub struct Telemetry {
     registry: Registry,
     istio: Arc<IstioMetrics>,
+    /// Per-cluster upstream counters (`trellis_upstream_rq_*`).
+    pub upstream: Arc<UpstreamStats>,
     access_log: Option<AccessLog>,
     config_applies: Counter,
     config_rejections: Counter,
@@ -105,6 +109,8 @@ impl Telemetry {
         let series_dropped = Counter::default();
         let istio = Arc::new(IstioMetrics::new(proxy, series_dropped.clone()));
         registry.register_collector(Box::new(IstioCollector(Arc::clone(&istio))));
+        let upstream = Arc::new(UpstreamStats::default());
+        registry.register_collector(Box::new(UpstreamCollector(Arc::clone(&upstream))));
         let access_log_dropped = Counter::default();
         let out: Option<Box<dyn Write + Send>> = match sink {
             AccessLogSink::StdoutUnlessDisabled => {
@@ -156,6 +162,7 @@ impl Telemetry {
         Telemetry {
             registry,
             istio,
+            upstream,
             access_log,
             config_applies,
             config_rejections,
