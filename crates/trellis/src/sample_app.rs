@@ -9,6 +9,7 @@
 
 mod grpc;
 mod http;
+mod ledger;
 mod messages;
 
 use std::convert::Infallible;
