@@ -23,7 +23,7 @@ pub use registry::{
     Endpoint, Protocol, Registry, Resolution, Service, ServiceLocation, ServicePort,
 };
 pub use types::*;
-pub use validate::validate_snapshot;
+pub use validate::{RETRY_NON_IDEMPOTENT, RETRY_ON, validate_snapshot};
 
 use std::path::Path;
 

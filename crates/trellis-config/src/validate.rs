@@ -12,8 +12,11 @@ use crate::diag::{Diagnostic, Severity};
 use crate::load::{SpanIndex, resource_label};
 use crate::types::*;
 
+mod resilience;
 mod routes;
 mod traffic;
+
+pub use resilience::{RETRY_NON_IDEMPOTENT, RETRY_ON};
 
 /// Reports problems of one resource at the position of a field path.
 pub(crate) struct Reporter<'a> {
@@ -124,7 +127,10 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         "VirtualService",
         spans,
         &mut out,
-        |rep, r| routes::virtual_service(rep, &r.spec, delegates.contains(&r.key())),
+        |rep, r| {
+            routes::virtual_service(rep, &r.spec, delegates.contains(&r.key()));
+            resilience::annotations(rep, &r.meta);
+        },
     );
     each(
         &snapshot.destination_rules,

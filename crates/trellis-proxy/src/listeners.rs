@@ -99,6 +99,12 @@ impl Listeners {
             tokio_listeners.push((name, addr, tl));
         }
         let keep: Vec<Arc<str>> = next.listener_addrs().map(|(n, _)| Arc::clone(n)).collect();
+        self.proxy.telemetry.upstream_stats.set_clusters(
+            next.clusters
+                .iter()
+                .map(|(name, c)| (Arc::clone(name), Arc::clone(&c.circuit.stats)))
+                .collect(),
+        );
         self.proxy.runtime.store(Arc::new(next));
         self.active.retain(|name, _| keep.contains(name));
         for (name, configured, tl) in tokio_listeners {

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod retry;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,14 +25,12 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::listeners::framing::RejectedHead;
-use crate::runtime::balancer::InFlight;
 use crate::runtime::hash;
-use crate::runtime::outlier::Outcome;
-use crate::runtime::pool::UpstreamError;
 use crate::runtime::route::RequestView;
 use crate::runtime::{Runtime, UpstreamProtocol};
 use crate::telemetry::Telemetry;
-use body::{RequestBody, RequestLog, ResponseBody};
+use crate::telemetry::upstream_stats::ClusterStats;
+use body::{RequestLog, ResponseBody};
 use headers::X_TRELLIS_FLAGS;
 
 /// Shared by every connection: the current snapshot and the telemetry sink.
@@ -234,6 +233,7 @@ impl Proxy {
             complete: false,
             in_flight: None,
             lease: None,
+            circuit: None,
         });
         match forward(&runtime, conn, req, &mut log).await {
             Ok(resp) => Ok(upstream_response(resp, log)),
@@ -300,6 +300,8 @@ async fn forward(
         return Err(Local::new(StatusCode::NOT_FOUND, "NR", msg));
     };
     log.route_name = Some(Arc::clone(&route.istio_name));
+    // Decided on the request as received, before headers are rewritten.
+    let repeatable = route.retry.as_ref().is_none_or(|p| p.may_repeat(&view));
     let target = route.action.pick();
     log.cluster_name = Some(Arc::clone(&target.name));
     let Some(cluster) = &target.cluster else {
@@ -317,17 +319,22 @@ async fn forward(
             )
         })
         .flatten();
-    let Some(endpoint) = cluster.pick(hash.as_ref().map(|h| h.hash)) else {
+    let Some(first) = cluster.endpoints.first() else {
         let msg = format!("no healthy upstream for cluster {:?}\n", cluster.name);
         return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
     };
-    let index = cluster
-        .endpoints
-        .iter()
-        .position(|e| std::ptr::eq(e, endpoint))
-        .unwrap_or(usize::MAX);
-    log.upstream = Some((Arc::clone(cluster), index));
-    log.in_flight = Some(InFlight::new(&endpoint.state));
+    let Some(slot) = cluster
+        .circuit
+        .begin_request(cluster.limits.max_requests, log.started)
+    else {
+        ClusterStats::inc(&cluster.circuit.stats.rq_overflow);
+        let msg = format!(
+            "upstream overflow for cluster {:?}: max_requests in flight (circuit breaker)\n",
+            cluster.name
+        );
+        return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UO", msg));
+    };
+    log.circuit = Some(slot);
 
     headers::strip_hop_by_hop(&mut parts.headers);
     let forwarded = headers::forwarding_ids(&mut parts.headers, settings, conn.peer_ip.as_ref());
@@ -347,7 +354,7 @@ async fn forward(
         UpstreamProtocol::Http2 => {
             // The client's authority travels as :authority (the pool keys by endpoint, not URI).
             let client = Authority::try_from(authority.as_bytes())
-                .unwrap_or_else(|_| endpoint.authority.clone());
+                .unwrap_or_else(|_| first.authority.clone());
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(Scheme::HTTP);
             uri.authority = Some(client);
@@ -369,69 +376,23 @@ async fn forward(
             parts.headers.remove(HOST);
         }
     }
-    let upstream_req =
-        Request::from_parts(parts, RequestBody::new(body, Arc::clone(&log.received)));
     let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
     let mut timer = conn.take_response_timer(wait);
-    let sent = {
-        let send = endpoint.pool.send(upstream_req);
-        tokio::pin!(send);
-        let mut registered = false;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = send.as_mut().poll(cx) {
-                return Poll::Ready(Ok(r));
-            }
-            poll_registered(timer.as_mut(), &mut registered, cx).map(Err)
-        })
-        .await
+    let attempts = retry::Attempts {
+        cluster,
+        policy: route.retry.as_deref(),
+        repeatable,
+        wait,
+        hash: hash.as_ref().map(|h| h.hash),
     };
+    let mut result = attempts.run(parts, body, &mut timer, log).await;
     conn.put_response_timer(timer);
-    cluster.report(endpoint, outcome(&sent));
-    match sent {
-        Ok(Ok((mut resp, lease))) => {
-            log.lease = lease;
-            headers::strip_hop_by_hop(resp.headers_mut());
-            if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
-                resp.headers_mut().append(http::header::SET_COOKIE, cookie);
-            }
-            Ok(resp)
-        }
-        Ok(Err(e)) if e.is_connect() => {
-            let msg = format!(
-                "upstream connect error to {} for cluster {:?}: {}\n",
-                endpoint.addr,
-                cluster.name,
-                root_cause(&e)
-            );
-            Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UF", msg))
-        }
-        Ok(Err(e)) => {
-            let msg = format!(
-                "upstream {} for cluster {:?} reset the request: {}\n",
-                endpoint.addr,
-                cluster.name,
-                root_cause(&e)
-            );
-            Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UC", msg))
-        }
-        Err(_) => {
-            let msg = format!(
-                "upstream {} for cluster {:?} sent no response within {wait:?}\n",
-                endpoint.addr, cluster.name
-            );
-            Err(Local::new(StatusCode::GATEWAY_TIMEOUT, "UT", msg))
-        }
+    if let Some(cookie) = hash.and_then(|h| h.set_cookie)
+        && let Ok(resp) = &mut result
+    {
+        resp.headers_mut().append(http::header::SET_COOKIE, cookie);
     }
-}
-
-/// What the outlier detector learns from one upstream attempt.
-fn outcome<T, L, E>(sent: &Result<Result<(Response<T>, L), UpstreamError>, E>) -> Outcome {
-    match sent {
-        Ok(Ok((resp, _))) => Outcome::Status(resp.status().as_u16()),
-        Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed,
-        Ok(Err(_)) => Outcome::Reset,
-        Err(_) => Outcome::Timeout,
-    }
+    result
 }
 
 /// Polls `timer` the first time (registering this task's waker with it) and afterwards only

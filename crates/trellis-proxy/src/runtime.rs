@@ -5,12 +5,14 @@
 //! resource and field, so nothing partial is ever applied. No sockets are bound here.
 
 pub mod balancer;
+pub mod circuit;
 pub mod cluster;
 pub mod hash;
 pub mod listener;
 pub mod locality;
 pub mod outlier;
 pub mod pool;
+pub mod retry;
 pub mod route;
 pub mod tcp;
 

@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod metrics;
 pub mod tcp_metrics;
 pub mod upstream;
+pub mod upstream_stats;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use access_log::AccessLog;
 use metrics::{IstioCollector, IstioMetrics, LabelValues, Observation};
 use tcp_metrics::{TcpCollector, TcpLabels, TcpMetrics, TcpSeries};
 use upstream::{UpstreamCollector, UpstreamHealth};
+use upstream_stats::{UpstreamStats, UpstreamStatsCollector};
 
 /// `Content-Type` of [`Telemetry::encode_prometheus`]'s output (Prometheus text format 0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -36,6 +38,8 @@ pub struct Telemetry {
     registry: Registry,
     istio: Arc<IstioMetrics>,
     tcp: Arc<TcpMetrics>,
+    /// Per-cluster upstream counters (`trellis_upstream_rq_*`).
+    pub upstream_stats: Arc<UpstreamStats>,
     access_log: Option<AccessLog>,
     config_applies: Counter,
     config_rejections: Counter,
@@ -116,6 +120,10 @@ impl Telemetry {
         registry.register_collector(Box::new(TcpCollector(Arc::clone(&tcp))));
         let upstream = UpstreamHealth::default();
         registry.register_collector(Box::new(UpstreamCollector(upstream.clone())));
+        let upstream_stats = Arc::new(UpstreamStats::default());
+        registry.register_collector(Box::new(UpstreamStatsCollector(Arc::clone(
+            &upstream_stats,
+        ))));
         let access_log_dropped = Counter::default();
         let out: Option<Box<dyn Write + Send>> = match sink {
             AccessLogSink::StdoutUnlessDisabled => {
@@ -168,6 +176,7 @@ impl Telemetry {
             registry,
             istio,
             tcp,
+            upstream_stats,
             access_log,
             config_applies,
             config_rejections,

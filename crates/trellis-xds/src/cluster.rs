@@ -374,6 +374,8 @@ fn outbound_cluster(
     };
     let mut cluster = cluster(spec);
     lb::apply_cluster(&mut cluster, lb, outlier);
+    let budget = crate::resilience::RetryBudgetSpec::default();
+    crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
     (cluster, cla)
 }
 

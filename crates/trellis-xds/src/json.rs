@@ -7,6 +7,7 @@
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, UpstreamConnectionOptions};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, ConfigSource, HealthStatus, Http1ProtocolOptions, Http2ProtocolOptions,
     HttpProtocolOptions as CommonHttpProtocolOptions, Locality, Metadata, TrafficDirection,
@@ -17,8 +18,9 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteMatch, VirtualHost,
-    WeightedCluster, header_matcher, query_parameter_matcher, route, route_action, route_match,
+    HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteMatch, VirtualHost,
+    WeightedCluster, header_matcher, query_parameter_matcher, retry_policy, route, route_action,
+    route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -311,6 +313,10 @@ fn common_http_options(o: &CommonHttpProtocolOptions) -> Value {
             "maxHeadersCount",
             o.max_headers_count.map(|v| json!(v.value)),
         )
+        .opt(
+            "maxRequestsPerConnection",
+            o.max_requests_per_connection.map(|v| json!(v.value)),
+        )
         .done()
 }
 
@@ -463,7 +469,96 @@ fn route_action(a: &RouteAction) -> Value {
             "hashPolicy",
             a.hash_policy.iter().map(lb::hash_policy).collect(),
         )
+        .opt("retryPolicy", a.retry_policy.as_ref().map(retry_policy))
         .done()
+}
+
+fn retry_policy(p: &RetryPolicy) -> Value {
+    let predicates = p.retry_host_predicate.iter().map(|h| {
+        let typed = h.config_type.as_ref().map(|c| match c {
+            retry_policy::retry_host_predicate::ConfigType::TypedConfig(a) => any_value(a),
+        });
+        Obj::default()
+            .str("name", &h.name)
+            .opt("typedConfig", typed)
+            .done()
+    });
+    let backoff = p.retry_back_off.as_ref().map(|b| {
+        Obj::default()
+            .opt("baseInterval", b.base_interval.as_ref().map(duration))
+            .opt("maxInterval", b.max_interval.as_ref().map(duration))
+            .done()
+    });
+    Obj::default()
+        .str("retryOn", &p.retry_on)
+        .opt("numRetries", p.num_retries.map(|v| json!(v.value)))
+        .opt("perTryTimeout", p.per_try_timeout.as_ref().map(duration))
+        .list("retryHostPredicate", predicates.collect())
+        .num(
+            "hostSelectionRetryMaxAttempts",
+            u64::try_from(p.host_selection_retry_max_attempts).unwrap_or(0),
+        )
+        .list(
+            "retriableStatusCodes",
+            p.retriable_status_codes.iter().map(|c| json!(c)).collect(),
+        )
+        .opt("retryBackOff", backoff)
+        .list(
+            "retriableRequestHeaders",
+            p.retriable_request_headers
+                .iter()
+                .map(header_matcher)
+                .collect(),
+        )
+        .done()
+}
+
+fn circuit_breakers(c: &CircuitBreakers) -> Value {
+    let thresholds = c.thresholds.iter().map(|t| {
+        let budget = t.retry_budget.as_ref().map(|b| {
+            Obj::default()
+                .opt(
+                    "budgetPercent",
+                    b.budget_percent.map(|p| json!({ "value": p.value })),
+                )
+                .opt(
+                    "minRetryConcurrency",
+                    b.min_retry_concurrency.map(|v| json!(v.value)),
+                )
+                .done()
+        });
+        Obj::default()
+            .opt("maxConnections", t.max_connections.map(|v| json!(v.value)))
+            .opt(
+                "maxPendingRequests",
+                t.max_pending_requests.map(|v| json!(v.value)),
+            )
+            .opt("maxRequests", t.max_requests.map(|v| json!(v.value)))
+            .opt("maxRetries", t.max_retries.map(|v| json!(v.value)))
+            .opt("retryBudget", budget)
+            .flag("trackRemaining", t.track_remaining)
+            .done()
+    });
+    Obj::default()
+        .list("thresholds", thresholds.collect())
+        .done()
+}
+
+fn upstream_connection_options(u: &UpstreamConnectionOptions) -> Value {
+    let keepalive = u.tcp_keepalive.as_ref().map(|k| {
+        Obj::default()
+            .opt(
+                "keepaliveProbes",
+                k.keepalive_probes.map(|v| json!(v.value)),
+            )
+            .opt("keepaliveTime", k.keepalive_time.map(|v| json!(v.value)))
+            .opt(
+                "keepaliveInterval",
+                k.keepalive_interval.map(|v| json!(v.value)),
+            )
+            .done()
+    });
+    Obj::default().opt("tcpKeepalive", keepalive).done()
 }
 
 fn weighted_clusters(w: &WeightedCluster) -> Value {
@@ -514,6 +609,16 @@ pub fn cluster(c: &Cluster) -> Value {
         .opt(
             "typedExtensionProtocolOptions",
             (!options.is_empty()).then_some(Value::Object(options)),
+        )
+        .opt(
+            "circuitBreakers",
+            c.circuit_breakers.as_ref().map(circuit_breakers),
+        )
+        .opt(
+            "upstreamConnectionOptions",
+            c.upstream_connection_options
+                .as_ref()
+                .map(upstream_connection_options),
         )
         .opt("metadata", c.metadata.as_ref().map(metadata))
         .opt(

@@ -16,6 +16,7 @@ mod l4;
 mod lb;
 mod listener;
 mod node;
+pub mod resilience;
 mod route;
 mod sidecar;
 

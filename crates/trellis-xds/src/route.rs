@@ -69,6 +69,15 @@ pub fn default_route(cluster: String) -> Route {
     }
 }
 
+/// [`default_route`] with Istio's default retry policy (outbound traffic).
+pub fn default_outbound_route(cluster: String) -> Route {
+    let mut r = default_route(cluster);
+    if let Some(route::Action::Route(a)) = &mut r.action {
+        a.retry_policy = crate::resilience::retry_policy(None, false);
+    }
+    r
+}
+
 fn catch_all() -> RouteMatch {
     RouteMatch {
         path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
@@ -135,13 +144,20 @@ pub fn vs_routes(
     refs: &mut ClusterRefs,
 ) -> Vec<Route> {
     let ns = vs.meta.namespace.as_str();
+    let non_idempotent = vs
+        .meta
+        .annotations
+        .get(trellis_config::RETRY_NON_IDEMPOTENT)
+        .is_some_and(|v| v == "true");
     let mut out = Vec::new();
     for http in &vs.spec.http {
         if http.route.is_empty() {
             continue; // redirect / directResponse / delegate: later issues
         }
         if http.matches.is_empty() {
-            let action = route_action(http, ns, scope, refs);
+            let mut action = route_action(http, ns, scope, refs);
+            action.retry_policy =
+                crate::resilience::retry_policy(http.retries.as_ref(), non_idempotent);
             out.push(envoy_route(&http.name, catch_all(), action));
             continue;
         }
@@ -153,7 +169,9 @@ pub fn vs_routes(
         if applicable.is_empty() {
             continue; // and its destinations are not referenced from here
         }
-        let action = route_action(http, ns, scope, refs);
+        let mut action = route_action(http, ns, scope, refs);
+        action.retry_policy =
+            crate::resilience::retry_policy(http.retries.as_ref(), non_idempotent);
         for m in applicable {
             let name = match (http.name.is_empty(), m.name.is_empty()) {
                 (_, true) => http.name.clone(),

@@ -15,7 +15,8 @@ use trellis_config::{Protocol, Resource, Service, VirtualService, resolve_host};
 use crate::cluster::{KUBE_DOMAIN, inbound, inbound_name, outbound_name};
 use crate::listener::{HcmSpec, Routes, http_listener};
 use crate::route::{
-    ClusterRefs, Scope, binds, default_route, host_matches, route_config, virtual_host, vs_routes,
+    ClusterRefs, Scope, binds, default_outbound_route, default_route, host_matches, route_config,
+    virtual_host, vs_routes,
 };
 use crate::{Cluster, Context, Listener};
 
@@ -112,7 +113,8 @@ fn outbound_routes(
                     refs,
                 ),
                 None => {
-                    let mut route = default_route(outbound_name(port, "", &service.hostname));
+                    let mut route =
+                        default_outbound_route(outbound_name(port, "", &service.hostname));
                     crate::lb::add_hash_policy(ctx, &mut route);
                     vec![route]
                 }

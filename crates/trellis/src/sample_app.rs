@@ -10,6 +10,7 @@
 mod fault;
 mod grpc;
 mod http;
+mod ledger;
 mod messages;
 mod tcp;
 

@@ -719,3 +719,39 @@ fn scalars_follow_proto_json_leniency() {
         "expected an integer, found string `heavy`"
     );
 }
+
+#[test]
+fn retry_conditions_and_the_retry_annotation_are_checked() {
+    let yaml = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: r
+  annotations:
+    trellis.dev/retry-non-idempotent: \"yes\"
+spec:
+  hosts: [r]
+  http:
+  - route:
+    - destination: {host: r}
+    retries:
+      attempts: 2
+      retryOn: 5xx,conect-failure,503,700,unavailable
+";
+    let text = load_str("x.yaml", yaml).unwrap_err().to_string();
+    assert!(
+        text.contains("spec.http[0].retries.retryOn: unknown retryOn condition `conect-failure`; did you mean `connect-failure`?"),
+        "{text}"
+    );
+    assert!(text.contains("status code 700 in retryOn"), "{text}");
+    assert!(
+        text.contains("metadata.annotations.trellis.dev/retry-non-idempotent: annotation trellis.dev/retry-non-idempotent must be \"true\" or \"false\", not \"yes\""),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 3, "{text}");
+    let ok = yaml
+        .replace("\"yes\"", "\"true\"")
+        .replace("conect-failure,", "")
+        .replace("700,", "");
+    assert!(!load_ok(&ok).snapshot.is_empty());
+}

@@ -157,6 +157,7 @@ fn http_route(rep: &mut Reporter<'_>, path: &str, r: &HttpRoute) {
             retry.per_try_timeout.as_ref(),
         );
         rep.duration(&format!("{path}.retries.backoff"), retry.backoff.as_ref());
+        super::resilience::retry_on(rep, &format!("{path}.retries.retryOn"), &retry.retry_on);
     }
     fault(rep, path, r.fault.as_ref());
     mirrors(rep, path, r);

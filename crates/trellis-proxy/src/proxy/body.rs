@@ -1,6 +1,7 @@
 //! Streaming bodies on both sides of the proxy: they count bytes as frames pass, read the gRPC
 //! status from trailers, and record the request to telemetry exactly once when the response
-//! completes (or is abandoned). Never buffers a body.
+//! completes (or is abandoned). A request body is held in memory only when `proxy::retry` hands
+//! over one it buffered (at most 64 KiB) to replay on a retry.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,14 +18,25 @@ use hyper::body::Incoming;
 use super::ConnInfo;
 use crate::runtime::Cluster;
 use crate::runtime::balancer::InFlight;
+use crate::runtime::circuit::RequestSlot;
 use crate::runtime::pool::Lease;
 use crate::telemetry::{RequestRecord, Telemetry};
 
 /// The downstream request body on its way upstream; counts bytes received.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Source,
     received: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Stream(Incoming),
+    /// A body read in full beforehand (already counted), sent again on each attempt.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
 }
 
 /// The response body on its way downstream: upstream's, or a local one-liner.
@@ -66,11 +78,31 @@ pub struct RequestLog {
     pub in_flight: Option<InFlight>,
     /// The upstream HTTP/1.1 connection, back to its pool once the response is complete.
     pub lease: Option<Lease>,
+    /// Counts the request against the cluster's `max_requests` until it ends.
+    pub circuit: Option<RequestSlot>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> RequestBody {
-        RequestBody { inner, received }
+        RequestBody {
+            inner: Source::Stream(inner),
+            received,
+        }
+    }
+
+    /// A body already read (and counted); `data` may be empty.
+    pub fn buffered(
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+        received: Arc<AtomicU64>,
+    ) -> RequestBody {
+        RequestBody {
+            inner: Source::Buffered {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+            received,
+        }
     }
 }
 
@@ -82,22 +114,41 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let inner = match &mut this.inner {
+            Source::Stream(inner) => inner,
+            Source::Buffered { data, trailers } => {
+                let frame = match data.take() {
+                    Some(d) => Some(Frame::data(d)),
+                    None => trailers.take().map(Frame::trailers),
+                };
+                return Poll::Ready(frame.map(Ok));
+            }
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.received
+            this.received
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Stream(inner) => inner.is_end_stream(),
+            Source::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Stream(inner) => inner.size_hint(),
+            Source::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }
 

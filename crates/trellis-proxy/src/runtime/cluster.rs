@@ -26,10 +26,11 @@ use http::uri::Authority;
 use prost::Message;
 
 use super::balancer::{Balancer, BalancerState, EndpointState, LbPolicy};
+use super::circuit::{CircuitState, Limits};
 use super::hash::HashTable;
 use super::locality::{SlowStart, Topology};
 use super::outlier::{EndpointHealth, Outcome, OutlierConfig, OutlierStats};
-use super::pool::EndpointPool;
+use super::pool::{EndpointPool, Keepalive, PoolOptions, TCP_KEEPALIVE};
 use super::{RuntimeError, duration, istio_string};
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -54,6 +55,10 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub balancer: Balancer,
     pub service: ServiceLabels,
+    /// Circuit breaker thresholds and retry budget (`circuit_breakers`).
+    pub limits: Limits,
+    /// Counters for `limits` and the cluster's upstream stats, carried over by name.
+    pub circuit: Arc<CircuitState>,
     balancer_state: Arc<BalancerState>,
     /// `outlier_detection`, when set.
     pub outlier: Option<OutlierConfig>,
@@ -136,7 +141,7 @@ impl Cluster {
             .connect_timeout
             .as_ref()
             .map_or(DEFAULT_CONNECT_TIMEOUT, duration);
-        let (protocol, idle) =
+        let (protocol, idle, per_connection) =
             upstream_options(c).map_err(|why| err("typed_extension_protocol_options", why))?;
         #[allow(deprecated)] // the contract names the cluster-level field
         let idle_timeout = idle
@@ -166,10 +171,31 @@ impl Cluster {
                 ));
             }
         };
+        let limits = Limits::from_xds(c.circuit_breakers.as_ref());
+        let circuit = prev.map(|p| Arc::clone(&p.circuit)).unwrap_or_default();
+        let keepalive = c
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref());
+        let secs = |v: Option<&envoy_types::pb::google::protobuf::UInt32Value>| {
+            v.map(|v| Duration::from_secs(u64::from(v.value.max(1))))
+        };
         let pools = PoolSettings {
-            protocol,
-            connect_timeout,
-            idle_timeout,
+            options: PoolOptions {
+                protocol,
+                connect_timeout,
+                idle_timeout,
+                max_requests_per_connection: per_connection,
+                max_connections: limits.max_connections,
+                max_pending_requests: limits.max_pending_requests,
+                keepalive: Keepalive {
+                    time: secs(keepalive.and_then(|k| k.keepalive_time.as_ref()))
+                        .unwrap_or(TCP_KEEPALIVE),
+                    interval: secs(keepalive.and_then(|k| k.keepalive_interval.as_ref())),
+                    probes: keepalive.and_then(|k| k.keepalive_probes.map(|p| p.value)),
+                },
+            },
+            circuit: Arc::clone(&circuit),
         };
         let endpoints = match assignment {
             Some(a) => endpoints(a, resolve_dns, prev, &pools).map_err(|(f, why)| err(&f, why))?,
@@ -217,6 +243,8 @@ impl Cluster {
             endpoints,
             balancer,
             service,
+            limits,
+            circuit,
             balancer_state,
             outlier,
             outlier_stats,
@@ -317,9 +345,10 @@ impl WorkloadLabels {
     }
 }
 
-fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>), String> {
+/// Protocol, idle timeout and `max_requests_per_connection` (0: unlimited).
+fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>, u32), String> {
     let Some(any) = c.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
-        return Ok((UpstreamProtocol::Http1, None));
+        return Ok((UpstreamProtocol::Http1, None, 0));
     };
     let opts = HttpProtocolOptions::decode(any.value.as_slice())
         .map_err(|e| format!("{HTTP_OPTIONS} does not decode: {e}"))?;
@@ -328,6 +357,11 @@ fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>)
         .as_ref()
         .and_then(|o| o.idle_timeout.as_ref())
         .map(duration);
+    let per_connection = opts
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.max_requests_per_connection)
+        .map_or(0, |v| v.value);
     let protocol = match &opts.upstream_protocol_options {
         Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
             Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
@@ -339,31 +373,24 @@ fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>)
         None => UpstreamProtocol::Http1,
         Some(_) => return Err("only explicit_http_config is supported".into()),
     };
-    Ok((protocol, idle))
+    Ok((protocol, idle, per_connection))
 }
 
 /// What an endpoint's connection pool is built with.
 struct PoolSettings {
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+    options: PoolOptions,
+    circuit: Arc<CircuitState>,
 }
 
 impl PoolSettings {
     /// The previous endpoint's pool when it fits, a new one otherwise.
     fn pool(&self, addr: SocketAddr, prev: Option<&Endpoint>) -> Arc<EndpointPool> {
         match prev {
-            Some(e)
-                if e.pool
-                    .fits(self.protocol, self.connect_timeout, self.idle_timeout) =>
-            {
-                Arc::clone(&e.pool)
-            }
+            Some(e) if e.pool.fits(&self.options, &self.circuit) => Arc::clone(&e.pool),
             _ => Arc::new(EndpointPool::new(
                 addr,
-                self.protocol,
-                self.connect_timeout,
-                self.idle_timeout,
+                self.options,
+                Arc::clone(&self.circuit),
             )),
         }
     }

@@ -1,8 +1,12 @@
 //! Upstream connections for one endpoint, on hyper's connection API: a bounded stack of idle
 //! HTTP/1.1 connections (most recently used first, checked before reuse), or one shared,
 //! multiplexed HTTP/2 connection. Connects lazily with a timeout; idle connections expire after
-//! the cluster's idle timeout. A pool belongs to an endpoint address and is carried over across
-//! config swaps with it (`cluster` decides). Does not route, balance or retry.
+//! the cluster's idle timeout and after `max_requests_per_connection` requests. Enforces the
+//! cluster's connection circuit breakers: at most `max_connections` open (cluster-wide, counted in
+//! the shared `CircuitState`), then requests wait for a connection in a queue of at most
+//! `max_pending_requests`, beyond which they overflow (`UO`). A pool belongs to an endpoint
+//! address and is carried over across config swaps with it (`cluster` decides). Does not route,
+//! balance or retry.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +19,14 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::circuit::{CircuitState, ConnectionSlot};
 use super::cluster::UpstreamProtocol;
 use crate::proxy::body::RequestBody;
 
 /// At most this many idle HTTP/1.1 connections are kept per endpoint.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// TCP keepalive idle time when the DestinationRule sets none.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Why an upstream request failed; `Connect` means nothing was sent (safe to retry).
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,41 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("{0}")]
     Request(#[source] hyper::Error),
+    /// A circuit breaker refused the request before anything was sent.
+    #[error("{0}")]
+    Overflow(&'static str),
+}
+
+/// Connection settings of one pool (from the cluster; a pool is reused only while they match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// 0: unlimited.
+    pub max_requests_per_connection: u32,
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub keepalive: Keepalive,
+}
+
+/// TCP keepalive (`upstream_connection_options.tcp_keepalive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub time: Duration,
+    pub interval: Option<Duration>,
+    pub probes: Option<u32>,
+}
+
+/// A connection ready for one request: from `EndpointPool::connection`, used by `send_on`.
+#[derive(Debug)]
+pub enum Connection {
+    Http1 {
+        tx: http1::SendRequest<RequestBody>,
+        /// Requests this connection served before this one.
+        uses: u32,
+    },
+    Http2(http2::SendRequest<RequestBody>),
 }
 
 /// Connections to one endpoint.
@@ -40,6 +81,8 @@ pub struct EndpointPool {
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub options: PoolOptions,
+    circuit: Arc<CircuitState>,
     idle: Mutex<Vec<Idle>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
     reaping: AtomicBool,
@@ -50,12 +93,14 @@ pub struct EndpointPool {
 #[derive(Debug)]
 pub struct Lease {
     tx: http1::SendRequest<RequestBody>,
+    uses: u32,
     pool: Weak<EndpointPool>,
 }
 
 #[derive(Debug)]
 struct Idle {
     tx: http1::SendRequest<RequestBody>,
+    uses: u32,
     since: Instant,
 }
 
@@ -70,26 +115,23 @@ impl UpstreamError {
 }
 
 impl EndpointPool {
-    pub fn new(
-        addr: SocketAddr,
-        protocol: UpstreamProtocol,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> EndpointPool {
+    pub fn new(addr: SocketAddr, options: PoolOptions, circuit: Arc<CircuitState>) -> EndpointPool {
         EndpointPool {
             addr,
-            protocol,
-            connect_timeout,
-            idle_timeout,
+            protocol: options.protocol,
+            connect_timeout: options.connect_timeout,
+            idle_timeout: options.idle_timeout,
+            options,
+            circuit,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             reaping: AtomicBool::new(false),
         }
     }
 
-    /// Whether this pool can serve a cluster with these settings.
-    pub fn fits(&self, protocol: UpstreamProtocol, connect: Duration, idle: Duration) -> bool {
-        self.protocol == protocol && self.connect_timeout == connect && self.idle_timeout == idle
+    /// Whether this pool can serve a cluster with these settings and circuit state.
+    pub fn fits(&self, options: &PoolOptions, circuit: &Arc<CircuitState>) -> bool {
+        self.options == *options && Arc::ptr_eq(&self.circuit, circuit)
     }
 
     /// Send `req` on a pooled (or new) connection. For HTTP/1.1 the connection comes back as a
@@ -98,34 +140,63 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        let conn = self.connection().await?;
+        self.send_on(conn, req).await
+    }
+
+    /// A connection for one request: an idle one, a new one while the cluster has fewer than
+    /// `max_connections`, or (waiting in the pending queue) the next one to free up. Fails
+    /// before anything is sent: `Connect`/`Handshake`, or `Overflow` when the queue is full.
+    pub async fn connection(self: &Arc<Self>) -> Result<Connection, UpstreamError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                let mut tx = match self.checkout() {
-                    Some(tx) => tx,
-                    // Boxed: the connect state machine is large and rarely needed; inline it
-                    // would be copied along with every request's future.
-                    None => Box::pin(self.connect_h1()).await?,
-                };
-                let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
-                let lease = Lease {
-                    tx,
-                    pool: Arc::downgrade(self),
-                };
-                Ok((resp, Some(lease)))
+                if let Some((tx, uses)) = self.checkout() {
+                    return Ok(Connection::Http1 { tx, uses });
+                }
+                // Boxed: the connect and wait state machines are large and rarely needed;
+                // inline they would be copied along with every request's future.
+                Box::pin(self.connect_or_wait()).await
             }
             UpstreamProtocol::Http2 => {
                 let shared = lock(&self.shared)
                     .as_ref()
                     .filter(|t| !t.is_closed())
                     .cloned();
-                let mut tx = match shared {
-                    Some(tx) => tx,
+                match shared {
+                    Some(tx) => Ok(Connection::Http2(tx)),
                     None => {
-                        let tx = Box::pin(self.connect_h2()).await?;
+                        let Some(slot) = self.circuit.open_connection(self.options.max_connections)
+                        else {
+                            return Err(UpstreamError::Overflow(
+                                "cluster has max_connections open",
+                            ));
+                        };
+                        let tx = Box::pin(self.connect_h2(slot)).await?;
                         *lock(&self.shared) = Some(tx.clone());
-                        tx
+                        Ok(Connection::Http2(tx))
                     }
+                }
+            }
+        }
+    }
+
+    /// Send `req` on `conn` (from [`EndpointPool::connection`]).
+    pub async fn send_on(
+        self: &Arc<Self>,
+        conn: Connection,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        match conn {
+            Connection::Http1 { mut tx, uses } => {
+                let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
+                let lease = Lease {
+                    tx,
+                    uses: uses + 1,
+                    pool: Arc::downgrade(self),
                 };
+                Ok((resp, Some(lease)))
+            }
+            Connection::Http2(mut tx) => {
                 tx.ready().await.map_err(UpstreamError::Request)?;
                 let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
                 Ok((resp, None))
@@ -133,8 +204,35 @@ impl EndpointPool {
         }
     }
 
+    /// HTTP/1.1 without an idle connection: connect if the cluster may open one more, else
+    /// wait in the pending queue for a connection to come back or close.
+    async fn connect_or_wait(self: &Arc<Self>) -> Result<Connection, UpstreamError> {
+        let mut pending = None;
+        loop {
+            let changed = self.circuit.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some((tx, uses)) = self.checkout() {
+                return Ok(Connection::Http1 { tx, uses });
+            }
+            if let Some(slot) = self.circuit.open_connection(self.options.max_connections) {
+                drop(pending);
+                let tx = self.connect_h1(slot).await?;
+                return Ok(Connection::Http1 { tx, uses: 0 });
+            }
+            if pending.is_none() {
+                pending = Some(self.circuit.pend(self.options.max_pending_requests).ok_or(
+                    UpstreamError::Overflow(
+                        "cluster has max_connections open and max_pending_requests waiting",
+                    ),
+                )?);
+            }
+            changed.await;
+        }
+    }
+
     /// The most recently used idle connection that is ready; drops closed and expired ones.
-    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout(&self) -> Option<(http1::SendRequest<RequestBody>, u32)> {
         let mut idle = lock(&self.idle);
         let mut busy = Vec::new();
         let mut found = None;
@@ -143,7 +241,7 @@ impl EndpointPool {
                 continue;
             }
             if c.tx.is_ready() {
-                found = Some(c.tx);
+                found = Some((c.tx, c.uses));
                 break;
             }
             // Still finishing its previous exchange: keep it for later.
@@ -153,8 +251,10 @@ impl EndpointPool {
         found
     }
 
-    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<RequestBody>) {
-        if tx.is_closed() {
+    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<RequestBody>, uses: u32) {
+        let limit = self.options.max_requests_per_connection;
+        if tx.is_closed() || (limit > 0 && uses >= limit) {
+            // Dropping the sender closes the connection; its slot frees when it ends.
             return;
         }
         {
@@ -165,9 +265,11 @@ impl EndpointPool {
             }
             idle.push(Idle {
                 tx,
+                uses,
                 since: Instant::now(),
             });
         }
+        self.circuit.changed.notify_waiters();
         if !self.reaping.swap(true, Ordering::AcqRel) {
             self.spawn_reaper();
         }
@@ -210,12 +312,22 @@ impl EndpointPool {
             }
         };
         let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let k = self.options.keepalive;
+        let mut keepalive = socket2::TcpKeepalive::new().with_time(k.time);
+        if let Some(i) = k.interval {
+            keepalive = keepalive.with_interval(i);
+        }
+        if let Some(n) = k.probes {
+            keepalive = keepalive.with_retries(n);
+        }
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         Ok(stream)
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    async fn connect_h1(
+        &self,
+        slot: ConnectionSlot,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let io = TokioIo::new(self.tcp().await?);
         let (tx, conn) = http1::Builder::new()
             // One `send` per request rather than `writev` (see `listeners::server_builder`).
@@ -228,11 +340,15 @@ impl EndpointPool {
             if let Err(e) = conn.await {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended");
             }
+            drop(slot);
         });
         Ok(tx)
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+    async fn connect_h2(
+        &self,
+        slot: ConnectionSlot,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let io = TokioIo::new(self.tcp().await?);
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -247,6 +363,7 @@ impl EndpointPool {
             if let Err(e) = conn.await {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream h2 connection ended");
             }
+            drop(slot);
         });
         Ok(tx)
     }
@@ -256,7 +373,7 @@ impl Lease {
     /// The response was read to its end: the connection may serve the next request.
     pub fn release(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.tx);
+            pool.checkin(self.tx, self.uses);
         }
     }
 }

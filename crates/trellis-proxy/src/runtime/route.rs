@@ -16,6 +16,7 @@ use xroute::route_action::ClusterSpecifier;
 use xroute::route_match::PathSpecifier;
 
 use super::cluster::Cluster;
+use super::retry::RetryPolicy;
 use super::{RuntimeError, istio_string};
 
 /// One compiled `RouteConfiguration`.
@@ -49,6 +50,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// `route.hash_policy`, for RING_HASH / MAGLEV clusters.
     pub hash_policy: Vec<super::hash::HashPolicy>,
+    /// Retries (`retry_policy`); `None` means a single attempt.
+    pub retry: Option<Box<RetryPolicy>>,
 }
 
 #[derive(Debug)]
@@ -67,8 +70,9 @@ enum PathMatch {
     Regex(Regex),
 }
 
+/// One compiled `HeaderMatcher` (route matches, retriable request headers).
 #[derive(Debug)]
-struct HeaderMatch {
+pub struct HeaderMatch {
     target: HeaderTarget,
     spec: ValueMatch,
     invert: bool,
@@ -326,6 +330,12 @@ impl Route {
             .as_ref()
             .map(super::duration)
             .filter(|d| !d.is_zero());
+        let retry = match &action.retry_policy {
+            Some(p) => Some(Box::new(
+                RetryPolicy::compile(p).map_err(|why| (at(".route.retry_policy"), why))?,
+            )),
+            None => None,
+        };
         let istio_name = r
             .metadata
             .as_ref()
@@ -341,6 +351,7 @@ impl Route {
             action: compiled,
             timeout,
             hash_policy,
+            retry,
         })
     }
 }
@@ -449,7 +460,7 @@ impl RouteMatcher {
 }
 
 impl HeaderMatch {
-    fn compile(h: &xroute::HeaderMatcher) -> Result<Self, String> {
+    pub(crate) fn compile(h: &xroute::HeaderMatcher) -> Result<Self, String> {
         let target = match h.name.as_str() {
             ":method" => HeaderTarget::Method,
             ":authority" | "host" => HeaderTarget::Authority,
@@ -493,7 +504,7 @@ impl HeaderMatch {
         })
     }
 
-    fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         let joined;
         let value: Option<&str> = match &self.target {
             HeaderTarget::Method => Some(req.method.as_str()),

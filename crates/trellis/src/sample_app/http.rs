@@ -2,8 +2,10 @@
 //!
 //! `/`, `/get`, `/{service}[/…]` (the app's own name, so that mesh routes
 //! like `/reviews` need no rewrite), `/headers`, `/post`, `/anything[/…]`,
-//! `/status/{code}`, `/delay/{seconds}` (and `/fault/…`, see `fault.rs`); anything else is a
-//! JSON 404. Every answer is JSON and
+//! `/status/{code}`, `/delay/{seconds}`, `/flaky/{key}/{n}` (503 for the first `n` requests per
+//! key on this instance, `?retry_after=S` adds `Retry-After`), `/ledger` (POST records the
+//! `x-ledger-id` header, GET lists ids with counts), and `/fault/…` (see `fault.rs`); anything
+//! else is a JSON 404. Every answer is JSON and
 //! names the service, version and instance. Bodies are read with a size
 //! limit; bad input gets a 4xx, never a panic.
 
@@ -57,6 +59,8 @@ async fn answer_without_body(
         }
         ["status", code] => status(identity, req, code),
         ["delay", seconds] => delay(identity, req, seconds).await,
+        ["flaky", key, n] => flaky(identity, req, key, n),
+        ["ledger"] => ledger(identity, req),
         _ => error_response(
             identity,
             StatusCode::NOT_FOUND,
@@ -126,6 +130,45 @@ async fn delay(identity: &Identity, req: &Request<()>, seconds: &str) -> Respons
     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
     let mut map = request_info(req);
     map.insert("delay".into(), json!(delay));
+    json_response(identity, StatusCode::OK, map)
+}
+
+fn flaky(identity: &Identity, req: &Request<()>, key: &str, n: &str) -> Response<ResponseBody> {
+    let Ok(failures) = n.parse::<u64>() else {
+        let message = format!("bad failure count {n:?}: use a number");
+        return error_response(identity, StatusCode::BAD_REQUEST, &message);
+    };
+    let seen = super::ledger::flaky_seen(key);
+    let mut map = request_info(req);
+    map.insert("attempt".into(), json!(seen + 1));
+    if seen >= failures {
+        return json_response(identity, StatusCode::OK, map);
+    }
+    map.insert("status".into(), json!(503));
+    let mut response = json_response(identity, StatusCode::SERVICE_UNAVAILABLE, map);
+    let query = query_json(req.uri().query().unwrap_or(""));
+    if let Some(Ok(v)) = query["retry_after"].as_str().map(HeaderValue::from_str) {
+        response.headers_mut().insert("retry-after", v);
+    }
+    response
+}
+
+fn ledger(identity: &Identity, req: &Request<()>) -> Response<ResponseBody> {
+    let mut map = Map::new();
+    if req.method() == hyper::Method::POST {
+        let Some(id) = req
+            .headers()
+            .get("x-ledger-id")
+            .and_then(|v| v.to_str().ok())
+        else {
+            let message = "POST /ledger needs an x-ledger-id header";
+            return error_response(identity, StatusCode::BAD_REQUEST, message);
+        };
+        map.insert("recorded".into(), json!(id));
+        map.insert("count".into(), json!(super::ledger::record(id)));
+    } else {
+        map.insert("ledger".into(), json!(super::ledger::entries()));
+    }
     json_response(identity, StatusCode::OK, map)
 }
 
