@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod istio;
 pub mod kube;
+pub mod route_actions;
 
 pub use istio::*;
 pub use kube::*;
+pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
 
 /// Opaque JSON-like value for parts we accept but do not model (status, managedFields, …).
 pub type Value = serde_json::Value;

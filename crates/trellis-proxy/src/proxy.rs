@@ -4,8 +4,12 @@
 //! (`x-trellis-flags`) and a one-line body saying what happened (see `Local`). Does not bind,
 //! accept or configure anything.
 
+pub mod actions;
 pub mod body;
+pub mod cors;
+pub mod fault;
 pub mod headers;
+pub mod mirror;
 pub mod retry;
 
 use std::convert::Infallible;
@@ -68,8 +72,13 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Local {
     pub status: StatusCode,
+    /// `-` for an answer that is not a failure (redirect, direct response, CORS preflight).
     pub flag: &'static str,
     pub message: String,
+    /// Replaces `message` as the body (a direct response's bytes).
+    pub body: Option<Bytes>,
+    /// Headers for the answer, over the defaults (`Location`, CORS, gRPC status, …).
+    pub headers: Option<Box<http::HeaderMap>>,
 }
 
 impl ConnInfo {
@@ -143,6 +152,8 @@ impl Local {
             status,
             flag,
             message,
+            body: None,
+            headers: None,
         }
     }
 }
@@ -270,7 +281,7 @@ async fn forward(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(HOST).cloned(),
     };
-    let Some(authority) = authority else {
+    let Some(mut authority) = authority else {
         return Err(Local::new(
             StatusCode::BAD_REQUEST,
             "DPE",
@@ -302,8 +313,10 @@ async fn forward(
     log.route_name = Some(Arc::clone(&route.istio_name));
     // Decided on the request as received, before headers are rewritten.
     let repeatable = route.retry.as_ref().is_none_or(|p| p.may_repeat(&view));
+    let mut plan = actions::on_request(route, &mut parts, &mut authority, log).await?;
     let target = route.action.pick();
     log.cluster_name = Some(Arc::clone(&target.name));
+    plan.on_cluster(&target.name, &mut parts.headers);
     let Some(cluster) = &target.cluster else {
         let msg = format!("cluster {:?} not found\n", target.name);
         return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
@@ -376,6 +389,7 @@ async fn forward(
             parts.headers.remove(HOST);
         }
     }
+    plan.mirror(&parts, !http_body::Body::is_end_stream(&body));
     let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
     let mut timer = conn.take_response_timer(wait);
     let attempts = retry::Attempts {
@@ -387,10 +401,11 @@ async fn forward(
     };
     let mut result = attempts.run(parts, body, &mut timer, log).await;
     conn.put_response_timer(timer);
-    if let Some(cookie) = hash.and_then(|h| h.set_cookie)
-        && let Ok(resp) = &mut result
-    {
-        resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+    if let Ok(resp) = &mut result {
+        plan.on_response(resp.headers_mut());
+        if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
+            resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
     }
     result
 }
@@ -471,11 +486,22 @@ pub fn local_response(local: Local, mut log: Option<Box<RequestLog>>) -> Respons
         log.status = local.status.as_u16();
         log.flags = local.flag;
     }
-    let mut resp = Response::new(ResponseBody::local(Bytes::from(local.message), log));
+    let body = local.body.unwrap_or_else(|| Bytes::from(local.message));
+    let empty = body.is_empty();
+    let mut resp = Response::new(ResponseBody::local(body, log));
     *resp.status_mut() = local.status;
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    h.insert(&X_TRELLIS_FLAGS, HeaderValue::from_static(local.flag));
+    if !empty {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    if local.flag != "-" {
+        h.insert(&X_TRELLIS_FLAGS, HeaderValue::from_static(local.flag));
+    }
+    if let Some(extra) = local.headers {
+        for (name, value) in extra.into_iter().filter_map(|(n, v)| Some((n?, v))) {
+            h.insert(name, value);
+        }
+    }
     resp
 }
 

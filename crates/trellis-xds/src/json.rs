@@ -4,6 +4,8 @@
 //! `Any` unpacked with `"@type"`, `Struct` as a plain object. It renders the fields listed in
 //! `docs/xds-contract.md` (the ones the compiler sets) and nothing else; it never builds resources.
 
+mod actions;
+
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
@@ -207,7 +209,7 @@ fn any_value(any: &Any) -> Value {
             .ok()
             .map(|_| Obj::typed(&Router::type_url()).done())
     } else {
-        None
+        actions::filter_config(any)
     };
     decoded.unwrap_or_else(|| Obj::typed(&any.type_url).done())
 }
@@ -383,10 +385,11 @@ fn route(r: &Route) -> Value {
         Some(route::Action::Route(a)) => Some(route_action(a)),
         _ => None,
     };
-    Obj::default()
+    let o = Obj::default()
         .str("name", &r.name)
         .opt("match", r.r#match.as_ref().map(route_match))
-        .opt("route", action)
+        .opt("route", action);
+    actions::route_fields(o, r)
         .opt("metadata", r.metadata.as_ref().map(metadata))
         .done()
 }
@@ -464,7 +467,8 @@ fn route_action(a: &RouteAction) -> Value {
         }
         _ => Obj::default(),
     };
-    o.opt("timeout", a.timeout.as_ref().map(duration))
+    actions::action_fields(o, a)
+        .opt("timeout", a.timeout.as_ref().map(duration))
         .list(
             "hashPolicy",
             a.hash_policy.iter().map(lb::hash_policy).collect(),
@@ -566,10 +570,10 @@ fn weighted_clusters(w: &WeightedCluster) -> Value {
         .clusters
         .iter()
         .map(|c| {
-            Obj::default()
+            let o = Obj::default()
                 .str("name", &c.name)
-                .opt("weight", c.weight.map(|v| json!(v.value)))
-                .done()
+                .opt("weight", c.weight.map(|v| json!(v.value)));
+            actions::cluster_weight_fields(o, c).done()
         })
         .collect();
     Obj::default().list("clusters", clusters).done()

@@ -8,6 +8,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     HttpProtocolOptions, SocketAddress, TrafficDirection, address, config_source, socket_address,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
@@ -15,6 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
+use crate::route::actions::{CORS_FILTER, FAULT_FILTER};
 use crate::{Listener, RouteConfiguration};
 
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
@@ -81,13 +84,31 @@ pub fn http_connection_manager(spec: HcmSpec) -> HttpConnectionManager {
         stat_prefix: spec.stat_prefix,
         codec_type: http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
-        http_filters: vec![HttpFilter {
-            name: ROUTER_FILTER.into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        // Istio's order: CORS, fault, router. The first two act only on routes whose
+        // `typed_per_filter_config` configures them.
+        http_filters: vec![
+            HttpFilter {
+                name: CORS_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    Cors::default(),
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: FAULT_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: ROUTER_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    Router::default(),
+                ))),
+                ..Default::default()
+            },
+        ],
         use_remote_address: Some(BoolValue {
             value: spec.use_remote_address,
         }),

@@ -5,6 +5,8 @@
 //! destinations -> cluster names, and host intersection with wildcards. It records the clusters
 //! routes refer to in [`ClusterRefs`] but never builds clusters or listeners itself.
 
+pub mod actions;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::route::v3::{
@@ -151,14 +153,13 @@ pub fn vs_routes(
         .is_some_and(|v| v == "true");
     let mut out = Vec::new();
     for http in &vs.spec.http {
-        if http.route.is_empty() {
-            continue; // redirect / directResponse / delegate: later issues
+        let local = actions::local_action(http, scope);
+        if http.route.is_empty() && local.is_none() {
+            continue; // delegate: a later issue
         }
         if http.matches.is_empty() {
-            let mut action = route_action(http, ns, scope, refs);
-            action.retry_policy =
-                crate::resilience::retry_policy(http.retries.as_ref(), non_idempotent);
-            out.push(envoy_route(&http.name, catch_all(), action));
+            let action = envoy_action(http, local, non_idempotent, ns, scope, refs);
+            out.push(envoy_route(http, &http.name, catch_all(), action));
             continue;
         }
         let applicable: Vec<&HttpMatchRequest> = http
@@ -169,28 +170,46 @@ pub fn vs_routes(
         if applicable.is_empty() {
             continue; // and its destinations are not referenced from here
         }
-        let mut action = route_action(http, ns, scope, refs);
-        action.retry_policy =
-            crate::resilience::retry_policy(http.retries.as_ref(), non_idempotent);
+        let action = envoy_action(http, local, non_idempotent, ns, scope, refs);
         for m in applicable {
             let name = match (http.name.is_empty(), m.name.is_empty()) {
                 (_, true) => http.name.clone(),
                 (true, false) => m.name.clone(),
                 (false, false) => format!("{}.{}", http.name, m.name),
             };
-            out.push(envoy_route(&name, route_match(m), action.clone()));
+            out.push(envoy_route(http, &name, route_match(m), action.clone()));
         }
     }
     out
 }
 
-fn envoy_route(name: &str, r#match: RouteMatch, action: RouteAction) -> Route {
-    Route {
+/// The redirect / direct response when set, else forwarding with rewrites and mirrors.
+fn envoy_action(
+    http: &HttpRoute,
+    local: Option<route::Action>,
+    non_idempotent: bool,
+    ns: &str,
+    scope: Scope<'_>,
+    refs: &mut ClusterRefs,
+) -> route::Action {
+    if let Some(local) = local {
+        return local;
+    }
+    let mut action = route_action(http, ns, scope, refs);
+    actions::decorate_action(&mut action, http, ns, scope, refs);
+    action.retry_policy = crate::resilience::retry_policy(http.retries.as_ref(), non_idempotent);
+    route::Action::Route(action)
+}
+
+fn envoy_route(http: &HttpRoute, name: &str, r#match: RouteMatch, action: route::Action) -> Route {
+    let mut r = Route {
         name: name.to_string(),
         r#match: Some(r#match),
-        action: Some(route::Action::Route(action)),
+        action: Some(action),
         ..Default::default()
-    }
+    };
+    actions::decorate_route(&mut r, http);
+    r
 }
 
 /// Per-match conditions that select proxies and ports rather than requests.

@@ -128,6 +128,14 @@ fn http_route(rep: &mut Reporter<'_>, path: &str, r: &HttpRoute) {
             format!("status {} must be in 200..=599", d.status),
         );
     }
+    if let Some(d) = &r.direct_response
+        && d.body.as_ref().is_some_and(|b| b.to_bytes().is_none())
+    {
+        rep.error(
+            &format!("{path}.directResponse.body.bytes"),
+            "bytes must be base64",
+        );
+    }
     if let Some(d) = &r.delegate
         && d.name.is_empty()
     {
@@ -265,6 +273,12 @@ fn fault(rep: &mut Reporter<'_>, path: &str, f: Option<&HttpFaultInjection>) {
                 rep.error(
                     &format!("{p}.httpStatus"),
                     format!("status {s} must be in 200..=599"),
+                );
+            }
+            (None, Some(name)) if a.grpc_code().is_none() => {
+                rep.error(
+                    &format!("{p}.grpcStatus"),
+                    format!("unknown gRPC status {name:?}; use a name such as UNAVAILABLE"),
                 );
             }
             _ => {}

@@ -161,8 +161,9 @@ impl ResponseBody {
     }
 
     pub fn local(text: Bytes, log: Option<Box<RequestLog>>) -> ResponseBody {
+        // An empty body is no body: the head ends the stream (gRPC trailers-only answers).
         let mut body = ResponseBody {
-            inner: Inner::Local(Some(text)),
+            inner: Inner::Local((!text.is_empty()).then_some(text)),
             log,
         };
         if let (Some(log), Inner::Local(Some(b))) = (&mut body.log, &body.inner) {

@@ -16,6 +16,7 @@ use prost::Message;
 
 use super::cluster::Cluster;
 use super::route::RouteTable;
+use super::route::policy::{CORS_FILTER, FAULT_FILTER};
 use super::{RuntimeError, duration};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
@@ -128,11 +129,16 @@ impl Listener {
                 format!("does not decode as HttpConnectionManager: {e}"),
             )
         })?;
+        // The CORS and fault filters act through each route's `typed_per_filter_config`
+        // (`route/policy.rs`); their listener-level configs carry nothing we apply.
         for (i, f) in hcm.http_filters.iter().enumerate() {
-            if f.name != ROUTER {
+            if ![ROUTER, CORS_FILTER, FAULT_FILTER].contains(&f.name.as_str()) {
                 return Err(err(
                     &format!("http_filters[{i}].name"),
-                    format!("{:?} is not supported yet; only {ROUTER}", f.name),
+                    format!(
+                        "{:?} is not supported; only {CORS_FILTER}, {FAULT_FILTER} and {ROUTER}",
+                        f.name
+                    ),
                 ));
             }
         }

@@ -1,6 +1,9 @@
 //! Route tables for the hot path: virtual host lookup by authority (Envoy domain semantics) and
 //! first-match route selection. Built once from an RDS `RouteConfiguration`; protobuf types never
-//! reach the request path. Owns matching only: it does not forward, rewrite or balance.
+//! reach the request path. Owns matching only: it does not forward, rewrite or balance (what a
+//! route does besides choosing a cluster is compiled in `route/policy.rs`).
+
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use xroute::route_match::PathSpecifier;
 use super::cluster::Cluster;
 use super::retry::RetryPolicy;
 use super::{RuntimeError, istio_string};
+use policy::RoutePolicy;
 
 /// One compiled `RouteConfiguration`.
 #[derive(Debug)]
@@ -52,6 +56,10 @@ pub struct Route {
     pub hash_policy: Vec<super::hash::HashPolicy>,
     /// Retries (`retry_policy`); `None` means a single attempt.
     pub retry: Option<Box<RetryPolicy>>,
+    /// Redirect, direct response, rewrites, headers, mirrors, fault, CORS; `None` when the
+    /// route only forwards. A redirect / direct response route has no cluster
+    /// (`action` is then an unresolved, empty `ClusterRef` that is never used).
+    pub policy: Option<Box<RoutePolicy>>,
 }
 
 #[derive(Debug)]
@@ -274,25 +282,30 @@ impl Route {
             .as_ref()
             .ok_or_else(|| (at(".match"), "missing".to_string()))?;
         let matcher = RouteMatcher::compile(m, at)?;
-        let action = match &r.action {
-            Some(xroute::route::Action::Route(a)) => a,
-            Some(xroute::route::Action::Redirect(_)) => {
-                return Err((
-                    at(".redirect"),
-                    "redirect routes are not supported yet".into(),
-                ));
-            }
-            Some(xroute::route::Action::DirectResponse(_)) => {
-                return Err((
-                    at(".direct_response"),
-                    "direct responses are not supported yet".into(),
-                ));
-            }
-            _ => return Err((at(".action"), "missing or unsupported route action".into())),
+        let prefix = match &m.path_specifier {
+            Some(PathSpecifier::Prefix(p) | PathSpecifier::Path(p)) => Some(p.as_str()),
+            _ => None,
         };
+        let policy = RoutePolicy::compile(r, prefix, clusters, at)?.map(Box::new);
         let resolve = |name: &str| ClusterRef {
             name: name.into(),
             cluster: clusters.get(name).cloned(),
+        };
+        let action = match &r.action {
+            Some(xroute::route::Action::Route(a)) => a,
+            Some(xroute::route::Action::Redirect(_) | xroute::route::Action::DirectResponse(_)) => {
+                return Ok(Route {
+                    name: r.name.as_str().into(),
+                    istio_name: istio_name(r).into(),
+                    matcher,
+                    action: RouteAction::Cluster(resolve("")),
+                    timeout: None,
+                    hash_policy: Vec::new(),
+                    retry: None,
+                    policy,
+                });
+            }
+            _ => return Err((at(".action"), "missing or unsupported route action".into())),
         };
         let compiled = match &action.cluster_specifier {
             Some(ClusterSpecifier::Cluster(c)) => RouteAction::Cluster(resolve(c)),
@@ -336,24 +349,28 @@ impl Route {
             )),
             None => None,
         };
-        let istio_name = r
-            .metadata
-            .as_ref()
-            .and_then(|m| m.filter_metadata.get("istio"))
-            .and_then(|s| istio_string(s, "name"))
-            .unwrap_or(&r.name);
         let hash_policy = super::hash::HashPolicy::compile(&action.hash_policy)
             .map_err(|why| (at(".route"), why))?;
         Ok(Route {
             name: r.name.as_str().into(),
-            istio_name: istio_name.into(),
+            istio_name: istio_name(r).into(),
             matcher,
             action: compiled,
             timeout,
             hash_policy,
             retry,
+            policy,
         })
     }
+}
+
+/// `metadata.filter_metadata["istio"].name` when present, else the route name.
+fn istio_name(r: &xroute::Route) -> &str {
+    r.metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|s| istio_string(s, "name"))
+        .unwrap_or(&r.name)
 }
 
 impl RouteAction {

@@ -4,12 +4,14 @@
 //! like `/reviews` need no rewrite), `/headers`, `/post`, `/anything[/…]`,
 //! `/status/{code}`, `/delay/{seconds}`, `/flaky/{key}/{n}` (503 for the first `n` requests per
 //! key on this instance, `?retry_after=S` adds `Retry-After`), `/ledger` (POST records the
-//! `x-ledger-id` header, GET lists ids with counts), and `/fault/…` (see `fault.rs`); anything
-//! else is a JSON 404. Every answer is JSON and
+//! `x-ledger-id` header, GET lists ids with counts), `/recent` (method, host and path of the last
+//! `RECENT_MAX` other requests, oldest first: tests check what a mirror or rewrite delivered),
+//! and `/fault/…` (see `fault.rs`); anything else is a JSON 404. Every answer is JSON and
 //! names the service, version and instance. Bodies are read with a size
 //! limit; bad input gets a 4xx, never a panic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,10 +27,22 @@ use super::{Identity, ResponseBody};
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest `/delay/{seconds}`.
 const MAX_DELAY_SECONDS: f64 = 60.0;
+/// Requests `/recent` remembers.
+const RECENT_MAX: usize = 256;
+
+/// `{method, host, path}` of the last requests (one sample app per process).
+static RECENT: Mutex<VecDeque<Value>> = Mutex::new(VecDeque::new());
 
 /// Answers one plain HTTP request.
 pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<ResponseBody> {
     let path = req.uri().path().to_owned();
+    if path == "/recent" {
+        let recent: Vec<Value> = lock_recent().iter().cloned().collect();
+        let mut map = Map::new();
+        map.insert("requests".into(), Value::Array(recent));
+        return json_response(identity, StatusCode::OK, map);
+    }
+    remember(&req);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if !matches!(segments.as_slice(), ["post"] | ["anything", ..]) {
         let (parts, body) = req.into_parts();
@@ -37,6 +51,29 @@ pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<Res
         return answer_without_body(identity, &req, &segments, &path).await;
     }
     echo_with_body(identity, req).await
+}
+
+fn lock_recent() -> std::sync::MutexGuard<'static, VecDeque<Value>> {
+    RECENT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn remember<B>(req: &Request<B>) {
+    let host = req
+        .headers()
+        .get(HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let entry = json!({
+        "method": req.method().as_str(),
+        "host": host,
+        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+    });
+    let mut recent = lock_recent();
+    if recent.len() == RECENT_MAX {
+        recent.pop_front();
+    }
+    recent.push_back(entry);
 }
 
 /// Every endpoint except `/post` and `/anything`: the body is not used.

@@ -1,0 +1,628 @@
+//! Acceptance tests of VirtualService route actions through a real gateway `trellis-proxy`
+//! and real `trellis sample-app`s: fault injection (delay, abort, gRPC abort, percentages),
+//! mirroring, rewrites, redirects, direct responses, header mutations and CORS. The Istio YAML
+//! is written in each test; assertions are on what the client and the upstream echo see.
+//! Needs `cargo build --workspace --bins`.
+
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use e2e_support::*;
+use trellis_testkit::{free_port, http_get, http_request, wait_until};
+
+/// reviews v1 + v2 behind a gateway on `port`, with subsets, plus `extra` documents.
+fn reviews_mesh(apps: &Apps, port: u16, extra: &[String]) -> String {
+    let mut parts = vec![
+        gateway_yaml(port),
+        service_entry_yaml(
+            "reviews",
+            REVIEWS,
+            9080,
+            "HTTP",
+            &[
+                ep(apps.port("reviews/v1"), "v1"),
+                ep(apps.port("reviews/v2"), "v2"),
+            ],
+        ),
+        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
+    ];
+    parts.extend_from_slice(extra);
+    docs(&parts)
+}
+
+fn v(subset: &str) -> String {
+    dest(REVIEWS, Some(subset), 9080)
+}
+
+/// What the sample app on `port` recorded: `(method, host, path)` of its last requests.
+fn recent(port: u16) -> Vec<(String, String, String)> {
+    let (status, _, body) = http_get(&format!("http://127.0.0.1:{port}/recent"));
+    assert_eq!(status, 200, "/recent: {body}");
+    json(&body)["requests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (s("method"), s("host"), s("path"))
+        })
+        .collect()
+}
+
+#[test]
+fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let port = gateway_port();
+    // The caller is a second hop through the same gateway: `front` has a 3 s timeout and
+    // forwards (authority rewritten to `back`) to the gateway itself, where `back` injects the
+    // delay for jason, as in Istio's fault-injection task.
+    let hop = "gateway-self.default.svc.cluster.local";
+    let http = format!(
+        r#"  - name: jason-delayed
+    match: [{{headers: {{end-user: {{exact: jason}}}}, authority: {{prefix: back}}}}]
+    fault: {{delay: {{fixedDelay: 7s, percentage: {{value: 100}}}}}}
+    route: [{{destination: {v1}}}]
+  - name: front
+    match: [{{authority: {{prefix: front}}}}]
+    timeout: 3s
+    rewrite: {{authority: back}}
+    route: [{{destination: {hop}}}]
+  - name: others
+    route: [{{destination: {v1}}}]
+"#,
+        v1 = v("v1"),
+        hop = dest(hop, None, 80),
+    );
+    let yaml = reviews_mesh(
+        &apps,
+        port,
+        &[
+            service_entry_yaml("gateway-self", hop, 80, "HTTP", &[ep(port, "v1")]),
+            virtual_service_yaml("reviews", &["*"], &http),
+        ],
+    );
+    let gw = Gateway::start(port, &yaml);
+
+    let start = Instant::now();
+    let (status, headers, body) = http_request(
+        &gw.url("/get"),
+        &[
+            "-H",
+            "Host: back",
+            "-H",
+            "end-user: jason",
+            "--max-time",
+            "30",
+        ],
+    );
+    let took = start.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(took >= Duration::from_secs(7), "jason waited only {took:?}");
+    assert_eq!(
+        headers.get("x-trellis-flags").map(String::as_str),
+        Some("DI")
+    );
+    assert_eq!(headers["x-sample-service"], "reviews/v1");
+
+    for user in ["mike", ""] {
+        let start = Instant::now();
+        let (status, headers, body) = http_request(
+            &gw.url("/get"),
+            &["-H", "Host: back", "-H", &format!("end-user: {user}")],
+        );
+        let took = start.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            took < Duration::from_secs(7),
+            "user {user:?} was delayed: {took:?}"
+        );
+        assert!(!headers.contains_key("x-trellis-flags"), "{headers:?}");
+    }
+
+    // A caller that gives up after 3 s (curl --max-time 3) sees no answer for jason.
+    let start = Instant::now();
+    let (status, _, err) = http_request(
+        &gw.url("/get"),
+        &[
+            "-H",
+            "Host: back",
+            "-H",
+            "end-user: jason",
+            "--max-time",
+            "3",
+        ],
+    );
+    assert_eq!(status, 0, "expected a client timeout, got {status}: {err}");
+    assert!(start.elapsed() >= Duration::from_secs(3));
+
+    // The caller hop with `timeout: 3s`: 504 UT after at least 3 s.
+    let start = Instant::now();
+    let (status, headers, body) = http_request(
+        &gw.url("/get"),
+        &[
+            "-H",
+            "Host: front",
+            "-H",
+            "end-user: jason",
+            "--max-time",
+            "30",
+        ],
+    );
+    let took = start.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(
+        headers.get("x-trellis-flags").map(String::as_str),
+        Some("UT")
+    );
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    // Without jason the same hop answers.
+    let (status, headers, body) = http_request(&gw.url("/get"), &["-H", "Host: front"]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["headers"]["host"],
+        "back",
+        "authority rewrite: {body}"
+    );
+    assert_eq!(headers["x-sample-service"], "reviews/v1");
+
+    let metrics = gw.metrics();
+    let di = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[("response_flags", "DI")],
+    );
+    assert!(di >= 1.0, "no DI request counted:\n{metrics}");
+}
+
+#[test]
+fn fault_abort_answers_at_once_with_fi_and_percentages_hold() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let port = gateway_port();
+    let http = format!(
+        r#"  - name: always
+    match: [{{uri: {{prefix: /reviews/always}}}}]
+    fault: {{abort: {{httpStatus: 500, percentage: {{value: 100}}}}}}
+    route: [{{destination: {v1}}}]
+  - name: half
+    match: [{{uri: {{prefix: /reviews/half}}}}]
+    fault: {{abort: {{httpStatus: 503, percentage: {{value: 50}}}}}}
+    route: [{{destination: {v1}}}]
+"#,
+        v1 = v("v1"),
+    );
+    let yaml = reviews_mesh(
+        &apps,
+        port,
+        &[virtual_service_yaml("reviews", &["*"], &http)],
+    );
+    let gw = Gateway::start(port, &yaml);
+
+    let (status, headers, body) = http_get(&gw.url("/reviews/always"));
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body, "fault filter abort");
+    assert_eq!(
+        headers.get("x-trellis-flags").map(String::as_str),
+        Some("FI")
+    );
+    assert!(
+        !headers.contains_key("x-sample-service"),
+        "upstream answered: {headers:?}"
+    );
+    assert!(
+        recent(apps.port("reviews/v1"))
+            .iter()
+            .all(|r| !r.2.starts_with("/reviews/always")),
+        "an aborted request reached the upstream"
+    );
+
+    let mut client = gw.client();
+    let (mut aborted, mut served) = (0, 0);
+    for i in 0..200 {
+        let resp = client
+            .get("reviews", &format!("/reviews/half?i={i}"), &[])
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        match (
+            resp.status,
+            resp.headers.get("x-trellis-flags").map(String::as_str),
+        ) {
+            (503, Some("FI")) => aborted += 1,
+            (200, None) => served += 1,
+            other => panic!("request {i}: unexpected {other:?}: {}", resp.body),
+        }
+    }
+    assert_eq!(aborted + served, 200);
+    assert!(
+        (80..=120).contains(&aborted),
+        "50% abort gave {aborted}/200"
+    );
+
+    let metrics = gw.metrics();
+    let fi = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[("response_flags", "FI"), ("response_code", "503")],
+    );
+    assert_eq!(fi, f64::from(aborted), "FI 503s counted:\n{metrics}");
+}
+
+#[test]
+fn grpc_abort_returns_the_grpc_status() {
+    let apps = Apps::start(&[("echo", "v1")]);
+    let port = gateway_port();
+    let host = "echo.default.svc.cluster.local";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml(
+            "echo",
+            host,
+            50051,
+            "GRPC",
+            &[ep(apps.port("echo/v1"), "v1")],
+        ),
+        virtual_service_yaml(
+            "echo",
+            &["*"],
+            &format!(
+                "  - fault: {{abort: {{grpcStatus: UNAVAILABLE, percentage: {{value: 100}}}}}}\n    route: [{{destination: {}}}]\n",
+                dest(host, None, 50051)
+            ),
+        ),
+    ]);
+    let gw = Gateway::start(port, &yaml);
+    let v = grpc(&format!("127.0.0.1:{port}"), &["echo", "hello"]);
+    assert_eq!(v["code"], "UNAVAILABLE", "{v}");
+    assert_eq!(v["details"], "fault filter abort", "{v}");
+    let metrics = gw.metrics();
+    let fi = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[("response_flags", "FI"), ("grpc_response_status", "14")],
+    );
+    assert_eq!(fi, 1.0, "{metrics}");
+}
+
+#[test]
+fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_only() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let port = gateway_port();
+    // A mirror target that accepts connections and never answers, and one that is down.
+    let slow = std::net::TcpListener::bind("127.0.0.1:0").expect("bind slow mirror");
+    let slow_port = slow.local_addr().expect("addr").port();
+    let down_port = free_port();
+    let slow_host = "slow.default.svc.cluster.local";
+    let down_host = "down.default.svc.cluster.local";
+    let http = format!(
+        r#"  - name: to-slow
+    match: [{{uri: {{prefix: /reviews/slow}}}}]
+    mirror: {slow}
+    route: [{{destination: {v1}}}]
+  - name: to-down
+    match: [{{uri: {{prefix: /reviews/down}}}}]
+    mirrors: [{{destination: {down}}}]
+    route: [{{destination: {v1}}}]
+  - name: shop
+    mirror: {v2}
+    mirrorPercentage: {{value: 100}}
+    route: [{{destination: {v1}}}]
+"#,
+        v1 = v("v1"),
+        v2 = v("v2"),
+        slow = dest(slow_host, None, 80),
+        down = dest(down_host, None, 80),
+    );
+    let yaml = reviews_mesh(
+        &apps,
+        port,
+        &[
+            service_entry_yaml("slow", slow_host, 80, "HTTP", &[ep(slow_port, "v1")]),
+            service_entry_yaml("down", down_host, 80, "HTTP", &[ep(down_port, "v1")]),
+            virtual_service_yaml("reviews", &["*"], &http),
+        ],
+    );
+    let gw = Gateway::start(port, &yaml);
+    let mut client = gw.client();
+    let n = 20;
+    for i in 0..n {
+        let resp = client
+            .get("shop.example.com", &format!("/get?i={i}"), &[])
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_eq!(resp.served_by(), "reviews/v1", "request {i}");
+    }
+    let shadowed = |i: usize| {
+        (
+            String::from("GET"),
+            "shop.example.com-shadow".to_string(),
+            format!("/get?i={i}"),
+        )
+    };
+    let v2 = apps.port("reviews/v2");
+    let all_seen = wait_until(Duration::from_secs(10), || {
+        let seen = recent(v2);
+        (0..n).all(|i| seen.contains(&shadowed(i)))
+    });
+    assert!(all_seen, "v2 saw {:?}", recent(v2));
+    assert!(
+        recent(v2).iter().all(|r| r.1 == "shop.example.com-shadow"),
+        "v2 got a non-shadow request: {:?}",
+        recent(v2)
+    );
+    let v1_seen = recent(apps.port("reviews/v1"));
+    assert!(
+        (0..n).all(|i| v1_seen.contains(&(
+            "GET".into(),
+            "shop.example.com".into(),
+            format!("/get?i={i}")
+        ))),
+        "v1 saw {v1_seen:?}"
+    );
+
+    // A slow (never answering) or down mirror changes nothing for the client.
+    for path in ["/reviews/slow", "/reviews/down"] {
+        for _ in 0..3 {
+            let start = Instant::now();
+            let resp = client
+                .get("shop.example.com", path, &[])
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(resp.status, 200, "{path}: {}", resp.body);
+            assert_eq!(resp.served_by(), "reviews/v1", "{path}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{path} waited for its mirror"
+            );
+            assert!(
+                !resp.headers.contains_key("x-trellis-flags"),
+                "{path}: {:?}",
+                resp.headers
+            );
+        }
+    }
+    drop(slow);
+}
+
+#[test]
+fn rewrite_redirect_direct_response_and_headers() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let port = gateway_port();
+    let http = format!(
+        r#"  - name: api
+    match: [{{uri: {{prefix: /api/}}}}]
+    rewrite: {{uri: /anything/, authority: backend.internal}}
+    headers:
+      request: {{set: {{x-api: "1"}}, add: {{x-trace: "on"}}, remove: [x-secret]}}
+      response: {{set: {{cache-control: no-store}}, add: {{x-route: api}}, remove: [content-type]}}
+    route:
+    - destination: {v1}
+      headers:
+        request: {{set: {{x-dest: v1}}}}
+        response: {{add: {{x-from: v1}}}}
+  - name: items
+    match: [{{uri: {{regex: "/items/[0-9]+"}}}}]
+    rewrite: {{uriRegexRewrite: {{match: "^/items/([0-9]+)$", rewrite: '/anything/item?id=\1'}}}}
+    route: [{{destination: {v1}}}]
+  - name: split
+    match: [{{uri: {{prefix: /reviews/split}}}}]
+    route:
+    - {{destination: {v1}, weight: 50, headers: {{request: {{set: {{x-dest: v1}}}}, response: {{set: {{x-picked: v1}}}}}}}}
+    - {{destination: {v2}, weight: 50, headers: {{request: {{set: {{x-dest: v2}}}}, response: {{set: {{x-picked: v2}}}}}}}}
+  - name: old
+    match: [{{uri: {{prefix: /old}}}}]
+    redirect: {{uri: /new, authority: new.example.com, scheme: https, port: 8443, redirectCode: 302}}
+  - name: moved
+    match: [{{uri: {{prefix: /moved}}}}]
+    redirect: {{uri: /here}}
+  - name: teapot
+    match: [{{uri: {{exact: /teapot}}}}]
+    headers: {{response: {{set: {{x-kind: teapot}}}}}}
+    directResponse: {{status: 418, body: {{string: "short and stout\n"}}}}
+  - name: raw
+    match: [{{uri: {{exact: /raw}}}}]
+    directResponse: {{status: 200, body: {{bytes: aGVsbG8=}}}}
+"#,
+        v1 = v("v1"),
+        v2 = v("v2"),
+    );
+    let yaml = reviews_mesh(
+        &apps,
+        port,
+        &[virtual_service_yaml("reviews", &["*"], &http)],
+    );
+    let gw = Gateway::start(port, &yaml);
+
+    // Prefix + authority rewrite and request/response headers, route and destination level.
+    let (status, headers, body) = http_request(
+        &gw.url("/api/users?page=2"),
+        &[
+            "-H",
+            "Host: shop.example.com",
+            "-H",
+            "x-secret: s3",
+            "-H",
+            "x-api: 0",
+            "-H",
+            "x-trace: client",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let echo = json(&body);
+    assert_eq!(echo["path"], "/anything/users", "{body}");
+    assert_eq!(echo["query"]["page"], "2", "{body}");
+    let h = &echo["headers"];
+    assert_eq!(h["host"], "backend.internal", "{body}");
+    assert_eq!(h["x-api"], "1", "set overwrites: {body}");
+    assert_eq!(h["x-trace"], "client,on", "add appends: {body}");
+    assert_eq!(h["x-dest"], "v1", "{body}");
+    assert!(h.get("x-secret").is_none(), "x-secret not removed: {body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["x-route"], "api");
+    assert_eq!(headers["x-from"], "v1");
+    assert_eq!(headers["x-sample-service"], "reviews/v1");
+    assert!(!headers.contains_key("content-type"), "{headers:?}");
+
+    // Regex rewrite with a group, the request's query appended.
+    let (status, _, body) = http_request(&gw.url("/items/42?v=3"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let echo = json(&body);
+    assert_eq!(echo["path"], "/anything/item", "{body}");
+    assert_eq!(echo["query"]["id"], "42", "{body}");
+    assert_eq!(echo["query"]["v"], "3", "{body}");
+
+    // Destination-level headers follow the picked destination.
+    let mut client = gw.client();
+    let mut picked = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let resp = client
+            .get("shop", &format!("/reviews/split?i={i}"), &[])
+            .expect("split");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let version = resp.served_by();
+        let dest = json(&resp.body)["headers"]["x-dest"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(
+            format!("reviews/{dest}"),
+            version,
+            "request header of the other destination"
+        );
+        assert_eq!(
+            resp.headers.get("x-picked").map(|p| format!("reviews/{p}")),
+            Some(version.clone())
+        );
+        picked.insert(version);
+    }
+    assert_eq!(picked.len(), 2, "both destinations answered: {picked:?}");
+
+    // Redirects: every part given, and only the path.
+    let (status, headers, body) =
+        http_request(&gw.url("/old/page?q=1"), &["-H", "Host: shop.example.com"]);
+    assert_eq!(status, 302, "{body}");
+    assert_eq!(headers["location"], "https://new.example.com:8443/new?q=1");
+    let (status, headers, _) =
+        http_request(&gw.url("/moved"), &["-H", "Host: shop.example.com:8080"]);
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "http://shop.example.com:8080/here");
+
+    // Direct responses: string and base64 bytes bodies, route response headers.
+    let (status, headers, body) = http_get(&gw.url("/teapot"));
+    assert_eq!(status, 418);
+    assert_eq!(body, "short and stout\n");
+    assert_eq!(headers["x-kind"], "teapot");
+    assert!(!headers.contains_key("x-trellis-flags"), "{headers:?}");
+    let (status, _, body) = http_get(&gw.url("/raw"));
+    assert_eq!(status, 200);
+    assert_eq!(body, "hello");
+    // None of these reached an upstream.
+    let seen = recent(apps.port("reviews/v1"));
+    assert!(
+        seen.iter().all(|r| !["/old", "/moved", "/teapot", "/raw"]
+            .iter()
+            .any(|p| r.2.starts_with(p))),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let port = gateway_port();
+    let cors = |unmatched: &str| {
+        format!(
+            r#"  - corsPolicy:
+      allowOrigins: [{{exact: "https://a.example.com"}}, {{regex: "https://.*[.]b[.]example[.]com"}}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-custom, content-type]
+      exposeHeaders: [x-sample-service]
+      maxAge: 24h
+      allowCredentials: true{unmatched}
+    route: [{{destination: {v1}}}]
+"#,
+            v1 = v("v1"),
+        )
+    };
+    let yaml = reviews_mesh(
+        &apps,
+        port,
+        &[
+            virtual_service_yaml("forwarding", &["api.example.com"], &cors("")),
+            virtual_service_yaml(
+                "ignoring",
+                &["strict.example.com"],
+                &cors("\n      unmatchedPreflights: IGNORE"),
+            ),
+        ],
+    );
+    let gw = Gateway::start(port, &yaml);
+    let preflight = |host: &str, origin: &str| {
+        http_request(
+            &gw.url("/reviews"),
+            &[
+                "-X",
+                "OPTIONS",
+                "-H",
+                &format!("Host: {host}"),
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                "Access-Control-Request-Method: POST",
+            ],
+        )
+    };
+
+    let (status, h, _) = preflight("api.example.com", "https://a.example.com");
+    assert_eq!(status, 200);
+    assert_eq!(h["access-control-allow-origin"], "https://a.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST");
+    assert_eq!(h["access-control-allow-headers"], "x-custom,content-type");
+    assert_eq!(h["access-control-max-age"], "86400");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(
+        !h.contains_key("x-sample-service"),
+        "preflight reached upstream: {h:?}"
+    );
+
+    let (status, h, _) = preflight("api.example.com", "https://x.b.example.com");
+    assert_eq!(status, 200);
+    assert_eq!(h["access-control-allow-origin"], "https://x.b.example.com");
+
+    // Not allowed: forwarded by default (the upstream answers, without CORS headers) …
+    let (status, h, _) = preflight("api.example.com", "https://evil.example.com");
+    assert_eq!(status, 200);
+    assert_eq!(
+        h.get("x-sample-service").map(String::as_str),
+        Some("reviews/v1")
+    );
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    // … or answered by the proxy without CORS headers when unmatchedPreflights is IGNORE.
+    let (status, h, _) = preflight("strict.example.com", "https://evil.example.com");
+    assert_eq!(status, 200);
+    assert!(!h.contains_key("x-sample-service"), "{h:?}");
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+
+    // Actual requests: an allowed origin gets the CORS response headers, others none.
+    let get = |origin: &str| {
+        http_request(
+            &gw.url("/reviews"),
+            &[
+                "-H",
+                "Host: api.example.com",
+                "-H",
+                &format!("Origin: {origin}"),
+            ],
+        )
+    };
+    let (status, h, body) = get("https://a.example.com");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h["access-control-allow-origin"], "https://a.example.com");
+    assert_eq!(h["access-control-expose-headers"], "x-sample-service");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["x-sample-service"], "reviews/v1");
+    let (status, h, _) = get("https://evil.example.com");
+    assert_eq!(status, 200);
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    let (status, h, _) = http_request(&gw.url("/reviews"), &["-H", "Host: api.example.com"]);
+    assert_eq!(status, 200);
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+}
