@@ -539,7 +539,8 @@ fn failures_explain_themselves() {
             "/closed-port",
             known,
             503,
-            "UF",
+            // Istio's default retry policy retries connect failures, then gives up (URX).
+            "UF,URX",
             &closed_port,
         ),
     ];
