@@ -29,7 +29,11 @@ fn write(path: &std::path::Path, text: &str) {
 }
 
 fn endpoint_port(loaded: &trellis_config::Loaded, name: &str) -> Option<u32> {
-    let se = loaded.snapshot.service_entries.iter().find(|s| s.meta.name == name)?;
+    let se = loaded
+        .snapshot
+        .service_entries
+        .iter()
+        .find(|s| s.meta.name == name)?;
     se.spec.endpoints.first()?.ports.get("http").copied()
 }
 
@@ -39,9 +43,21 @@ async fn external_edits_are_picked_up_and_broken_ones_refused() {
     // A user's own layout: two objects in one file, one in a subfolder.
     std::fs::create_dir_all(dir.path().join("team")).unwrap();
     let mesh = dir.path().join("mesh.yaml");
-    write(&mesh, &format!("{}---\n{}", service_entry("reviews", 9081), service_entry("ratings", 9082)));
-    write(&dir.path().join("team/details.yml"), &service_entry("details", 9083));
-    let store = store::open(&dir.path().display().to_string()).await.expect("open");
+    write(
+        &mesh,
+        &format!(
+            "{}---\n{}",
+            service_entry("reviews", 9081),
+            service_entry("ratings", 9082)
+        ),
+    );
+    write(
+        &dir.path().join("team/details.yml"),
+        &service_entry("details", 9083),
+    );
+    let store = store::open(&dir.path().display().to_string())
+        .await
+        .expect("open");
     let mut watch = store.watch();
     let first = watch.borrow_and_update().clone();
     assert_eq!(first.loaded.snapshot.service_entries.len(), 3);
@@ -50,41 +66,87 @@ async fn external_edits_are_picked_up_and_broken_ones_refused() {
     let rv = store.get(&reviews).expect("reviews").resource_version;
 
     // An external edit of one object: served, and only that object gets a new version.
-    write(&mesh, &format!("{}---\n{}", service_entry("reviews", 9091), service_entry("ratings", 9082)));
-    tokio::time::timeout(Duration::from_secs(10), watch.changed()).await.expect("edit picked up").unwrap();
+    write(
+        &mesh,
+        &format!(
+            "{}---\n{}",
+            service_entry("reviews", 9091),
+            service_entry("ratings", 9082)
+        ),
+    );
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("edit picked up")
+        .unwrap();
     let second = watch.borrow_and_update().clone();
     assert!(second.revision > first.revision);
     assert_eq!(endpoint_port(&second.loaded, "reviews"), Some(9091));
     assert!(store.get(&reviews).unwrap().resource_version > rv);
-    let ratings = store.get(&ObjectKey::new(se, "default", "ratings")).unwrap();
-    assert_eq!(ratings.resource_version, rv, "an untouched object keeps its version");
+    let ratings = store
+        .get(&ObjectKey::new(se, "default", "ratings"))
+        .unwrap();
+    assert_eq!(
+        ratings.resource_version, rv,
+        "an untouched object keeps its version"
+    );
 
     // A broken edit: refused whole, the last good config keeps serving, errors are reported
     // with the file, line and path.
     let broken = service_entry("reviews", 9099).replace("resolution: STATIC", "resolution: STATC");
-    write(&mesh, &format!("{broken}---\n{}", service_entry("ratings", 9082)));
+    write(
+        &mesh,
+        &format!("{broken}---\n{}", service_entry("ratings", 9082)),
+    );
     let mesh_name = mesh.display().to_string();
-    let reported = wait_until(Duration::from_secs(10), || !store.status().errors.is_empty());
+    let reported = wait_until(Duration::from_secs(10), || {
+        !store.status().errors.is_empty()
+    });
     assert!(reported, "the broken edit must be reported");
     let status = store.status();
     let error = &status.errors[0];
-    assert_eq!((error.file.as_str(), error.line, error.path.as_str()), (mesh_name.as_str(), 6, "spec.resolution"), "{error}");
+    assert_eq!(
+        (error.file.as_str(), error.line, error.path.as_str()),
+        (mesh_name.as_str(), 6, "spec.resolution"),
+        "{error}"
+    );
     assert!(error.message.contains("STATIC"), "{error}");
     let mut metrics = String::new();
     store.encode_metrics(&mut metrics);
-    assert!(metrics.contains("trellis_control_config_errors{backend=\"directory\"} 1"), "{metrics}");
-    assert!(!watch.has_changed().unwrap(), "nothing new may be published");
-    assert_eq!(endpoint_port(&store.watch().borrow().loaded, "reviews"), Some(9091));
+    assert!(
+        metrics.contains("trellis_control_config_errors{backend=\"directory\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !watch.has_changed().unwrap(),
+        "nothing new may be published"
+    );
+    assert_eq!(
+        endpoint_port(&store.watch().borrow().loaded, "reviews"),
+        Some(9091)
+    );
 
     // Fixed: served again and the error is gone.
-    write(&mesh, &format!("{}---\n{}", service_entry("reviews", 9095), service_entry("ratings", 9082)));
-    tokio::time::timeout(Duration::from_secs(10), watch.changed()).await.expect("fix picked up").unwrap();
+    write(
+        &mesh,
+        &format!(
+            "{}---\n{}",
+            service_entry("reviews", 9095),
+            service_entry("ratings", 9082)
+        ),
+    );
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("fix picked up")
+        .unwrap();
     assert_eq!(endpoint_port(&watch.borrow().loaded, "reviews"), Some(9095));
     assert!(store.status().errors.is_empty());
 
     // Deleting a file removes its objects.
     std::fs::remove_file(dir.path().join("team/details.yml")).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), watch.changed()).await.expect("delete picked up").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("delete picked up")
+        .unwrap();
     assert_eq!(watch.borrow().loaded.snapshot.service_entries.len(), 2);
 }
 
@@ -92,20 +154,41 @@ async fn external_edits_are_picked_up_and_broken_ones_refused() {
 async fn api_writes_keep_the_users_layout() {
     let dir = TempDir::new().expect("temp dir");
     let mesh = dir.path().join("mesh.yaml");
-    write(&mesh, &format!("{}---\n{}", service_entry("reviews", 9081), service_entry("ratings", 9082)));
-    let store = store::open(&dir.path().display().to_string()).await.expect("open");
+    write(
+        &mesh,
+        &format!(
+            "{}---\n{}",
+            service_entry("reviews", 9081),
+            service_entry("ratings", 9082)
+        ),
+    );
+    let store = store::open(&dir.path().display().to_string())
+        .await
+        .expect("open");
     // Update one object of a two-object file: the file is rewritten with both.
     let change = store::Change::parse("request", &service_entry("reviews", 9091)).unwrap();
     store.apply(change).await.expect("apply");
     let text = std::fs::read_to_string(&mesh).unwrap();
     assert!(text.contains("9091") && text.contains("ratings"), "{text}");
-    assert!(!dir.path().join("ServiceEntry").exists(), "an existing object stays in its file");
+    assert!(
+        !dir.path().join("ServiceEntry").exists(),
+        "an existing object stays in its file"
+    );
     // A new object gets its own file; a restarted store serves the same objects.
     let change = store::Change::parse("request", &service_entry("details", 9083)).unwrap();
     store.apply(change).await.expect("apply");
-    assert!(dir.path().join("ServiceEntry/default/details.yaml").exists());
+    assert!(
+        dir.path()
+            .join("ServiceEntry/default/details.yaml")
+            .exists()
+    );
     let before = store.list(&Default::default()).1.len();
-    let reopened = store::open(&dir.path().display().to_string()).await.expect("reopen");
+    let reopened = store::open(&dir.path().display().to_string())
+        .await
+        .expect("reopen");
     assert_eq!(reopened.list(&Default::default()).1.len(), before);
-    assert_eq!(endpoint_port(&reopened.watch().borrow().loaded, "reviews"), Some(9091));
+    assert_eq!(
+        endpoint_port(&reopened.watch().borrow().loaded, "reviews"),
+        Some(9091)
+    );
 }
