@@ -25,6 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use trellis_config::Diagnostic;
 
 pub use token::Token;
@@ -37,8 +38,12 @@ use crate::store::{
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 8 << 20;
+/// At most this many API connections are served at once; more wait in the accept backlog.
+pub const MAX_CONNECTIONS: usize = 256;
 /// How long a client may take to send a request head (also the keep-alive idle limit).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one API connection may live, whatever it does.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Content type of `/metrics` (Prometheus text format 0.0.4).
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -67,7 +72,9 @@ pub async fn serve(
         status,
         token,
     });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = Arc::clone(&slots).acquire_owned().await?;
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -78,6 +85,7 @@ pub async fn serve(
         };
         let api = Arc::clone(&api);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let api = Arc::clone(&api);
                 async move { Ok::<_, Infallible>(api.handle(req, peer).await) }
@@ -86,8 +94,12 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "api connection ended");
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "api connection ended"),
+                Err(_) => {
+                    tracing::debug!(%peer, "api connection closed after {CONNECTION_TIMEOUT:?}")
+                }
             }
         });
     }

@@ -19,9 +19,7 @@ impl ControlStatus for FixedStatus {
         json!({"proxies": [{"id": "gw-1", "status": "SYNCED"}]})
     }
     fn encode_metrics(&self, out: &mut String) {
-        out.push_str(
-            "# TYPE trellis_xds_connected_proxies gauge\ntrellis_xds_connected_proxies 1\n",
-        );
+        out.push_str("# HELP trellis_xds_connected_proxies Proxies connected.\n# TYPE trellis_xds_connected_proxies gauge\ntrellis_xds_connected_proxies 1\n");
     }
 }
 
@@ -99,6 +97,38 @@ impl Control {
     fn data(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
     }
+}
+
+/// `promtool check metrics` when promtool is installed (CI installs it).
+fn promtool_check(metrics: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("note: promtool not installed; skipping `promtool check metrics`");
+            return;
+        }
+        other => other.expect("run promtool"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn parse(body: &str) -> Value {
@@ -443,6 +473,7 @@ fn openapi_metrics_and_proxy_status() {
         metrics.contains("trellis_xds_connected_proxies 1"),
         "{metrics}"
     );
+    promtool_check(&metrics);
     let (status, unknown) = c.get("/api/v1/resources/virtualservce");
     assert_eq!(status, 404);
     assert!(

@@ -236,3 +236,90 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1}]
+";
+
+    fn stored(text: &str, rv: u64) -> BTreeMap<ObjectKey, Object> {
+        let change = Change::parse("x", text).unwrap();
+        change.check(&BTreeMap::new(), rv).unwrap().objects
+    }
+
+    #[test]
+    fn objects_are_normalised_and_lists_expanded() {
+        let list = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {}",
+            serde_json::to_string(&yaml::parse(SE).unwrap()[0].value).unwrap()
+        );
+        let change = Change::parse("x", &list).unwrap();
+        assert_eq!(change.puts.len(), 1);
+        let put = &change.puts[0];
+        assert_eq!(put.key.to_string(), "ServiceEntry default/reviews");
+        assert_eq!(put.key.group, "networking.istio.io");
+        assert_eq!(put.value["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn a_document_without_a_name_is_located() {
+        let text = SE.replace("name: reviews, ", "");
+        let Err(StoreError::Invalid(d)) = Change::parse("body.yaml", &text) else {
+            panic!("expected invalid");
+        };
+        assert_eq!(d.0[0].file, "body.yaml");
+        assert!(d.0[0].line >= 1, "{d}");
+        assert!(d.to_string().contains("metadata.name"), "{d}");
+    }
+
+    #[test]
+    fn versions_decide_created_configured_unchanged_and_stale() {
+        let base = stored(SE, 7);
+        let same = Change::parse("x", SE).unwrap().check(&base, 8).unwrap();
+        assert!(!same.changed);
+        assert_eq!(same.outcomes[0].1, Outcome::Unchanged);
+        let edited = SE.replace("127.0.0.1", "127.0.0.2");
+        let current = edited.replace("app: reviews}", "app: reviews}, resourceVersion: \"7\"");
+        let checked = Change::parse("x", &current)
+            .unwrap()
+            .check(&base, 8)
+            .unwrap();
+        assert_eq!(checked.outcomes[0].1, Outcome::Configured);
+        let key = &checked.outcomes[0].0;
+        assert_eq!(checked.objects[key].resource_version, 8);
+        let stale = edited.replace("app: reviews}", "app: reviews}, resourceVersion: \"6\"");
+        let err = Change::parse("x", &stale)
+            .unwrap()
+            .check(&base, 8)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict(ref m) if m.contains("6 is stale")),
+            "{err}"
+        );
+        let gone = Change::parse("x", &stale)
+            .unwrap()
+            .check(&BTreeMap::new(), 8)
+            .unwrap_err();
+        assert!(
+            matches!(gone, StoreError::Conflict(ref m) if m.contains("no longer exists")),
+            "{gone}"
+        );
+        let delete = Change::delete(key.clone(), Some(6))
+            .check(&base, 8)
+            .unwrap_err();
+        assert!(matches!(delete, StoreError::Conflict(_)));
+        let delete = Change::delete(key.clone(), Some(7))
+            .check(&base, 8)
+            .unwrap();
+        assert!(delete.objects.is_empty());
+    }
+}
