@@ -4,7 +4,8 @@
 //!
 //! Bodies may be YAML (one or more documents) or JSON; answers are JSON, or YAML when the
 //! `Accept` header asks for it. Writes need `Authorization: Bearer <token>` ([`Token`]);
-//! reads are open to loopback clients and need the token from anywhere else. Owns only the
+//! reads are open to loopback clients and need the token from anywhere else, except
+//! `/metrics` and `/openapi.json`, which are open to all. Owns only the
 //! HTTP surface: what a write means is the store's business.
 
 mod openapi;
@@ -112,7 +113,9 @@ impl Api {
         let path = req.uri().path().to_owned();
         let query = parse_query(req.uri().query().unwrap_or(""));
         let write = method != Method::GET && method != Method::HEAD;
-        if (write || !peer.ip().is_loopback()) && !self.authorized(&req) {
+        // Metrics (scraped from elsewhere) and the API description hold no configuration.
+        let public = !write && matches!(path.as_str(), "/metrics" | "/openapi.json");
+        if (write || !(public || peer.ip().is_loopback())) && !self.authorized(&req) {
             let mut response = render(
                 error(
                     StatusCode::UNAUTHORIZED,

@@ -66,7 +66,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Trellis management API",
             "version": "v1",
-            "description": "Apply, read and delete Istio/Kubernetes configuration objects in the control plane's store. Writes need `Authorization: Bearer <token>` (the token file is created at first start, mode 0600; rotate with POST /api/v1/token/rotate). Reads are open to loopback clients. Answers are JSON, or YAML with `Accept: application/yaml`.",
+            "description": "Apply, read and delete Istio/Kubernetes configuration objects in the control plane's store. Writes need `Authorization: Bearer <token>` (the token file is created at first start, mode 0600; rotate with POST /api/v1/token/rotate). Reads are open to loopback clients (from elsewhere they need the token too, except /metrics and /openapi.json). Answers are JSON, or YAML with `Accept: application/yaml`.",
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
