@@ -109,33 +109,49 @@ pub async fn serve(
 impl Api {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let yaml = wants_yaml(&req);
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let query = parse_query(req.uri().query().unwrap_or(""));
-        let write = method != Method::GET && method != Method::HEAD;
-        // Metrics (scraped from elsewhere) and the API description hold no configuration.
-        let public = !write && matches!(path.as_str(), "/metrics" | "/openapi.json");
-        if (write || !(public || peer.ip().is_loopback())) && !self.authorized(&req) {
-            let mut response = render(
-                error(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    if write {
-                        "writes need `Authorization: Bearer <token>`; the token is in the control plane's token file (see `trellis control --help`)"
-                    } else {
-                        "reads from outside loopback need `Authorization: Bearer <token>`"
-                    },
-                ),
-                yaml,
-            );
+        if let Some(denied) = self.deny(&req, peer) {
+            let mut response = render(denied, yaml);
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
+        let read = req.method() == Method::GET || req.method() == Method::HEAD;
+        if read && req.uri().path() == "/metrics" {
+            return self.metrics();
+        }
+        render(self.route(req).await, yaml)
+    }
+
+    /// Writes need the token; so do reads from outside loopback, except public documents.
+    fn deny(&self, req: &Request<Incoming>, peer: SocketAddr) -> Option<Reply> {
+        let write = req.method() != Method::GET && req.method() != Method::HEAD;
+        // Metrics (scraped from elsewhere) and the API description hold no configuration.
+        let public = !write && matches!(req.uri().path(), "/metrics" | "/openapi.json");
+        let needs_token = write || !(public || peer.ip().is_loopback());
+        if !needs_token || self.authorized(req) {
+            return None;
+        }
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            if write {
+                "writes need `Authorization: Bearer <token>`; the token is in the control plane's token file (see `trellis control --help`)"
+            } else {
+                "reads from outside loopback need `Authorization: Bearer <token>`"
+            },
+        ))
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Reply {
+        let method = match req.method() {
+            &Method::HEAD => Method::GET,
+            m => m.clone(),
+        };
+        let path = req.uri().path().to_owned();
+        let query = parse_query(req.uri().query().unwrap_or(""));
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let reply = match (&method, segments.as_slice()) {
-            (&Method::GET, ["metrics"]) => return self.metrics(),
+        match (&method, segments.as_slice()) {
             (&Method::GET, ["openapi.json"]) => Reply::ok(openapi::document()),
             (&Method::GET, ["api", "v1", "proxy-status"]) => Reply::ok(self.status.proxy_status()),
             (&Method::GET, ["api", "v1", "status"]) => self.store_status(),
@@ -167,8 +183,7 @@ impl Api {
                 "NotFound",
                 &format!("no route {method} {path}; see /openapi.json"),
             ),
-        };
-        render(reply, yaml)
+        }
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {

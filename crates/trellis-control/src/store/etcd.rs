@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use trellis_config::{Diagnostic, Loader};
 
-use super::change::Outcome;
+use super::change::{Checked, Outcome};
 use super::object::{Object, ObjectKey, normalize};
 use super::served::{Served, Snapshot};
 use super::{Applied, BoxFuture, Change, ListFilter, Store, StoreError, StoreStatus, yaml};
@@ -225,52 +225,16 @@ impl EtcdStore {
             if !checked.changed {
                 return Ok(super::applied(&checked, current.revision));
             }
-            let compare: Vec<Value> = keys
-                .iter()
-                .map(|k| {
-                    let rv = fresh.get(*k).map_or(0, |o| o.resource_version);
-                    json!({ "key": B64.encode(etcd_key(k)), "target": "MOD", "result": "EQUAL", "mod_revision": rv.to_string() })
-                })
-                .collect();
-            let mut success = Vec::new();
-            for d in &change.deletes {
-                success.push(
-                    json!({ "request_delete_range": { "key": B64.encode(etcd_key(&d.key)) } }),
-                );
-            }
-            for (key, outcome) in &checked.outcomes {
-                if matches!(outcome, Outcome::Created | Outcome::Configured)
-                    && let Some(object) = checked.objects.get(key)
-                {
-                    success.push(json!({ "request_put": {
-                        "key": B64.encode(etcd_key(key)),
-                        "value": B64.encode(object.value.to_string()),
-                    }}));
-                }
-            }
-            let answer = self
-                .call("kv/txn", json!({ "compare": compare, "success": success }))
-                .await?;
+            let txn = transaction(&keys, &fresh, &change, &checked);
+            let answer = self.call("kv/txn", txn).await?;
             if answer["succeeded"] != true {
                 continue; // another writer changed a key since we read it
             }
             let revision = num(&answer["header"]["revision"]);
             self.wait_seen(revision).await?;
-            let objects = checked
-                .outcomes
-                .iter()
-                .map(|(key, outcome)| {
-                    let rv = match outcome {
-                        Outcome::Deleted => 0,
-                        Outcome::Unchanged => base.get(key).map_or(0, |o| o.resource_version),
-                        Outcome::Created | Outcome::Configured => revision,
-                    };
-                    (key.clone(), *outcome, rv)
-                })
-                .collect();
             return Ok(Applied {
                 revision,
-                objects,
+                objects: committed(&checked, &base, revision),
                 warnings: checked.loaded.warnings.clone(),
             });
         }
@@ -336,6 +300,58 @@ impl Store for EtcdStore {
     fn encode_metrics(&self, out: &mut String) {
         self.served.encode_metrics("etcd", out);
     }
+}
+
+/// One transaction: if every touched key is still at the `mod_revision` just read (0: absent),
+/// delete and put what the change says.
+fn transaction(
+    keys: &[&ObjectKey],
+    fresh: &HashMap<ObjectKey, Object>,
+    change: &Change,
+    checked: &Checked,
+) -> Value {
+    let compare: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            let rv = fresh.get(*k).map_or(0, |o| o.resource_version);
+            json!({ "key": B64.encode(etcd_key(k)), "target": "MOD", "result": "EQUAL", "mod_revision": rv.to_string() })
+        })
+        .collect();
+    let mut success = Vec::new();
+    for d in &change.deletes {
+        success.push(json!({ "request_delete_range": { "key": B64.encode(etcd_key(&d.key)) } }));
+    }
+    for (key, outcome) in &checked.outcomes {
+        if matches!(outcome, Outcome::Created | Outcome::Configured)
+            && let Some(object) = checked.objects.get(key)
+        {
+            success.push(json!({ "request_put": {
+                "key": B64.encode(etcd_key(key)),
+                "value": B64.encode(object.value.to_string()),
+            }}));
+        }
+    }
+    json!({ "compare": compare, "success": success })
+}
+
+/// Per object of a committed change: what happened and its resourceVersion now.
+fn committed(
+    checked: &Checked,
+    base: &BTreeMap<ObjectKey, Object>,
+    revision: u64,
+) -> Vec<(ObjectKey, Outcome, u64)> {
+    checked
+        .outcomes
+        .iter()
+        .map(|(key, outcome)| {
+            let rv = match outcome {
+                Outcome::Deleted => 0,
+                Outcome::Unchanged => base.get(key).map_or(0, |o| o.resource_version),
+                Outcome::Created | Outcome::Configured => revision,
+            };
+            (key.clone(), *outcome, rv)
+        })
+        .collect()
 }
 
 /// Follows the prefix from `revision + 1` for as long as the store lives; after a broken
