@@ -226,7 +226,17 @@ async fn a_bad_value_written_into_etcd_is_refused() {
         "{metrics}"
     );
 
-    // Removing it heals the store.
+    // A write now reaches etcd but cannot be served; the writer is told why.
+    let change = Change::parse("request", &service_entry("details", 9085, None)).unwrap();
+    match store.apply(change).await {
+        Err(StoreError::Backend(m)) => assert!(
+            m.contains("do not load") && m.contains("spec.resolution"),
+            "{m}"
+        ),
+        other => panic!("expected the write to be reported unserved, got {other:?}"),
+    }
+
+    // Removing it heals the store, with the write that was waiting.
     let del = format!(r#"{{"key":"{}"}}"#, B64.encode(key));
     let (status, _, _) = http_request(
         &format!("{url}/v3/kv/deleterange"),
@@ -234,4 +244,80 @@ async fn a_bad_value_written_into_etcd_is_refused() {
     );
     assert_eq!(status, 200);
     until("the error to clear", || store.status().errors.is_empty()).await;
+    let names: Vec<String> = store
+        .list(&Default::default())
+        .1
+        .iter()
+        .map(|o| o.key.name.clone())
+        .collect();
+    assert_eq!(names, ["details", "reviews"]);
+}
+
+/// The API of two control planes on one etcd: a write through A is read through B, and B
+/// refuses a stale update with 409.
+#[test]
+fn two_control_plane_apis_on_one_etcd() {
+    use std::sync::Arc;
+    use trellis_control::api::{self, Token};
+
+    struct NoProxies;
+    impl trellis_control::ControlStatus for NoProxies {
+        fn proxy_status(&self) -> serde_json::Value {
+            serde_json::json!({})
+        }
+        fn encode_metrics(&self, _out: &mut String) {}
+    }
+
+    let etcd = etcd();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let start = |token: &Arc<Token>| {
+        rt.block_on(async {
+            let store = store::open(&etcd.endpoint).await.expect("open");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(api::serve(
+                listener,
+                store,
+                Arc::new(NoProxies),
+                Arc::clone(token),
+            ));
+            url
+        })
+    };
+    let token = Arc::new(Token::fixed("shared-secret"));
+    let (a, b) = (start(&token), start(&token));
+    let auth = ["-H", "Authorization: Bearer shared-secret"];
+    let post = |url: &str, body: &str| {
+        let mut args = vec!["-X", "POST", "--data-binary", body];
+        args.extend(auth);
+        http_request(&format!("{url}/api/v1/apply"), &args)
+    };
+    let (status, _, body) = post(&a, &service_entry("reviews", 9081, None));
+    assert_eq!(status, 200, "{body}");
+    let applied: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rv: u64 = applied["objects"][0]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let get = format!("{b}/api/v1/resources/se/default/reviews");
+    assert!(
+        wait_until(Duration::from_secs(10), || http_request(&get, &[]).0 == 200),
+        "b never saw a's write"
+    );
+    let (_, _, body) = http_request(&get, &[]);
+    let object: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(object["metadata"]["resourceVersion"], rv.to_string());
+
+    let (status, _, body) = post(&b, &service_entry("reviews", 9082, Some(rv)));
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = post(&b, &service_entry("reviews", 9083, Some(rv)));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("is stale"), "{body}");
 }

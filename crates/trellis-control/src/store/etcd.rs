@@ -232,6 +232,14 @@ impl EtcdStore {
             }
             let revision = num(&answer["header"]["revision"]);
             self.wait_seen(revision).await?;
+            let refused = self.served.rejected();
+            if self.served.current().revision < revision && !refused.is_empty() {
+                let errors: Vec<String> = refused.iter().map(ToString::to_string).collect();
+                return Err(StoreError::Backend(format!(
+                    "written to etcd at revision {revision}, but etcd also holds objects that do not load, so the last good configuration keeps serving; fix or delete them:\n{}",
+                    errors.join("\n")
+                )));
+            }
             return Ok(Applied {
                 revision,
                 objects: committed(&checked, &base, revision),
