@@ -364,6 +364,20 @@ spec:
     assert_eq!(watched.revision, revision);
     assert_eq!(watched.loaded.snapshot.service_entries.len(), 1);
 
+    // A name that would leave the store directory is refused.
+    let escape =
+        service_entry("reviews", "reviews", 9081).replace("name: reviews", "name: ../../escape");
+    let (status, refused) = c.send("POST", "/api/v1/apply", &escape);
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid name"),
+        "{refused}"
+    );
+    assert!(!c.dir.path().join("escape.yaml").exists());
+
     // validate: the same errors without writing; a good body compiles for a gateway.
     let (status, refused) = c.send("POST", "/api/v1/validate?source=dr.yaml", broken);
     assert_eq!(status, 400);

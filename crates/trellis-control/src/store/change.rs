@@ -10,7 +10,7 @@ use serde_json::Value;
 use trellis_config::{Diagnostic, Diagnostics, Loaded, Loader};
 
 use super::StoreError;
-use super::object::{Object, ObjectKey, normalize};
+use super::object::{Object, ObjectKey, check_names, normalize};
 use super::yaml;
 
 /// Objects to create or update, and objects to delete, applied together or not at all.
@@ -79,7 +79,7 @@ impl Change {
                 _ => vec![doc.value],
             };
             for mut value in items {
-                match ObjectKey::of(&value) {
+                match ObjectKey::of(&value).and_then(|k| check_names(&k).map(|()| k)) {
                     Ok(key) => {
                         let resource_version = normalize(&mut value, &key.namespace);
                         puts.push(Put {
@@ -98,9 +98,20 @@ impl Change {
             // The loader names the field and its position better than we can.
             let mut loader = Loader::default();
             loader.load_str(source, text);
-            return Err(StoreError::Invalid(
-                loader.finish().err().unwrap_or(Diagnostics(errors)),
-            ));
+            if let Err(mut found) = loader.finish() {
+                // Keep our own findings the loader has no rule for (names).
+                for e in errors {
+                    if !found
+                        .0
+                        .iter()
+                        .any(|f| f.message.starts_with(e.message.as_str()))
+                    {
+                        found.0.push(e);
+                    }
+                }
+                return Err(StoreError::Invalid(found));
+            }
+            return Err(StoreError::Invalid(Diagnostics(errors)));
         }
         if puts.is_empty() {
             return Err(StoreError::BadRequest(
@@ -279,6 +290,21 @@ spec:
         assert_eq!(d.0[0].file, "body.yaml");
         assert!(d.0[0].line >= 1, "{d}");
         assert!(d.to_string().contains("metadata.name"), "{d}");
+    }
+
+    #[test]
+    fn names_are_checked_before_anything_is_written() {
+        let text = SE.replace("name: reviews", "name: ../../escape");
+        let Err(StoreError::Invalid(d)) = Change::parse("body.yaml", &text) else {
+            panic!("expected invalid");
+        };
+        assert_eq!(d.len(), 1, "{d}");
+        assert!(
+            d.0[0]
+                .message
+                .contains("`../../escape` is not a valid name"),
+            "{d}"
+        );
     }
 
     #[test]

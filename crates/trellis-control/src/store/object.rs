@@ -186,6 +186,37 @@ impl ObjectKey {
     }
 }
 
+/// Kubernetes' rules for what the API writes: `metadata.name` a DNS-1123 subdomain
+/// (lowercase letters, digits, `-`, `.`; starts and ends alphanumeric; at most 253),
+/// `metadata.namespace` a DNS-1123 label (no `.`, at most 63). They also keep file names and
+/// etcd keys made from them safe.
+pub fn check_names(key: &ObjectKey) -> Result<(), String> {
+    fn valid(s: &str, max: usize, dots: bool) -> bool {
+        let edge =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        s.len() <= max
+            && edge(s.chars().next())
+            && edge(s.chars().last())
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.')
+            })
+            && !s.contains("..")
+    }
+    if !valid(&key.name, 253, true) {
+        return Err(format!(
+            "metadata.name `{}` is not a valid name: use lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit (at most 253)",
+            key.name
+        ));
+    }
+    if !valid(&key.namespace, 63, false) {
+        return Err(format!(
+            "metadata.namespace `{}` is not a valid namespace: use lowercase letters, digits and `-`, starting and ending with a letter or digit (at most 63)",
+            key.namespace
+        ));
+    }
+    Ok(())
+}
+
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
@@ -322,5 +353,25 @@ mod tests {
             assert!(!LabelSelector::parse(s).unwrap().matches(&labels), "{s}");
         }
         assert!(LabelSelector::parse("app in (a,b)").is_err());
+    }
+
+    #[test]
+    fn names_that_would_escape_a_path_are_refused() {
+        let se = kind_info("se").unwrap();
+        assert!(check_names(&ObjectKey::new(se, "default", "reviews.v-2")).is_ok());
+        for (ns, name) in [
+            ("default", "../../etc/passwd"),
+            ("default", "a/b"),
+            ("default", "Reviews"),
+            ("default", "-x"),
+            ("default", ""),
+            ("..", "x"),
+            ("a.b", "x"),
+        ] {
+            assert!(
+                check_names(&ObjectKey::new(se, ns, name)).is_err(),
+                "{ns}/{name}"
+            );
+        }
     }
 }
