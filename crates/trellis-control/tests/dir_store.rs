@@ -174,6 +174,19 @@ async fn api_writes_keep_the_users_layout() {
         !dir.path().join("ServiceEntry").exists(),
         "an existing object stays in its file"
     );
+    // An external edit the poller has not seen yet is not lost to the next API write.
+    write(
+        &mesh,
+        &format!(
+            "{}---\n{}",
+            service_entry("reviews", 9091),
+            service_entry("ratings", 9092)
+        ),
+    );
+    let change = store::Change::parse("request", &service_entry("reviews", 9093)).unwrap();
+    store.apply(change).await.expect("apply");
+    let text = std::fs::read_to_string(&mesh).unwrap();
+    assert!(text.contains("9093") && text.contains("9092"), "{text}");
     // A new object gets its own file; a restarted store serves the same objects.
     let change = store::Change::parse("request", &service_entry("details", 9083)).unwrap();
     store.apply(change).await.expect("apply");
@@ -187,8 +200,7 @@ async fn api_writes_keep_the_users_layout() {
         .await
         .expect("reopen");
     assert_eq!(reopened.list(&Default::default()).1.len(), before);
-    assert_eq!(
-        endpoint_port(&reopened.watch().borrow().loaded, "reviews"),
-        Some(9091)
-    );
+    let served = reopened.watch().borrow().loaded.clone();
+    assert_eq!(endpoint_port(&served, "reviews"), Some(9093));
+    assert_eq!(endpoint_port(&served, "ratings"), Some(9092));
 }

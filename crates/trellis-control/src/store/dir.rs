@@ -98,6 +98,11 @@ impl DirStore {
     /// Re-reads the directory if anything in it changed.
     fn poll(&self) {
         let mut files = self.lock();
+        self.refresh(&mut files);
+    }
+
+    /// Re-reads the directory if anything in it changed since `files` was read.
+    fn refresh(&self, files: &mut Files) {
         let fingerprint = fingerprint(&self.dir);
         if fingerprint == files.fingerprint {
             return;
@@ -138,6 +143,8 @@ impl DirStore {
 
     fn apply_blocking(&self, change: &Change) -> Result<Applied, StoreError> {
         let mut files = self.lock();
+        // An external edit not polled yet must not be overwritten by a write built without it.
+        self.refresh(&mut files);
         let current = self.served.current();
         let revision = current.revision + 1;
         let checked = change.check(&current.objects, revision)?;
