@@ -498,3 +498,47 @@ fn openapi_metrics_and_proxy_status() {
         "{unknown}"
     );
 }
+
+#[test]
+fn a_broken_external_edit_is_reported_by_the_api() {
+    let c = start();
+    let (status, _) = c.send(
+        "POST",
+        "/api/v1/apply",
+        &service_entry("reviews", "reviews", 9081),
+    );
+    assert_eq!(status, 200);
+    let revision = c.revision();
+    let broken = c.data().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        service_entry("ratings", "ratings", 9082).replace("STATIC", "STATC"),
+    )
+    .unwrap();
+    let reported = trellis_testkit::wait_until(std::time::Duration::from_secs(10), || {
+        c.get("/api/v1/status").1["valid"] == false
+    });
+    assert!(reported, "the broken edit must show in /api/v1/status");
+    let (_, status_body) = c.get("/api/v1/status");
+    let error = &status_body["errors"][0];
+    assert_eq!(error["file"], broken.display().to_string(), "{status_body}");
+    assert_eq!(error["path"], "spec.resolution", "{status_body}");
+    assert_eq!(
+        status_body["revision"].as_u64(),
+        Some(revision),
+        "{status_body}"
+    );
+    let (_, _, metrics) = http_request(&format!("{}/metrics", c.url), &[]);
+    assert!(
+        metrics.contains("trellis_control_config_errors{backend=\"directory\"} 1"),
+        "{metrics}"
+    );
+    // Still serving, and still writable.
+    let (status, _) = c.get("/api/v1/resources/se/default/reviews");
+    assert_eq!(status, 200);
+    std::fs::remove_file(&broken).unwrap();
+    let healed = trellis_testkit::wait_until(std::time::Duration::from_secs(10), || {
+        c.get("/api/v1/status").1["valid"] == true
+    });
+    assert!(healed);
+}
