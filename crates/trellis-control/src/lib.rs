@@ -7,6 +7,9 @@
 //! - the **management API** writes to the store and reports what the xDS server knows through
 //!   [`ControlStatus`].
 
+pub mod api;
+pub mod store;
+
 use std::sync::Arc;
 
 /// The last good configuration a store serves.

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::{Cli, Command, sample_app, up, validate};
+use crate::{Cli, Command, remote, sample_app, up, validate};
 
 /// Runs the chosen sub-command and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
@@ -16,6 +16,15 @@ pub fn main(cli: Cli) -> ExitCode {
         }),
         Command::Up(args) => {
             runtime().and_then(|rt| rt.block_on(up::run(up::UpConfig::from(args))))
+        }
+        Command::Apply(args) => runtime().and_then(|rt| rt.block_on(remote::apply(&args))),
+        Command::Get(args) => runtime().and_then(|rt| rt.block_on(remote::get(&args))),
+        Command::Delete(args) => runtime().and_then(|rt| rt.block_on(remote::delete(&args))),
+        Command::ProxyStatus(args) => {
+            runtime().and_then(|rt| rt.block_on(remote::proxy_status(&args)))
+        }
+        Command::ProxyConfig(args) => {
+            runtime().and_then(|rt| rt.block_on(remote::proxy_config(&args)))
         }
     };
     match result {

@@ -4,6 +4,7 @@
 //! any behaviour — `app.rs` wires the sub-command modules together.
 
 mod app;
+mod remote;
 mod sample_app;
 mod up;
 mod validate;
@@ -29,6 +30,102 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Run the httpbin/helloworld-like demo service (HTTP/1.1, h2c and gRPC on one port).
     SampleApp(SampleAppArgs),
+    /// Create or update objects in `trellis control` from files (all or nothing).
+    Apply(ApplyArgs),
+    /// Show objects stored in `trellis control`.
+    Get(GetArgs),
+    /// Delete objects from `trellis control`.
+    Delete(DeleteArgs),
+    /// Show each proxy connected to `trellis control` and whether it is in sync.
+    ProxyStatus(ServerArgs),
+    /// Show what a proxy is running, from its admin `/config_dump`.
+    ProxyConfig(ProxyConfigArgs),
+}
+
+/// Where the management API of `trellis control` is, and how to authenticate.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Management API address of `trellis control`.
+    #[arg(long, env = "TRELLIS_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token for writes (default: read from --token-file).
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the token `trellis control` created.
+    #[arg(
+        long,
+        env = "TRELLIS_TOKEN_FILE",
+        default_value = "trellis-data/.trellis-token"
+    )]
+    pub token_file: PathBuf,
+}
+
+/// `-o yaml|json`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// YAML file or directory (recursive; `-` reads stdin). Repeatable; all apply together.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Validate and compile on the server without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Kind, plural or short name: VirtualService, virtualservices, vs, dr, gw, se, we, svc, ...
+    pub kind: String,
+    /// One object's name (default: list).
+    pub name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// List across all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Label selector: `app=reviews,version!=v1,tier,!canary`.
+    #[arg(short = 'l', long = "selector")]
+    pub selector: Option<String>,
+    /// Print the objects as YAML or JSON instead of a table.
+    #[arg(short = 'o', long)]
+    pub output: Option<OutputFormat>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Kind, plural or short name.
+    #[arg(required_unless_present = "files")]
+    pub kind: Option<String>,
+    #[arg(required_unless_present = "files")]
+    pub name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Delete the objects these files define.
+    #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyConfigArgs {
+    /// The proxy's admin address, e.g. 127.0.0.1:15000.
+    pub admin: String,
+    /// Which resources: listeners, routes, clusters, endpoints or all.
+    #[arg(default_value = "all")]
+    pub section: String,
+    /// `json` prints the resources as the proxy reports them.
+    #[arg(short = 'o', long)]
+    pub output: Option<OutputFormat>,
 }
 
 #[derive(Debug, clap::Args)]
