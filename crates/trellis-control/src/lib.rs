@@ -7,6 +7,8 @@
 //! - the **management API** writes to the store and reports what the xDS server knows through
 //!   [`ControlStatus`].
 
+pub mod xds;
+
 use std::sync::Arc;
 
 /// The last good configuration a store serves.

@@ -10,6 +10,7 @@
 //! `json.rs` the `/config_dump` rendering ([`to_json`]).
 
 mod cluster;
+mod content_hash;
 mod gateway;
 mod json;
 mod listener;
@@ -24,6 +25,7 @@ pub use envoy_types::pb::envoy::config::{
     route::v3::RouteConfiguration,
 };
 
+pub use content_hash::{cluster_hash, listener_hash, load_assignment_hash, route_hash};
 pub use json::to_json;
 
 /// What a proxy is: everything the compiler needs to know about the proxy it compiles for.
