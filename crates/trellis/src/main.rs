@@ -4,6 +4,7 @@
 //! any behaviour — `app.rs` wires the sub-command modules together.
 
 mod app;
+mod control;
 mod sample_app;
 mod up;
 mod validate;
@@ -29,6 +30,24 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Run the httpbin/helloworld-like demo service (HTTP/1.1, h2c and gRPC on one port).
     SampleApp(SampleAppArgs),
+    /// Run the control plane: serve the store's configuration over xDS (ADS) to every proxy.
+    Control(ControlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Directory of Istio YAML the control plane serves (watched for changes).
+    #[arg(long, default_value = "./trellis-data")]
+    pub store: PathBuf,
+    /// Address the xDS and API listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: IpAddr,
+    /// xDS (ADS over gRPC, plaintext) port.
+    #[arg(long, default_value_t = 15010)]
+    pub xds_port: u16,
+    /// Management API port (`/metrics`, `/debug/proxy-status`).
+    #[arg(long, default_value_t = 8080)]
+    pub api_port: u16,
 }
 
 #[derive(Debug, clap::Args)]

@@ -234,7 +234,12 @@ impl StatusBoard {
                 if nonce == t.sent_nonce {
                     converged = t.sent_accepted_at.map(|a| a.elapsed());
                 }
-                t.acked_version = version.to_string();
+                // Delta ACKs carry no version: the one sent with the nonce is the one applied.
+                t.acked_version = if version.is_empty() && nonce == t.sent_nonce {
+                    t.sent_version.clone()
+                } else {
+                    version.to_string()
+                };
                 t.acked_nonce = nonce.to_string();
             }
         });
