@@ -108,6 +108,38 @@ impl Control {
     }
 }
 
+/// `promtool check metrics` accepts `text` (skipped when promtool is not installed).
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("note: promtool not installed; skipping `promtool check metrics`");
+            return;
+        }
+        other => other.expect("run promtool"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn envoy_available() -> bool {
     Command::new("envoy")
         .arg("--version")
@@ -299,6 +331,14 @@ fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
     let split = tally(&mut client, "reviews.local", "/reviews", &[], 30);
     assert_eq!(split, BTreeMap::from([("reviews/v1".to_string(), 30)]));
     wait_synced(&mut control, "gateway-sotw", &mut envoy);
+    let metrics = control.metrics();
+    assert!(
+        metric_sum(&metrics, "pilot_proxy_convergence_time_count", &[]) >= 4.0,
+        "one convergence per ACKed type: {metrics}"
+    );
+    assert_eq!(metric_sum(&metrics, "pilot_xds", &[]), 1.0, "{metrics}");
+    assert!(metric_sum(&metrics, "pilot_xds_sent_bytes_total", &[("type", "cds")]) > 0.0);
+    promtool_check(&metrics);
     // A route-only change is an RDS push; clusters, endpoints and listeners are not re-sent.
     let after = control.pushes();
     assert!(after["rds"] > before["rds"], "{before:?} -> {after:?}");

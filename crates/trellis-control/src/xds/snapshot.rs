@@ -233,6 +233,45 @@ pub(crate) mod tests {
         assert_eq!(a.version(Kind::Cluster), c.version(Kind::Cluster));
     }
 
+    #[tokio::test]
+    async fn proxies_differing_only_by_id_share_one_compilation() {
+        let loaded = trellis_config::load_str(
+            "t.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec:\n  hosts: [a.example]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints: [{address: 10.0.0.1}]\n",
+        )
+        .unwrap();
+        let state = crate::ConfigState {
+            revision: 3,
+            loaded: Arc::new(loaded),
+        };
+        let generation = Generation::new(&state, tokio::time::Instant::now());
+        let cache = CompileCache::default();
+        let sidecar = |id: &str, ns: &str| ProxyIdentity {
+            id: id.into(),
+            role: trellis_xds::Role::Sidecar,
+            namespace: ns.into(),
+            ..Default::default()
+        };
+        let a = cache.get(&generation, &sidecar("a-1", "default")).await;
+        let b = cache.get(&generation, &sidecar("a-2", "default")).await;
+        let c = cache.get(&generation, &sidecar("c-1", "other")).await;
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(cache.len(), 2);
+        assert!(!a.resources(Kind::Cluster).is_empty());
+        // A new revision starts a new cache.
+        let next = Generation::new(
+            &crate::ConfigState {
+                revision: 4,
+                ..state
+            },
+            tokio::time::Instant::now(),
+        );
+        let d = cache.get(&next, &sidecar("a-1", "default")).await;
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert_eq!(cache.len(), 1);
+    }
+
     pub(crate) fn test_cla(name: &str, port: u32) -> ClusterLoadAssignment {
         use envoy_types::pb::envoy::config::core::v3::{
             Address, SocketAddress, address, socket_address,
