@@ -101,6 +101,13 @@ pub fn listener(l: &Listener) -> Value {
             l.filter_chains.iter().map(filter_chain).collect(),
         )
         .opt("trafficDirection", direction)
+        .opt(
+            "apiListener",
+            l.api_listener
+                .as_ref()
+                .and_then(|a| a.api_listener.as_ref())
+                .map(|hcm| json!({ "apiListener": any_value(hcm) })),
+        )
         .done()
 }
 

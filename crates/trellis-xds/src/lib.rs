@@ -15,6 +15,7 @@ mod gateway;
 mod json;
 mod listener;
 mod node;
+mod proxyless;
 mod route;
 mod sidecar;
 
@@ -52,6 +53,8 @@ pub struct ProxyIdentity {
 pub enum Role {
     Gateway,
     Sidecar,
+    /// A gRPC client with its own xDS client (`proxyless.rs`).
+    Proxyless,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -110,6 +113,9 @@ pub fn compile(
         registry,
         proxy,
     };
+    if proxy.role == Role::Proxyless {
+        return proxyless::compile(&ctx);
+    }
     let front = Front::compile(&ctx);
     let (clusters, endpoints) = cluster::outbound(&ctx, &front.refs);
     front.finish(clusters, endpoints)
@@ -125,6 +131,9 @@ pub fn compile_owned(
     registry: trellis_config::Registry,
     proxy: &ProxyIdentity,
 ) -> Resources {
+    if proxy.role == Role::Proxyless {
+        return compile(&snapshot, &registry, proxy);
+    }
     let front = Front::compile(&Context {
         snapshot: &snapshot,
         registry: &registry,
@@ -168,7 +177,7 @@ impl Front {
                     inbound: Vec::new(),
                 }
             }
-            Role::Sidecar => {
+            Role::Sidecar | Role::Proxyless => {
                 let s = sidecar::compile(ctx);
                 Front {
                     listeners: s.listeners,

@@ -722,3 +722,110 @@ fn delta_sends_only_changed_assignments_and_honours_initial_resource_versions() 
         assert!(again.removed_resources.is_empty(), "{again:?}");
     });
 }
+
+/// Runs `tests/py/grpc_client.py TARGET ARGS…` with gRPC's xDS client bootstrapped from
+/// `bootstrap` and parses its JSON line.
+fn grpc_xds(bootstrap: &std::path::Path, target: &str, args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/grpc_client.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(target)
+        .args(args)
+        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+        .output()
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "grpc_client.py {target} {args:?} failed (is grpcio installed? `python3 -m pip install grpcio`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("grpc_client output ({e}): {text}"))
+}
+
+/// The echo service (gRPC, port 7070) with v1 and v2 endpoints and subsets, and a mesh
+/// VirtualService sending everything to `subset`.
+fn echo_mesh(apps: &Apps, subset: &str) -> String {
+    const ECHO: &str = "echo.default.svc.cluster.local";
+    docs(&[
+        service_entry_yaml(
+            "echo",
+            ECHO,
+            7070,
+            "GRPC",
+            &[
+                ep(apps.port("echo/v1"), "v1"),
+                ep(apps.port("echo/v2"), "v2"),
+            ],
+        ),
+        destination_rule_yaml("echo", ECHO, None, &["v1", "v2"]),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo, namespace: default}}\nspec:\n  hosts: [{ECHO}]\n  http:\n  - route: [{{destination: {}}}]\n",
+            dest(ECHO, Some(subset), 7070)
+        ),
+    ])
+}
+
+#[test]
+fn proxyless_grpc_clients_resolve_xds_targets_and_follow_the_virtual_service() {
+    let apps = Apps::start(&[("echo", "v1"), ("echo", "v2")]);
+    let control = Control::start(&echo_mesh(&apps, "v1"));
+    let bootstrap = control.dir.path().join(".grpc-bootstrap.json");
+    std::fs::write(
+        &bootstrap,
+        serde_json::json!({
+            "xds_servers": [{
+                "server_uri": format!("127.0.0.1:{}", control.xds),
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {
+                "id": "grpc-client~127.0.0.1~client.default",
+                "metadata": {"ROLE": "proxyless", "NAMESPACE": "default"},
+            },
+        })
+        .to_string(),
+    )
+    .expect("write gRPC xDS bootstrap");
+
+    for target in [
+        "xds:///echo.default.svc.cluster.local:7070",
+        "xds:///echo:7070",
+    ] {
+        let v = grpc_xds(&bootstrap, target, &["echo", "hello"]);
+        assert_eq!(
+            v["code"],
+            "OK",
+            "{target}: {v}\n{}",
+            control.process.stderr_text()
+        );
+        let r = &v["responses"][0];
+        assert_eq!(
+            (
+                r["message"].as_str(),
+                r["service"].as_str(),
+                r["version"].as_str()
+            ),
+            (Some("hello"), Some("echo"), Some("v1")),
+            "{target}: {v}"
+        );
+    }
+    let metrics = control.metrics();
+    assert!(
+        metric_sum(&metrics, "pilot_xds_pushes_total", &[("type", "lds")]) >= 2.0,
+        "{metrics}"
+    );
+
+    // The VirtualService moves to v2: new clients follow.
+    control.write(&echo_mesh(&apps, "v2"));
+    let mut last = serde_json::Value::Null;
+    let moved = wait_until(Duration::from_secs(20), || {
+        last = grpc_xds(
+            &bootstrap,
+            "xds:///echo.default.svc.cluster.local:7070",
+            &["echo", "again"],
+        );
+        last["responses"][0]["version"] == "v2"
+    });
+    assert!(moved, "proxyless client did not follow the edit: {last}");
+}

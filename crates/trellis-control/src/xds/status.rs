@@ -173,6 +173,7 @@ impl StatusBoard {
         let role = match identity.role {
             trellis_xds::Role::Gateway => "gateway",
             trellis_xds::Role::Sidecar => "sidecar",
+            trellis_xds::Role::Proxyless => "proxyless",
         };
         self.with(|p| {
             p.insert(
