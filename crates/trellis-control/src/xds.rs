@@ -44,6 +44,9 @@ use subscription::Received;
 /// (a slow proxy then skips straight to the latest configuration).
 const STREAM_QUEUE: usize = 4;
 
+/// How long a new stream may wait before its first request (which names the proxy).
+const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The ADS server of `trellis control`.
 pub struct XdsServer {
     /// The store's channel, until [`XdsServer::serve`] starts debouncing it.
@@ -170,10 +173,7 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let first = first_request(&mut requests).await?;
         let identity = XdsServer::identity(first.node.as_ref())?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let server = self.0.clone();
@@ -191,10 +191,7 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let first = first_request(&mut requests).await?;
         let identity = XdsServer::identity(first.node.as_ref())?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let server = self.0.clone();
@@ -205,6 +202,21 @@ impl AggregatedDiscoveryService for Ads {
             drop(connection);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The first request of a stream, which must arrive within [`FIRST_REQUEST_TIMEOUT`].
+async fn first_request<T>(requests: &mut Streaming<T>) -> Result<T, Status> {
+    match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message()).await {
+        Ok(Ok(Some(first))) => Ok(first),
+        Ok(Ok(None)) => Err(Status::invalid_argument(
+            "stream closed before the first request",
+        )),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no xDS request within {}s of opening the stream",
+            FIRST_REQUEST_TIMEOUT.as_secs()
+        ))),
     }
 }
 

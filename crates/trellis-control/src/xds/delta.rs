@@ -214,7 +214,7 @@ pub(super) async fn run(
         server.record(conn, kind, &received, &identity.id);
         if respond
             && stream
-                .send(kind, &snapshot, &generation, &Force::None, always)
+                .send(kind, &snapshot, None, &Force::None, always)
                 .await
                 .is_err()
         {
@@ -243,7 +243,10 @@ impl DeltaStream {
                 Kind::Route => rds.clone(),
                 _ => Force::None,
             };
-            match self.send(kind, snapshot, generation, &force, false).await {
+            match self
+                .send(kind, snapshot, Some(generation), &force, false)
+                .await
+            {
                 Err(()) => return false,
                 Ok(Some(changed)) if !changed.is_empty() => match kind {
                     Kind::Cluster => eds = Force::Names(changed),
@@ -261,7 +264,7 @@ impl DeltaStream {
         &mut self,
         kind: Kind,
         snapshot: &ProxySnapshot,
-        generation: &super::Generation,
+        pushed: Option<&super::Generation>,
         force: &Force,
         always: bool,
     ) -> Result<Option<BTreeSet<String>>, ()> {
@@ -288,8 +291,7 @@ impl DeltaStream {
             &nonce,
             count,
             bytes,
-            generation.accepted_at,
-            generation.published_at,
+            pushed.map(|g| (g.accepted_at, g.published_at)),
         );
         self.tx.send(Ok(response)).await.map_err(|_| ())?;
         Ok(Some(built.changed))

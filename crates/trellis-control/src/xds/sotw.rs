@@ -186,7 +186,7 @@ pub(super) async fn run(
         let (received, respond) = stream.types[kind as usize].on_request(kind, &req);
         server.record(conn, kind, &received, &identity.id);
         if let Some(force) = respond
-            && !stream.send(kind, &snapshot, &generation, &force).await
+            && !stream.send(kind, &snapshot, None, &force).await
         {
             break;
         }
@@ -214,7 +214,10 @@ impl SotwStream {
                 Kind::Route => rds.clone(),
                 _ => Force::None,
             };
-            let Some(changed) = self.send_built(kind, snapshot, generation, &force).await else {
+            let Some(changed) = self
+                .send_built(kind, snapshot, Some(generation), &force)
+                .await
+            else {
                 continue;
             };
             let Ok(changed) = changed else {
@@ -233,11 +236,11 @@ impl SotwStream {
         &mut self,
         kind: Kind,
         snapshot: &ProxySnapshot,
-        generation: &super::Generation,
+        pushed: Option<&super::Generation>,
         force: &Force,
     ) -> bool {
         !matches!(
-            self.send_built(kind, snapshot, generation, force).await,
+            self.send_built(kind, snapshot, pushed, force).await,
             Some(Err(()))
         )
     }
@@ -247,7 +250,7 @@ impl SotwStream {
         &mut self,
         kind: Kind,
         snapshot: &ProxySnapshot,
-        generation: &super::Generation,
+        pushed: Option<&super::Generation>,
         force: &Force,
     ) -> Option<Result<BTreeSet<String>, ()>> {
         let built = self.types[kind as usize].build(kind, snapshot, force)?;
@@ -270,8 +273,7 @@ impl SotwStream {
             &nonce,
             count,
             bytes,
-            generation.accepted_at,
-            generation.published_at,
+            pushed.map(|g| (g.accepted_at, g.published_at)),
         );
         if self.tx.send(Ok(response)).await.is_err() {
             return Some(Err(()));

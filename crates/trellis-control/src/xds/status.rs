@@ -196,8 +196,9 @@ impl StatusBoard {
         }
     }
 
-    /// A response was handed to the stream.
-    #[allow(clippy::too_many_arguments)]
+    /// A response was handed to the stream: `pushed` holds when its configuration was accepted
+    /// and released by the debounce if a configuration change caused it (push time and
+    /// convergence are measured for those only, not for answers to requests).
     pub fn sent(
         &self,
         conn: u64,
@@ -206,8 +207,7 @@ impl StatusBoard {
         nonce: &str,
         resources: usize,
         bytes: usize,
-        accepted_at: Instant,
-        published_at: Instant,
+        pushed: Option<(Instant, Instant)>,
     ) {
         let label = [("type", kind.short())];
         self.metrics.pushes.get_or_create(&label).inc();
@@ -215,15 +215,17 @@ impl StatusBoard {
             .sent_bytes
             .get_or_create(&label)
             .inc_by(bytes as u64);
-        self.metrics
-            .push_time
-            .get_or_create(&label)
-            .observe(published_at.elapsed().as_secs_f64());
+        if let Some((_, published_at)) = pushed {
+            self.metrics
+                .push_time
+                .get_or_create(&label)
+                .observe(published_at.elapsed().as_secs_f64());
+        }
         self.with_type(conn, kind, |t| {
             t.sent_version = version.to_string();
             t.sent_nonce = nonce.to_string();
             t.sent_resources = resources;
-            t.sent_accepted_at = Some(accepted_at);
+            t.sent_accepted_at = pushed.map(|(accepted_at, _)| accepted_at);
         });
     }
 
@@ -323,12 +325,12 @@ mod tests {
         };
         board.connect(7, &id, "sotw");
         let now = Instant::now();
-        board.sent(7, Kind::Cluster, "v1", "n1", 2, 100, now, now);
+        board.sent(7, Kind::Cluster, "v1", "n1", 2, 100, Some((now, now)));
         let state = |b: &StatusBoard| b.to_json()["proxies"][0]["types"]["cds"]["state"].clone();
         assert_eq!(state(&board), "STALE");
         board.acked(7, Kind::Cluster, "v1", "n1");
         assert_eq!(state(&board), "SYNCED");
-        board.sent(7, Kind::Cluster, "v2", "n2", 2, 100, now, now);
+        board.sent(7, Kind::Cluster, "v2", "n2", 2, 100, None);
         board.nacked(7, Kind::Cluster, "n2", "bad cluster");
         let json = board.to_json();
         assert_eq!(json["proxies"][0]["state"], "NACKED");
