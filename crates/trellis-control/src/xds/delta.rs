@@ -19,6 +19,7 @@ use trellis_xds::ProxyIdentity;
 
 use super::XdsServer;
 use super::snapshot::{Kind, ProxySnapshot, resource_version};
+use super::status::Sent;
 use super::subscription::{Force, Received, Subscription};
 
 /// One type's bookkeeping on one delta stream.
@@ -287,11 +288,13 @@ impl DeltaStream {
         self.server.status.sent(
             self.conn,
             kind,
-            &built.version,
-            &nonce,
-            count,
-            bytes,
-            pushed.map(|g| (g.accepted_at, g.published_at)),
+            Sent {
+                version: &built.version,
+                nonce: &nonce,
+                resources: count,
+                bytes,
+                pushed: pushed.map(|g| (g.accepted_at, g.published_at)),
+            },
         );
         self.tx.send(Ok(response)).await.map_err(|_| ())?;
         Ok(Some(built.changed))

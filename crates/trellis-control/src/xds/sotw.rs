@@ -17,6 +17,7 @@ use trellis_xds::ProxyIdentity;
 
 use super::XdsServer;
 use super::snapshot::{Kind, ProxySnapshot};
+use super::status::Sent;
 use super::subscription::{Force, Received, Subscription};
 
 /// One type's bookkeeping on one SotW stream.
@@ -269,11 +270,13 @@ impl SotwStream {
         self.server.status.sent(
             self.conn,
             kind,
-            &built.version,
-            &nonce,
-            count,
-            bytes,
-            pushed.map(|g| (g.accepted_at, g.published_at)),
+            Sent {
+                version: &built.version,
+                nonce: &nonce,
+                resources: count,
+                bytes,
+                pushed: pushed.map(|g| (g.accepted_at, g.published_at)),
+            },
         );
         if self.tx.send(Ok(response)).await.is_err() {
             return Some(Err(()));

@@ -51,6 +51,20 @@ struct TypeStatus {
     nack_error: String,
 }
 
+/// One response handed to a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    pub version: &'a str,
+    pub nonce: &'a str,
+    /// Resources carried (delta: updated plus removed).
+    pub resources: usize,
+    /// Encoded size of the response.
+    pub bytes: usize,
+    /// When its configuration was accepted and released by the debounce, if a configuration
+    /// change caused it (push time and convergence are measured for those only).
+    pub pushed: Option<(Instant, Instant)>,
+}
+
 /// How one type of one proxy stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SyncState {
@@ -199,33 +213,24 @@ impl StatusBoard {
     /// A response was handed to the stream: `pushed` holds when its configuration was accepted
     /// and released by the debounce if a configuration change caused it (push time and
     /// convergence are measured for those only, not for answers to requests).
-    pub fn sent(
-        &self,
-        conn: u64,
-        kind: Kind,
-        version: &str,
-        nonce: &str,
-        resources: usize,
-        bytes: usize,
-        pushed: Option<(Instant, Instant)>,
-    ) {
+    pub fn sent(&self, conn: u64, kind: Kind, sent: Sent<'_>) {
         let label = [("type", kind.short())];
         self.metrics.pushes.get_or_create(&label).inc();
         self.metrics
             .sent_bytes
             .get_or_create(&label)
-            .inc_by(bytes as u64);
-        if let Some((_, published_at)) = pushed {
+            .inc_by(sent.bytes as u64);
+        if let Some((_, published_at)) = sent.pushed {
             self.metrics
                 .push_time
                 .get_or_create(&label)
                 .observe(published_at.elapsed().as_secs_f64());
         }
         self.with_type(conn, kind, |t| {
-            t.sent_version = version.to_string();
-            t.sent_nonce = nonce.to_string();
-            t.sent_resources = resources;
-            t.sent_accepted_at = pushed.map(|(accepted_at, _)| accepted_at);
+            t.sent_version = sent.version.to_string();
+            t.sent_nonce = sent.nonce.to_string();
+            t.sent_resources = sent.resources;
+            t.sent_accepted_at = sent.pushed.map(|(accepted_at, _)| accepted_at);
         });
     }
 
@@ -325,12 +330,19 @@ mod tests {
         };
         board.connect(7, &id, "sotw");
         let now = Instant::now();
-        board.sent(7, Kind::Cluster, "v1", "n1", 2, 100, Some((now, now)));
+        let sent = |version, nonce, pushed| Sent {
+            version,
+            nonce,
+            resources: 2,
+            bytes: 100,
+            pushed,
+        };
+        board.sent(7, Kind::Cluster, sent("v1", "n1", Some((now, now))));
         let state = |b: &StatusBoard| b.to_json()["proxies"][0]["types"]["cds"]["state"].clone();
         assert_eq!(state(&board), "STALE");
         board.acked(7, Kind::Cluster, "v1", "n1");
         assert_eq!(state(&board), "SYNCED");
-        board.sent(7, Kind::Cluster, "v2", "n2", 2, 100, None);
+        board.sent(7, Kind::Cluster, sent("v2", "n2", None));
         board.nacked(7, Kind::Cluster, "n2", "bad cluster");
         let json = board.to_json();
         assert_eq!(json["proxies"][0]["state"], "NACKED");
