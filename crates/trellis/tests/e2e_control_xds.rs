@@ -520,10 +520,25 @@ struct SotwClient {
 
 impl SotwClient {
     async fn open(xds: u16, first: DiscoveryRequest) -> Result<SotwClient, tonic::Status> {
-        let mut client =
-            AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{xds}"))
-                .await
-                .expect("connect to trellis control");
+        SotwClient::open_with_window(xds, first, None).await
+    }
+
+    /// `window`: HTTP/2 stream and connection windows of the client (hyper's defaults are
+    /// megabytes), so that a client that stops reading stops the server within `window` bytes.
+    async fn open_with_window(
+        xds: u16,
+        first: DiscoveryRequest,
+        window: Option<u32>,
+    ) -> Result<SotwClient, tonic::Status> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{xds}"))
+            .expect("endpoint")
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window);
+        let channel = endpoint
+            .connect()
+            .await
+            .expect("connect to trellis control");
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(8);
         tx.send(first).await.expect("queue first request");
         let rx = client
@@ -881,4 +896,77 @@ fn proxyless_grpc_clients_resolve_xds_targets_and_follow_the_virtual_service() {
         last["responses"][0]["version"] == "v2"
     });
     assert!(moved, "proxyless client did not follow the edit: {last}");
+}
+
+/// `n` STATIC ServiceEntries `svc<i>.bench.local:8080` with one endpoint each.
+fn many_services(n: usize) -> String {
+    let parts: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc{i}, namespace: default}}\nspec:\n  hosts: [svc{i}.bench.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.{}.{}}}]\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    docs(&parts)
+}
+
+#[test]
+fn a_proxy_that_stops_reading_holds_up_no_one_and_later_gets_the_latest_config() {
+    // 300 clusters: one SotW CDS response (~90 KiB) overflows a 64 KiB HTTP/2 window, so a
+    // client that does not read blocks its own stream.
+    const BASE: usize = 300;
+    const PUSHES: usize = 12;
+    let control = Control::start(&many_services(BASE));
+    runtime().block_on(async {
+        let cds = |id: &str| DiscoveryRequest {
+            node: Some(node(id, "sidecar")),
+            type_url: CDS.into(),
+            ..Default::default()
+        };
+        // Each client has its own connection (HTTP/2 connection windows are shared).
+        let mut stuck = SotwClient::open_with_window(control.xds, cds("stuck"), Some(65_535))
+            .await
+            .expect("stuck");
+        let mut fast = SotwClient::open(control.xds, cds("fast"))
+            .await
+            .expect("fast");
+        let first = fast.next().await.expect("first CDS response");
+        let mut last = first.clone();
+        for k in 1..=PUSHES {
+            fast.tx
+                .send(DiscoveryRequest {
+                    type_url: CDS.into(),
+                    version_info: last.version_info.clone(),
+                    response_nonce: last.nonce.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("ACK");
+            control.write(&many_services(BASE + k));
+            last = fast
+                .next()
+                .await
+                .expect("the fast client keeps getting pushes");
+            assert_eq!(last.resources.len(), first.resources.len() + k);
+        }
+        // The stuck client now reads: it gets a bounded backlog, ending with the latest config,
+        // not every intermediate one.
+        let mut got = Vec::new();
+        while let Ok(Ok(Some(r))) =
+            tokio::time::timeout(Duration::from_secs(3), stuck.rx.message()).await
+        {
+            got.push((r.version_info, r.resources.len()));
+        }
+        assert_eq!(
+            got.last(),
+            Some(&(last.version_info.clone(), last.resources.len())),
+            "the stuck client ends on the latest config: {got:?}"
+        );
+        assert!(
+            got.len() < PUSHES + 1,
+            "intermediate configs were coalesced, not queued: {got:?}"
+        );
+    });
 }
