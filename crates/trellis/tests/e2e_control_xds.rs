@@ -113,6 +113,30 @@ fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
     assert_eq!(metric_sum(&metrics, "pilot_xds", &[]), 1.0, "{metrics}");
     assert!(metric_sum(&metrics, "pilot_xds_sent_bytes_total", &[("type", "cds")]) > 0.0);
     promtool_check(&metrics);
+
+    // A cluster change (the load-balancing policy) is pushed as CDS plus the load assignments
+    // of the changed clusters, so Envoy's warming clusters complete and become active.
+    let before = control.pushes();
+    let mut changed = base.clone();
+    changed[2] = destination_rule_yaml("reviews", REVIEWS, Some("RANDOM"), &["v1", "v2"]);
+    control.write(&mesh(&changed, "v1", 100, 0));
+    let mut dump = String::new();
+    let active = wait_until(Duration::from_secs(20), || {
+        dump = envoy.config_dump();
+        dump.matches("\"lb_policy\": \"RANDOM\"").count() == 3
+            && !dump.contains("dynamic_warming_clusters")
+    });
+    assert!(
+        active,
+        "clusters did not become active with RANDOM:\n{dump}"
+    );
+    wait_synced(&mut control, "gateway-sotw", &mut envoy);
+    let after = control.pushes();
+    assert!(after["cds"] > before["cds"], "{before:?} -> {after:?}");
+    assert!(after["eds"] > before["eds"], "{before:?} -> {after:?}");
+    assert_eq!(after["lds"], before["lds"], "{before:?} -> {after:?}");
+    let split = tally(&mut client, "reviews.local", "/reviews", &[], 10);
+    assert_eq!(split, BTreeMap::from([("reviews/v1".to_string(), 10)]));
 }
 
 #[test]
