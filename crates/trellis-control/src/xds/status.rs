@@ -362,6 +362,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pilot_xds 1"), "{text}");
+        // Appended to the API's other metrics, so no OpenMetrics `# EOF` terminator.
+        assert!(!text.contains("# EOF"), "{text}");
         board.disconnect(7);
         assert_eq!(board.to_json()["proxies"].as_array().unwrap().len(), 0);
     }
