@@ -122,7 +122,7 @@ fn poll_directory(dir: PathBuf) -> anyhow::Result<ConfigWatch> {
     Ok(rx)
 }
 
-/// Names, sizes and modification times of every file under `dir`, sorted.
+/// Names, sizes and modification times of every visible file under `dir`, sorted.
 fn directory_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -131,6 +131,10 @@ fn directory_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> 
             continue;
         };
         for entry in entries.flatten() {
+            // The loader skips hidden files (editors' and atomic writers' temporaries).
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let path = entry.path();
             let Ok(meta) = entry.metadata() else {
                 continue;
