@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod store;
+pub mod xds;
 
 use std::sync::Arc;
 

@@ -115,6 +115,13 @@ pub fn listener(l: &Listener) -> Value {
             l.listener_filters.iter().map(listener_filter).collect(),
         )
         .opt("trafficDirection", direction)
+        .opt(
+            "apiListener",
+            l.api_listener
+                .as_ref()
+                .and_then(|a| a.api_listener.as_ref())
+                .map(|hcm| json!({ "apiListener": any_value(hcm) })),
+        )
         .done()
 }
 

@@ -10,12 +10,14 @@
 //! `json.rs` the `/config_dump` rendering ([`to_json`]).
 
 mod cluster;
+mod content_hash;
 mod gateway;
 mod json;
 mod l4;
 mod lb;
 mod listener;
 mod node;
+mod proxyless;
 pub mod resilience;
 mod route;
 mod sidecar;
@@ -27,6 +29,7 @@ pub use envoy_types::pb::envoy::config::{
     route::v3::RouteConfiguration,
 };
 
+pub use content_hash::{cluster_hash, listener_hash, load_assignment_hash, route_hash};
 pub use json::to_json;
 
 /// What a proxy is: everything the compiler needs to know about the proxy it compiles for.
@@ -53,6 +56,8 @@ pub struct ProxyIdentity {
 pub enum Role {
     Gateway,
     Sidecar,
+    /// A gRPC client with its own xDS client (`proxyless.rs`).
+    Proxyless,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -111,6 +116,9 @@ pub fn compile(
         registry,
         proxy,
     };
+    if proxy.role == Role::Proxyless {
+        return proxyless::compile(&ctx);
+    }
     let front = Front::compile(&ctx);
     let (clusters, endpoints) = cluster::outbound(&ctx, &front.refs);
     front.finish(clusters, endpoints)
@@ -126,6 +134,9 @@ pub fn compile_owned(
     registry: trellis_config::Registry,
     proxy: &ProxyIdentity,
 ) -> Resources {
+    if proxy.role == Role::Proxyless {
+        return compile(&snapshot, &registry, proxy);
+    }
     let front = Front::compile(&Context {
         snapshot: &snapshot,
         registry: &registry,
@@ -169,7 +180,7 @@ impl Front {
                     inbound: Vec::new(),
                 }
             }
-            Role::Sidecar => {
+            Role::Sidecar | Role::Proxyless => {
                 let s = sidecar::compile(ctx);
                 Front {
                     listeners: s.listeners,

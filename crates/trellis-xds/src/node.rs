@@ -32,6 +32,7 @@ impl ProxyIdentity {
         let role = match self.role {
             Role::Gateway => "gateway",
             Role::Sidecar => "sidecar",
+            Role::Proxyless => "proxyless",
         };
         let mut fields = std::collections::BTreeMap::new();
         fields.insert("ROLE".to_string(), string(role));
@@ -104,9 +105,10 @@ impl ProxyIdentity {
             id.role = match role.as_str() {
                 "gateway" | "router" => Role::Gateway,
                 "sidecar" => Role::Sidecar,
+                "proxyless" => Role::Proxyless,
                 other => {
                     return Err(format!(
-                        "node metadata ROLE: {other:?} is not \"gateway\" or \"sidecar\""
+                        "node metadata ROLE: {other:?} is not \"gateway\", \"sidecar\" or \"proxyless\""
                     ));
                 }
             };

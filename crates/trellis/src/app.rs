@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::{Cli, Command, remote, sample_app, up, validate};
+use crate::{Cli, Command, control, remote, sample_app, up, validate};
 
 /// Runs the chosen sub-command and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
@@ -14,6 +14,13 @@ pub fn main(cli: Cli) -> ExitCode {
             rt.block_on(sample_app::run(sample_app::SampleAppConfig::from(args)))
                 .map(|()| ExitCode::SUCCESS)
         }),
+        Command::Control(args) => {
+            init_logging();
+            runtime().and_then(|rt| {
+                rt.block_on(control::run(control::ControlConfig::from(args)))
+                    .map(|()| ExitCode::SUCCESS)
+            })
+        }
         Command::Up(args) => {
             runtime().and_then(|rt| rt.block_on(up::run(up::UpConfig::from(args))))
         }
@@ -34,6 +41,17 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

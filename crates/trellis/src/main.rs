@@ -4,6 +4,7 @@
 //! any behaviour — `app.rs` wires the sub-command modules together.
 
 mod app;
+mod control;
 mod remote;
 mod sample_app;
 mod up;
@@ -40,6 +41,8 @@ pub enum Command {
     ProxyStatus(ServerArgs),
     /// Show what a proxy is running, from its admin `/config_dump`.
     ProxyConfig(ProxyConfigArgs),
+    /// Run the control plane: config store, management API, and xDS (ADS) for every proxy.
+    Control(ControlArgs),
 }
 
 /// Where the management API of `trellis control` is, and how to authenticate.
@@ -126,6 +129,30 @@ pub struct ProxyConfigArgs {
     /// `json` prints the resources as the proxy reports them.
     #[arg(short = 'o', long)]
     pub output: Option<OutputFormat>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Config store: a directory of Istio YAML (watched for changes; API writes land there as
+    /// files) or `etcd://HOST:PORT`.
+    #[arg(long, default_value = "./trellis-data")]
+    pub store: String,
+    /// Address the xDS and API listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: IpAddr,
+    /// xDS (ADS over gRPC, plaintext) port.
+    #[arg(long, default_value_t = 15010)]
+    pub xds_port: u16,
+    /// Management API port (REST API, `/openapi.json`, `/metrics`, `/api/v1/proxy-status`).
+    #[arg(long, default_value_t = 8080)]
+    pub api_port: u16,
+    /// Bearer token required for API writes (default: read from, or created in, --token-file).
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where the API token is kept (mode 0600; default: `.trellis-token` in the store directory,
+    /// or in the working directory for etcd). Rotate it with `POST /api/v1/token/rotate`.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
