@@ -21,10 +21,11 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 use envoy_types::util::pack_any;
 use trellis_config::{
-    Gateway, Protocol, Resource, RouteDestination, Server, ServerTlsMode, VirtualService,
+    Gateway, Protocol, Resource, RouteDestination, Server, ServerTlsMode, Service, VirtualService,
     resolve_host,
 };
 
+use crate::cluster::outbound_name;
 use crate::gateway::{selects, split_server_host};
 use crate::listener::socket_address;
 use crate::route::{ClusterRefs, Scope, binds, destination_cluster, host_intersection};
@@ -147,6 +148,137 @@ pub fn gateway_listeners(
         out.push(l4_listener(
             &format!("0.0.0.0_{port}"),
             &ctx.proxy.bind_address,
+            port,
+            TrafficDirection::Outbound,
+            chains,
+        ));
+    }
+    out
+}
+
+/// Sidecar outbound L4 listeners `0.0.0.0_<port>`, one per TCP-like or TLS service port of the
+/// visible `services`, bound on the proxy's bind address at the service port (there is no
+/// traffic capture yet, so clients connect to it). Plain TCP: the first service on a port (by
+/// host) takes the port, through its VirtualService's first applicable `tcp` route (mesh,
+/// port, `sourceLabels` ⊆ this proxy's labels) or to its own cluster. TLS: one SNI chain per
+/// applicable `tls` route, and the service's own cluster for any other name.
+/// `vs_for` finds the mesh VirtualService of a host.
+pub fn sidecar_listeners<'a>(
+    ctx: &Context<'_>,
+    services: &[&Service],
+    vs_for: impl Fn(&str) -> Option<&'a Resource<VirtualService>>,
+    refs: &mut ClusterRefs,
+) -> Vec<Listener> {
+    let proxy = ctx.proxy;
+    let own = [
+        u32::from(proxy.outbound_port),
+        u32::from(proxy.inbound_port),
+    ];
+    let mut by_port: BTreeMap<u32, Vec<(&Service, bool)>> = BTreeMap::new();
+    for service in services {
+        for p in &service.ports {
+            let tls = match p.protocol {
+                Protocol::Tls | Protocol::Https => true,
+                Protocol::Udp | Protocol::Unsupported => continue,
+                other if other.is_http() => continue,
+                _ => false,
+            };
+            if !own.contains(&p.number) {
+                by_port.entry(p.number).or_default().push((service, tls));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (port, mut on_port) in by_port {
+        on_port.sort_by(|a, b| a.0.hostname.cmp(&b.0.hostname));
+        let scope = L4Scope {
+            ctx,
+            gateway: None,
+            port,
+        };
+        let mut chains = Vec::new();
+        let mut taken: BTreeSet<String> = BTreeSet::new();
+        let mut catch_all = false;
+        for (service, tls) in on_port {
+            let vs = vs_for(&service.hostname);
+            let default = || vec![(outbound_name(port, "", &service.hostname), 1)];
+            if tls {
+                for route in vs
+                    .iter()
+                    .flat_map(|vs| vs.spec.tls.iter().map(move |r| (vs, r)))
+                {
+                    let (vs, tls_route) = route;
+                    let ns = vs.meta.namespace.as_str();
+                    let names: BTreeSet<String> = tls_route
+                        .matches
+                        .iter()
+                        .filter(|m| {
+                            l4_match_applies(
+                                &m.gateways,
+                                m.port,
+                                &m.source_labels,
+                                &m.source_namespace,
+                                vs,
+                                scope,
+                            )
+                        })
+                        .flat_map(|m| m.sni_hosts.iter().map(|h| resolve_sni(h)))
+                        .filter(|h| h != "*" && !taken.contains(h))
+                        .collect();
+                    if names.is_empty() {
+                        continue;
+                    }
+                    let targets = destinations(&tls_route.route, ns, scope, refs);
+                    taken.extend(names.iter().cloned());
+                    let split = format!("{}.{ns}", vs.meta.name);
+                    chains.push(tcp_chain(
+                        names.into_iter().collect(),
+                        tcp_proxy(&split, targets),
+                    ));
+                }
+                if !catch_all {
+                    catch_all = true;
+                    chains.push(tcp_chain(Vec::new(), tcp_proxy("", default())));
+                }
+                continue;
+            }
+            if catch_all {
+                continue; // the port is taken by an earlier service
+            }
+            let route = vs.and_then(|vs| {
+                vs.spec
+                    .tcp
+                    .iter()
+                    .find(|r| {
+                        r.matches.is_empty()
+                            || r.matches.iter().any(|m| {
+                                l4_match_applies(
+                                    &m.gateways,
+                                    m.port,
+                                    &m.source_labels,
+                                    &m.source_namespace,
+                                    vs,
+                                    scope,
+                                )
+                            })
+                    })
+                    .map(|r| (vs, r))
+            });
+            let (split, targets) = match route {
+                Some((vs, r)) => {
+                    let ns = vs.meta.namespace.as_str();
+                    let targets = destinations(&r.route, ns, scope, refs);
+                    (format!("{}.{ns}", vs.meta.name), targets)
+                }
+                None => (String::new(), default()),
+            };
+            catch_all = true;
+            chains.push(tcp_chain(Vec::new(), tcp_proxy(&split, targets)));
+        }
+        chains.sort_by_key(|c| c.filter_chain_match.is_none());
+        out.push(l4_listener(
+            &format!("0.0.0.0_{port}"),
+            &proxy.bind_address,
             port,
             TrafficDirection::Outbound,
             chains,

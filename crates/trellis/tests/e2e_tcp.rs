@@ -498,3 +498,74 @@ fn tls_passthrough_routes_by_sni_without_terminating() {
         "{text}"
     );
 }
+
+/// A sidecar `trellis-proxy` with `labels`, bound on `bind` (each sidecar its own loopback
+/// address, so both can serve the same service port), on the directory `dir`.
+fn sidecar(dir: &Path, bind: &str, labels: &str) -> Process {
+    let admin = free_port();
+    let args = [
+        "--config-dir",
+        &dir.to_string_lossy(),
+        "--role",
+        "sidecar",
+        "--namespace",
+        "default",
+        "--labels",
+        labels,
+        "--bind-address",
+        bind,
+        "--admin-port",
+        &admin.to_string(),
+        "--outbound-port",
+        &free_port().to_string(),
+        "--inbound-port",
+        &free_port().to_string(),
+    ]
+    .map(String::from);
+    let mut p = Process::spawn(bin_path("trellis-proxy"), &args, &[]);
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    let ok = wait_until(Duration::from_secs(20), || {
+        trellis_testkit::http_get(&ready).0 == 200 || p.try_wait().is_some()
+    });
+    assert!(
+        ok && p.try_wait().is_none(),
+        "sidecar not ready: {}",
+        p.describe()
+    );
+    p
+}
+
+#[test]
+fn sidecar_tcp_route_by_source_labels() {
+    let (_v1, p1) = tcp_echo("tcp-echo", "v1");
+    let (_v2, p2) = tcp_echo("tcp-echo", "v2");
+    // The service port is where each sidecar listens for it (no traffic capture yet).
+    let service_port = free_port();
+    let routes = format!(
+        "  tcp:\n  - match: [{{sourceLabels: {{tier: canary}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
+        dest(ECHO, Some("v2"), service_port),
+        dest(ECHO, Some("v1"), service_port)
+    );
+    let vs = l4_virtual_service("tcp-echo", ECHO, &routes).replace("  gateways: [gw]\n", "");
+    let yaml = docs(&[
+        service_entry_yaml(
+            "tcp-echo",
+            ECHO,
+            service_port,
+            "TCP",
+            &[ep(p1, "v1"), ep(p2, "v2")],
+        ),
+        destination_rule_yaml("tcp-echo", ECHO, None, &["v1", "v2"]),
+        vs,
+    ]);
+    let dir = TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write mesh.yaml");
+    let _stable = sidecar(dir.path(), "127.0.0.1", "app=client,version=v1");
+    let _canary = sidecar(dir.path(), "127.0.0.2", "app=client,tier=canary");
+    let stable = SocketAddr::from(([127, 0, 0, 1], service_port));
+    let canary = SocketAddr::from(([127, 0, 0, 2], service_port));
+    for _ in 0..10 {
+        assert_eq!(who(stable), "tcp-echo/v1");
+        assert_eq!(who(canary), "tcp-echo/v2");
+    }
+}
