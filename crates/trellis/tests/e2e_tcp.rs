@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e_support::*;
@@ -132,6 +132,44 @@ fn wait_metric(gw: &Gateway, name: &str, want: &[(&str, &str)], value: f64) -> S
     text
 }
 
+/// `promtool check metrics` on `text` when promtool is installed; the one lint accepted is
+/// the unit of Istio's fixed name `istio_request_duration_milliseconds`.
+fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("note: promtool not installed; skipping `promtool check metrics`");
+            return;
+        }
+        other => other.expect("run promtool"),
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(text.as_bytes())
+        .expect("write metrics to promtool");
+    drop(stdin);
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let only_unit_lint = out.status.code() == Some(3)
+        && report.lines().filter(|l| !l.trim().is_empty()).all(|l| {
+            l.starts_with("istio_request_duration_milliseconds ") && l.contains("base unit")
+        });
+    assert!(
+        out.status.success() || only_unit_lint,
+        "promtool check metrics ({:?}): {report}\n{text}",
+        out.status.code()
+    );
+}
+
 /// Waits for an access-log line (proxy stdout, JSON) of a TCP connection that has every
 /// `(field, value)` of `want` (values compared as JSON strings or numbers rendered as text).
 fn wait_log_line(gw: &mut Gateway, want: &[(&str, &str)]) -> serde_json::Value {
@@ -223,6 +261,7 @@ fn tcp_traffic_shifting_80_20_then_all_to_v2() {
     let sent = metric_sum(&text, "istio_tcp_sent_bytes_total", &v1_labels);
     assert_eq!(received, (3 * v1 + 10 * extra) as f64, "{text}");
     assert_eq!(sent, (15 * v1 + 22 * extra) as f64, "{text}");
+    promtool_check(&text);
 
     // 100% to v2 (Istio's second step), applied by hot reload.
     let before = config_version(&gw);
