@@ -162,16 +162,19 @@ pub fn gateway_listeners(
 /// host) takes the port, through its VirtualService's first applicable `tcp` route (mesh,
 /// port, `sourceLabels` ⊆ this proxy's labels) or to its own cluster. TLS: one SNI chain per
 /// applicable `tls` route, and the first TLS service's own cluster for any other name.
-/// `vs_for` finds the mesh VirtualService of a host.
+/// `vs_for` finds the mesh VirtualService of a host; `local` says whether a service is served
+/// by this proxy's own workload (its ports are left out: the application listens there), as
+/// are privileged ports (below 1024).
 pub fn sidecar_listeners<'a>(
     ctx: &Context<'_>,
     services: &[&Service],
     vs_for: impl Fn(&str) -> Option<&'a Resource<VirtualService>>,
+    local: impl Fn(&Service) -> bool,
     refs: &mut ClusterRefs,
 ) -> Vec<Listener> {
     let proxy = ctx.proxy;
     let mut out = Vec::new();
-    for (port, on_port) in sidecar_ports(ctx, services) {
+    for (port, on_port) in sidecar_ports(ctx, services, local) {
         let scope = L4Scope {
             ctx,
             gateway: None,
@@ -215,16 +218,28 @@ pub fn sidecar_listeners<'a>(
     out
 }
 
-/// TCP-like (`false`) and TLS (`true`) service ports by number, services sorted by host; the
-/// proxy's own capture ports are left out.
+/// Ports below this need privileges (or traffic capture) to bind; left to a later issue.
+const FIRST_UNPRIVILEGED_PORT: u32 = 1024;
+
+/// TCP-like (`false`) and TLS (`true`) service ports by number, services sorted by host. Left
+/// out: the proxy's own capture ports, the ports of the services its workload serves
+/// (`local`; the application listens there), and privileged ports.
 fn sidecar_ports<'s>(
     ctx: &Context<'_>,
     services: &[&'s Service],
+    local: impl Fn(&Service) -> bool,
 ) -> BTreeMap<u32, Vec<(&'s Service, bool)>> {
-    let own = [
+    let mut own: BTreeSet<u32> = [
         u32::from(ctx.proxy.outbound_port),
         u32::from(ctx.proxy.inbound_port),
-    ];
+    ]
+    .into();
+    for service in services.iter().filter(|s| local(s)) {
+        for p in &service.ports {
+            own.insert(p.number);
+            own.extend(p.target_port);
+        }
+    }
     let mut by_port: BTreeMap<u32, Vec<(&Service, bool)>> = BTreeMap::new();
     for service in services {
         for p in &service.ports {
@@ -234,7 +249,7 @@ fn sidecar_ports<'s>(
                 other if other.is_http() => continue,
                 _ => false,
             };
-            if !own.contains(&p.number) {
+            if !own.contains(&p.number) && p.number >= FIRST_UNPRIVILEGED_PORT {
                 by_port.entry(p.number).or_default().push((service, tls));
             }
         }
@@ -649,6 +664,25 @@ mod tests {
         assert_eq!(
             proxy["cluster"], "outbound|443||echo.example.com",
             "{proxy}"
+        );
+    }
+
+    #[test]
+    fn sidecars_leave_their_own_services_and_privileged_ports_alone() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\nspec:\n  hosts: [db.example.com]\n  resolution: STATIC\n  ports: [{number: 5432, name: tcp, protocol: TCP}]\n  workloadSelector: {labels: {app: db}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  resolution: STATIC\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  endpoints: [{address: 10.0.0.9}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: cache}\nspec:\n  hosts: [cache.example.com]\n  resolution: STATIC\n  ports: [{number: 6379, name: tcp, protocol: TCP}]\n  endpoints: [{address: 10.0.0.8}]\n";
+        let loaded = trellis_config::load_str("t.yaml", yaml).expect("config loads");
+        let proxy = crate::ProxyIdentity {
+            role: crate::Role::Sidecar,
+            labels: [("app".to_string(), "db".to_string())].into(),
+            ..Default::default()
+        };
+        let res = crate::compile(&loaded.snapshot, &loaded.registry, &proxy);
+        let mut names: Vec<&str> = res.listeners.iter().map(|l| l.name.as_str()).collect();
+        names.sort();
+        // db (5432) is this workload's own service; 443 is privileged; cache gets its port.
+        assert_eq!(
+            names,
+            vec!["0.0.0.0_6379", "virtualInbound", "virtualOutbound"]
         );
     }
 

@@ -71,6 +71,7 @@ pub fn compile(ctx: &Context<'_>) -> Compiled {
         ctx,
         &services,
         |host| virtual_service_for(host, &mesh),
+        |service| selects_proxy(service, ctx),
         &mut refs,
     );
     let listeners = listeners.into_iter().chain(l4).collect();
