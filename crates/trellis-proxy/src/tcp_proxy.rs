@@ -29,6 +29,14 @@ use crate::runtime::{TcpChain, TcpListener};
 use crate::telemetry::tcp_metrics::{TcpLabels, TcpSeries};
 use crate::telemetry::{ActiveConnection, RequestRecord};
 
+/// One downstream connection: where and when it arrived.
+struct Conn<'a> {
+    start: SystemTime,
+    remote: SocketAddr,
+    local: SocketAddr,
+    proxy: &'a Proxy,
+}
+
 /// What one connection did, for its access-log line and the counters.
 struct Outcome<'a> {
     flags: &'static str,
@@ -65,12 +73,16 @@ pub async fn serve(
     mut stream: TcpStream,
     remote: SocketAddr,
 ) {
-    let start = SystemTime::now();
     let _open: ActiveConnection = proxy.telemetry.connection_opened();
-    let local = stream.local_addr().unwrap_or(remote);
+    let conn = Conn {
+        start: SystemTime::now(),
+        local: stream.local_addr().unwrap_or(remote),
+        remote,
+        proxy: &proxy,
+    };
     let _ = stream.set_nodelay(true);
     let bytes = Bytes::new();
-    let mut outcome = Outcome {
+    let outcome = Outcome {
         flags: "",
         server_name: None,
         cluster: None,
@@ -83,91 +95,42 @@ pub async fn serve(
             Err(e) => {
                 // Envoy closes such connections before any filter chain: no route.
                 if !matches!(e, SniffError::Closed) {
-                    tracing::info!(listener = %listener.name, remote = %remote, error = %e, "closing connection");
+                    tracing::debug!(listener = %listener.name, %remote, error = %e, "closing connection");
                 }
-                return finish(
-                    &proxy,
-                    &listener,
-                    start,
-                    remote,
-                    local,
-                    Outcome {
-                        flags: "NR",
-                        ..outcome
-                    },
-                );
+                return conn.finish(outcome.failed("NR"));
             }
         }
     } else {
         None
     };
-    let head = sniffed
-        .as_ref()
-        .map(|s| s.bytes.as_slice())
-        .unwrap_or_default();
-    let server_name = sniffed.as_ref().and_then(|s| s.server_name.as_deref());
-    outcome.server_name = server_name;
+    let head = sniffed.as_ref().map_or(&[][..], |s| s.bytes.as_slice());
     bytes.received.fetch_add(head.len() as u64, Relaxed);
-    let Some(chain) = listener.select(server_name) else {
-        tracing::debug!(listener = %listener.name, sni = ?server_name, "no filter chain matches");
-        return finish(
-            &proxy,
-            &listener,
-            start,
-            remote,
-            local,
-            Outcome {
-                flags: "NR",
-                ..outcome
-            },
-        );
+    let outcome = Outcome {
+        server_name: sniffed.as_ref().and_then(|s| s.server_name.as_deref()),
+        ..outcome
     };
-    let target = chain.pick();
-    let Some(cluster) = target.cluster.as_deref() else {
-        tracing::info!(cluster = %target.name, "cluster not found; closing connection");
-        return finish(
-            &proxy,
-            &listener,
-            start,
-            remote,
-            local,
-            Outcome {
-                flags: "NC",
-                ..outcome
-            },
-        );
+    let (chain, cluster, endpoint) = match route(&listener, outcome.server_name) {
+        Ok(picked) => picked,
+        Err((flags, cluster)) => {
+            return conn.finish(Outcome {
+                cluster,
+                ..outcome.failed(flags)
+            });
+        }
     };
-    outcome.cluster = Some(cluster);
-    let Some(endpoint) = cluster.pick(None) else {
-        return finish(
-            &proxy,
-            &listener,
-            start,
-            remote,
-            local,
-            Outcome {
-                flags: "UH",
-                ..outcome
-            },
-        );
+    let outcome = Outcome {
+        cluster: Some(cluster),
+        endpoint: Some(endpoint),
+        ..outcome
     };
-    outcome.endpoint = Some(endpoint);
     let _in_flight = InFlight::new(&endpoint.state);
     let upstream = match connect(endpoint.addr, cluster.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::info!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed; closing connection");
-            return finish(
-                &proxy,
-                &listener,
-                start,
-                remote,
-                local,
-                Outcome {
-                    flags: "UF",
-                    ..outcome
-                },
-            );
+            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed; closing connection");
+            // A local-origin failure for outlier detection, as Envoy's tcp_proxy reports it.
+            cluster.report(endpoint, crate::runtime::outlier::Outcome::ConnectFailed);
+            return conn.finish(outcome.failed("UF"));
         }
     };
     let series = proxy.telemetry.tcp_series(&labels(cluster, endpoint, ""));
@@ -184,7 +147,28 @@ pub async fn serve(
     if let Some(s) = &series {
         s.closed.fetch_add(1, Relaxed);
     }
-    log(&proxy, &listener, start, remote, local, &outcome);
+    conn.log(&outcome);
+}
+
+/// The chain, cluster and endpoint for a connection with this SNI; or the response flag (and
+/// the cluster, when known) saying why there is none.
+fn route<'l>(
+    listener: &'l TcpListener,
+    server_name: Option<&str>,
+) -> Result<(&'l TcpChain, &'l Cluster, &'l Endpoint), (&'static str, Option<&'l Cluster>)> {
+    let Some(chain) = listener.select(server_name) else {
+        tracing::debug!(listener = %listener.name, sni = ?server_name, "no filter chain matches");
+        return Err(("NR", None));
+    };
+    let target = chain.pick();
+    let Some(cluster) = target.cluster.as_deref() else {
+        tracing::debug!(cluster = %target.name, "cluster not found; closing connection");
+        return Err(("NC", None));
+    };
+    match cluster.pick(None) {
+        Some(endpoint) => Ok((chain, cluster, endpoint)),
+        None => Err(("UH", Some(cluster))),
+    }
 }
 
 /// Replays `head`, then copies both ways (half-close passed on) until both are done, an error,
@@ -233,35 +217,73 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     }
 }
 
-/// A connection that ended before it was spliced: counted as opened and closed with its flag,
-/// then logged.
-fn finish(
-    proxy: &Proxy,
-    listener: &TcpListener,
-    start: SystemTime,
-    remote: SocketAddr,
-    local: SocketAddr,
-    outcome: Outcome<'_>,
-) {
-    let series = match (outcome.cluster, outcome.endpoint) {
-        (Some(c), Some(e)) => proxy.telemetry.tcp_series(&labels(c, e, outcome.flags)),
-        (Some(c), None) => proxy.telemetry.tcp_series(&TcpLabels {
-            destination_service: &c.service.host,
-            destination_service_name: &c.service.name,
-            destination_service_namespace: &c.service.namespace,
-            ..TcpLabels::unknown(outcome.flags)
-        }),
-        _ => proxy
-            .telemetry
-            .tcp_series(&TcpLabels::unknown(outcome.flags)),
-    };
-    if let Some(s) = series {
-        s.opened.fetch_add(1, Relaxed);
-        s.closed.fetch_add(1, Relaxed);
-        s.received
-            .fetch_add(outcome.bytes.received.load(Relaxed), Relaxed);
+impl Conn<'_> {
+    /// A connection that ended before it was spliced: counted as opened and closed with its
+    /// flag, then logged.
+    fn finish(&self, outcome: Outcome<'_>) {
+        let telemetry = &self.proxy.telemetry;
+        let series = match (outcome.cluster, outcome.endpoint) {
+            (Some(c), Some(e)) => telemetry.tcp_series(&labels(c, e, outcome.flags)),
+            (Some(c), None) => telemetry.tcp_series(&TcpLabels {
+                destination_service: &c.service.host,
+                destination_service_name: &c.service.name,
+                destination_service_namespace: &c.service.namespace,
+                ..TcpLabels::unknown(outcome.flags)
+            }),
+            _ => telemetry.tcp_series(&TcpLabels::unknown(outcome.flags)),
+        };
+        if let Some(s) = series {
+            s.opened.fetch_add(1, Relaxed);
+            s.closed.fetch_add(1, Relaxed);
+            s.received
+                .fetch_add(outcome.bytes.received.load(Relaxed), Relaxed);
+        }
+        self.log(&outcome);
     }
-    log(proxy, listener, start, remote, local, &outcome);
+
+    /// The connection's access-log line (Envoy's fields; HTTP ones empty, protocol `TCP`).
+    fn log(&self, o: &Outcome<'_>) {
+        let unknown = "unknown";
+        let service = o.cluster.map(|c| &c.service);
+        let workload = o.endpoint.map(|e| &e.workload);
+        let rec = RequestRecord {
+            start: self.start,
+            duration: self.start.elapsed().unwrap_or_default(),
+            method: "",
+            path: "",
+            authority: o.server_name.unwrap_or(""),
+            protocol: "TCP",
+            grpc: false,
+            response_code: 0,
+            grpc_status: None,
+            response_flags: o.flags,
+            request_id: "",
+            user_agent: "",
+            x_forwarded_for: "",
+            downstream_remote: self.remote,
+            downstream_local: self.local,
+            upstream_host: o.endpoint.map(|e| e.addr),
+            upstream_cluster: o.cluster.map_or("", |c| &c.name),
+            route_name: "",
+            bytes_received: o.bytes.received.load(Relaxed),
+            bytes_sent: o.bytes.sent.load(Relaxed),
+            destination_service: service.map_or(unknown, |s| &s.host),
+            destination_service_name: service.map_or(unknown, |s| &s.name),
+            destination_service_namespace: service.map_or(unknown, |s| &s.namespace),
+            destination_workload: workload.map_or(unknown, |w| &w.workload),
+            destination_workload_namespace: workload.map_or(unknown, |w| &w.namespace),
+            destination_version: workload.map_or(unknown, |w| &w.version),
+            destination_app: workload.map_or(unknown, |w| &w.app),
+        };
+        self.proxy.telemetry.log_connection(&rec);
+    }
+}
+
+impl<'a> Outcome<'a> {
+    /// This outcome, ended with `flags`.
+    fn failed(self, flags: &'static str) -> Outcome<'a> {
+        Outcome { flags, ..self }
+    }
 }
 
 fn labels<'a>(cluster: &'a Cluster, endpoint: &'a Endpoint, flags: &'a str) -> TcpLabels<'a> {
@@ -275,50 +297,6 @@ fn labels<'a>(cluster: &'a Cluster, endpoint: &'a Endpoint, flags: &'a str) -> T
         destination_service_namespace: &cluster.service.namespace,
         response_flags: flags,
     }
-}
-
-/// The connection's access-log line (Envoy's fields; HTTP ones empty, protocol `TCP`).
-fn log(
-    proxy: &Proxy,
-    listener: &TcpListener,
-    start: SystemTime,
-    remote: SocketAddr,
-    local: SocketAddr,
-    o: &Outcome<'_>,
-) {
-    let unknown = "unknown";
-    let service = o.cluster.map(|c| &c.service);
-    let workload = o.endpoint.map(|e| &e.workload);
-    let rec = RequestRecord {
-        start,
-        duration: start.elapsed().unwrap_or_default(),
-        method: "",
-        path: "",
-        authority: o.server_name.unwrap_or(""),
-        protocol: "TCP",
-        grpc: false,
-        response_code: 0,
-        grpc_status: None,
-        response_flags: o.flags,
-        request_id: "",
-        user_agent: "",
-        x_forwarded_for: "",
-        downstream_remote: remote,
-        downstream_local: local,
-        upstream_host: o.endpoint.map(|e| e.addr),
-        upstream_cluster: o.cluster.map_or("", |c| &c.name),
-        route_name: &listener.name,
-        bytes_received: o.bytes.received.load(Relaxed),
-        bytes_sent: o.bytes.sent.load(Relaxed),
-        destination_service: service.map_or(unknown, |s| &s.host),
-        destination_service_name: service.map_or(unknown, |s| &s.name),
-        destination_service_namespace: service.map_or(unknown, |s| &s.namespace),
-        destination_workload: workload.map_or(unknown, |w| &w.workload),
-        destination_workload_namespace: workload.map_or(unknown, |w| &w.namespace),
-        destination_version: workload.map_or(unknown, |w| &w.version),
-        destination_app: workload.map_or(unknown, |w| &w.app),
-    };
-    proxy.telemetry.log_connection(&rec);
 }
 
 impl<'a> TcpLabels<'a> {

@@ -169,7 +169,7 @@ impl Telemetry {
         );
         registry.register(
             "trellis_proxy_metric_series_dropped",
-            "Requests left out of istio_* metrics because the label-set limit was reached",
+            "Requests and TCP connections left out of istio_* metrics because the label-set limit was reached",
             series_dropped,
         );
         Telemetry {

@@ -21,10 +21,11 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 use envoy_types::util::pack_any;
 use trellis_config::{
-    Gateway, Protocol, Resource, RouteDestination, Server, ServerTlsMode, VirtualService,
-    resolve_host,
+    Gateway, Protocol, Resource, RouteDestination, Server, ServerTlsMode, Service, TcpRoute,
+    TlsRoute, VirtualService, resolve_host,
 };
 
+use crate::cluster::outbound_name;
 use crate::gateway::{selects, split_server_host};
 use crate::listener::socket_address;
 use crate::route::{ClusterRefs, Scope, binds, destination_cluster, host_intersection};
@@ -155,6 +156,110 @@ pub fn gateway_listeners(
     out
 }
 
+/// Sidecar outbound L4 listeners `0.0.0.0_<port>`, one per TCP-like or TLS service port of the
+/// visible `services`, bound on the proxy's bind address at the service port (there is no
+/// traffic capture yet, so clients connect to it). Plain TCP: the first service on a port (by
+/// host) takes the port, through its VirtualService's first applicable `tcp` route (mesh,
+/// port, `sourceLabels` ⊆ this proxy's labels) or to its own cluster. TLS: one SNI chain per
+/// applicable `tls` route, and the first TLS service's own cluster for any other name.
+/// `vs_for` finds the mesh VirtualService of a host; `local` says whether a service is served
+/// by this proxy's own workload (its ports are left out: the application listens there), as
+/// are privileged ports (below 1024).
+pub fn sidecar_listeners<'a>(
+    ctx: &Context<'_>,
+    services: &[&Service],
+    vs_for: impl Fn(&str) -> Option<&'a Resource<VirtualService>>,
+    local: impl Fn(&Service) -> bool,
+    refs: &mut ClusterRefs,
+) -> Vec<Listener> {
+    let proxy = ctx.proxy;
+    let mut out = Vec::new();
+    for (port, on_port) in sidecar_ports(ctx, services, local) {
+        let scope = L4Scope {
+            ctx,
+            gateway: None,
+            port,
+        };
+        let mut chains = Chains::default();
+        for (service, tls) in on_port {
+            let vs = vs_for(&service.hostname);
+            let own = || vec![(outbound_name(port, "", &service.hostname), 1)];
+            if tls {
+                for (vs, route) in vs
+                    .iter()
+                    .flat_map(|v| v.spec.tls.iter().map(move |r| (*v, r)))
+                {
+                    let names = tls_route_names(vs, route, scope, |sni| BTreeSet::from([sni]));
+                    let names = names.into_iter().filter(|n| n != "*").collect();
+                    chains.sni(
+                        names,
+                        |refs| route_proxy(vs, &route.route, scope, refs),
+                        refs,
+                    );
+                }
+                chains.catch_all(|_| tcp_proxy("", own()), refs);
+            } else {
+                match vs.and_then(|vs| applicable_tcp_route(vs, scope).map(|r| (vs, r))) {
+                    Some((vs, r)) => {
+                        chains.catch_all(|refs| route_proxy(vs, &r.route, scope, refs), refs)
+                    }
+                    None => chains.catch_all(|_| tcp_proxy("", own()), refs),
+                }
+            }
+        }
+        out.push(l4_listener(
+            &format!("0.0.0.0_{port}"),
+            &proxy.bind_address,
+            port,
+            TrafficDirection::Outbound,
+            chains.finish(),
+        ));
+    }
+    out
+}
+
+/// Ports below this need privileges (or traffic capture) to bind; left to a later issue.
+const FIRST_UNPRIVILEGED_PORT: u32 = 1024;
+
+/// TCP-like (`false`) and TLS (`true`) service ports by number, services sorted by host. Left
+/// out: the proxy's own capture ports, the ports of the services its workload serves
+/// (`local`; the application listens there), and privileged ports.
+fn sidecar_ports<'s>(
+    ctx: &Context<'_>,
+    services: &[&'s Service],
+    local: impl Fn(&Service) -> bool,
+) -> BTreeMap<u32, Vec<(&'s Service, bool)>> {
+    let mut own: BTreeSet<u32> = [
+        u32::from(ctx.proxy.outbound_port),
+        u32::from(ctx.proxy.inbound_port),
+    ]
+    .into();
+    for service in services.iter().filter(|s| local(s)) {
+        for p in &service.ports {
+            own.insert(p.number);
+            own.extend(p.target_port);
+        }
+    }
+    let mut by_port: BTreeMap<u32, Vec<(&Service, bool)>> = BTreeMap::new();
+    for service in services {
+        for p in &service.ports {
+            let tls = match p.protocol {
+                Protocol::Tls | Protocol::Https => true,
+                Protocol::Udp | Protocol::Unsupported => continue,
+                other if other.is_http() => continue,
+                _ => false,
+            };
+            if !own.contains(&p.number) && p.number >= FIRST_UNPRIVILEGED_PORT {
+                by_port.entry(p.number).or_default().push((service, tls));
+            }
+        }
+    }
+    for on_port in by_port.values_mut() {
+        on_port.sort_by(|a, b| a.0.hostname.cmp(&b.0.hostname));
+    }
+    by_port
+}
+
 /// Servers of selected Gateways that are TCP-like, or TLS/HTTPS in PASSTHROUGH mode, by port.
 fn l4_servers<'a>(
     ctx: &'a Context<'_>,
@@ -197,8 +302,9 @@ fn l4_servers<'a>(
     by_port
 }
 
-/// The chains of one port: SNI chains of the TLS routes first (each server name once), then at
-/// most one catch-all chain (a `*` SNI host, or the first applicable TCP route).
+/// The chains of one port: SNI chains of the TLS routes (each server name once, first
+/// VirtualService by key wins), then at most one catch-all chain (a `*` SNI host, or the first
+/// applicable TCP route).
 fn port_chains(
     ctx: &Context<'_>,
     port: u32,
@@ -206,9 +312,7 @@ fn port_chains(
     services: &[&Resource<VirtualService>],
     refs: &mut ClusterRefs,
 ) -> Vec<FilterChain> {
-    let mut chains = Vec::new();
-    let mut taken: BTreeSet<String> = BTreeSet::new();
-    let mut catch_all = false;
+    let mut chains = Chains::default();
     for bound in servers {
         let scope = L4Scope {
             ctx,
@@ -220,74 +324,132 @@ fn port_chains(
             if !binds(&vs.spec.gateways, ns, Some(&bound.key)) || !vs_on_server(vs, bound) {
                 continue;
             }
-            if bound.passthrough {
-                for tls in &vs.spec.tls {
-                    let mut names = BTreeSet::new();
-                    let mut any = false;
-                    for m in &tls.matches {
-                        let applies = l4_match_applies(
-                            &m.gateways,
-                            m.port,
-                            &m.source_labels,
-                            &m.source_namespace,
-                            vs,
-                            scope,
-                        );
-                        if !applies {
-                            continue;
-                        }
-                        for sni in &m.sni_hosts {
-                            for name in sni_on_server(&resolve_sni(sni), bound) {
-                                if name == "*" {
-                                    any = true;
-                                } else if !taken.contains(&name) {
-                                    names.insert(name);
-                                }
-                            }
-                        }
-                    }
-                    let any = any && !catch_all;
-                    if names.is_empty() && !any {
-                        continue;
-                    }
-                    let targets = destinations(&tls.route, ns, scope, refs);
-                    let split = format!("{}.{ns}", vs.meta.name);
-                    if !names.is_empty() {
-                        taken.extend(names.iter().cloned());
-                        let names = names.into_iter().collect();
-                        chains.push(tcp_chain(names, tcp_proxy(&split, targets.clone())));
-                    }
-                    if any {
-                        catch_all = true;
-                        chains.push(tcp_chain(Vec::new(), tcp_proxy(&split, targets)));
-                    }
+            if !bound.passthrough {
+                if let Some(r) = applicable_tcp_route(vs, scope) {
+                    chains.catch_all(|refs| route_proxy(vs, &r.route, scope, refs), refs);
                 }
-            } else if !catch_all {
-                let route = vs.spec.tcp.iter().find(|r| {
-                    r.matches.is_empty()
-                        || r.matches.iter().any(|m| {
-                            l4_match_applies(
-                                &m.gateways,
-                                m.port,
-                                &m.source_labels,
-                                &m.source_namespace,
-                                vs,
-                                scope,
-                            )
-                        })
-                });
-                if let Some(route) = route {
-                    let targets = destinations(&route.route, ns, scope, refs);
-                    let split = format!("{}.{ns}", vs.meta.name);
-                    catch_all = true;
-                    chains.push(tcp_chain(Vec::new(), tcp_proxy(&split, targets)));
+                continue;
+            }
+            for route in &vs.spec.tls {
+                let mut names = tls_route_names(vs, route, scope, |sni| sni_on_server(&sni, bound));
+                let any = names.remove("*");
+                chains.sni(
+                    names,
+                    |refs| route_proxy(vs, &route.route, scope, refs),
+                    refs,
+                );
+                if any {
+                    chains.catch_all(|refs| route_proxy(vs, &route.route, scope, refs), refs);
                 }
             }
         }
     }
-    // Envoy picks by match specificity, not order; keep the catch-all last for readers.
-    chains.sort_by_key(|c| c.filter_chain_match.is_none());
-    chains
+    chains.finish()
+}
+
+/// Filter chains of one listener under construction: each server name in one chain only, at
+/// most one chain without server names. Destinations are resolved (and their clusters
+/// referenced) only for chains that are kept.
+#[derive(Default)]
+struct Chains {
+    chains: Vec<FilterChain>,
+    taken: BTreeSet<String>,
+    catch_all: bool,
+}
+
+impl Chains {
+    /// A chain for the `names` not taken yet (none left: no chain).
+    fn sni(
+        &mut self,
+        names: BTreeSet<String>,
+        proxy: impl FnOnce(&mut ClusterRefs) -> TcpProxy,
+        refs: &mut ClusterRefs,
+    ) {
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| !self.taken.contains(n))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        self.taken.extend(names.iter().cloned());
+        self.chains.push(tcp_chain(names, proxy(refs)));
+    }
+
+    /// The chain without server names, unless there is one already.
+    fn catch_all(
+        &mut self,
+        proxy: impl FnOnce(&mut ClusterRefs) -> TcpProxy,
+        refs: &mut ClusterRefs,
+    ) {
+        if !self.catch_all {
+            self.catch_all = true;
+            self.chains.push(tcp_chain(Vec::new(), proxy(refs)));
+        }
+    }
+
+    /// SNI chains first, the catch-all last (Envoy picks by specificity; this is for readers).
+    fn finish(mut self) -> Vec<FilterChain> {
+        self.chains.sort_by_key(|c| c.filter_chain_match.is_none());
+        self.chains
+    }
+}
+
+/// The first `tcp` route of `vs` that applies here (one without matches always does).
+fn applicable_tcp_route<'v>(
+    vs: &'v Resource<VirtualService>,
+    scope: L4Scope<'_>,
+) -> Option<&'v TcpRoute> {
+    vs.spec.tcp.iter().find(|r| {
+        r.matches.is_empty()
+            || r.matches.iter().any(|m| {
+                l4_match_applies(
+                    &m.gateways,
+                    m.port,
+                    &m.source_labels,
+                    &m.source_namespace,
+                    vs,
+                    scope,
+                )
+            })
+    })
+}
+
+/// The SNI names of a `tls` route's matches that apply here, each through `on_server`.
+fn tls_route_names(
+    vs: &Resource<VirtualService>,
+    route: &TlsRoute,
+    scope: L4Scope<'_>,
+    on_server: impl Fn(String) -> BTreeSet<String>,
+) -> BTreeSet<String> {
+    route
+        .matches
+        .iter()
+        .filter(|m| {
+            l4_match_applies(
+                &m.gateways,
+                m.port,
+                &m.source_labels,
+                &m.source_namespace,
+                vs,
+                scope,
+            )
+        })
+        .flat_map(|m| m.sni_hosts.iter())
+        .flat_map(|sni| on_server(resolve_sni(sni)))
+        .collect()
+}
+
+/// The tcp_proxy of a route's destinations (split stat prefix `<vs name>.<vs namespace>`).
+fn route_proxy(
+    vs: &Resource<VirtualService>,
+    route: &[RouteDestination],
+    scope: L4Scope<'_>,
+    refs: &mut ClusterRefs,
+) -> TcpProxy {
+    let ns = vs.meta.namespace.as_str();
+    let targets = destinations(route, ns, scope, refs);
+    tcp_proxy(&format!("{}.{ns}", vs.meta.name), targets)
 }
 
 /// Whether a VirtualService's hosts meet the server's hosts it may bind (`ns/host` forms).
@@ -398,6 +560,130 @@ mod tests {
             .map(|c| (c.name.as_str(), c.weight))
             .collect();
         assert_eq!(got, vec![("a", 80), ("b", 20)]);
+    }
+
+    /// Gateway listeners compiled from `yaml` (a `gw` Gateway selecting `istio: ingressgateway`
+    /// plus services and VirtualServices), rendered as JSON.
+    fn gateway_json(yaml: &str) -> Vec<serde_json::Value> {
+        let loaded = trellis_config::load_str("t.yaml", yaml).expect("config loads");
+        let proxy = crate::ProxyIdentity {
+            labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            ..Default::default()
+        };
+        let res = crate::compile(&loaded.snapshot, &loaded.registry, &proxy);
+        res.listeners.iter().map(crate::json::listener).collect()
+    }
+
+    const SERVICES: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [a.example.com, b.example.com, echo.example.com]\n  resolution: STATIC\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  endpoints: [{address: 10.0.0.1}]\n";
+
+    fn gateway(servers: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}---\n{SERVICES}"
+        )
+    }
+
+    fn tls_vs(name: &str, sni: &[&str], host: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tls:\n  - match: [{{sniHosts: [{}]}}]\n    route: [{{destination: {{host: {host}}}}}]\n",
+            sni.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    fn server_names(listener: &serde_json::Value) -> Vec<Vec<String>> {
+        listener["filterChains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                c["filterChainMatch"]["serverNames"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sni_hosts_meet_server_hosts_and_each_name_has_one_chain() {
+        let yaml = gateway(
+            "  - port: {number: 8443, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: [\"*.example.com\"]\n",
+        ) + &tls_vs("first", &["a.example.com", "other.org"], "a.example.com")
+            + &tls_vs(
+                "second",
+                &["a.example.com", "b.example.com"],
+                "b.example.com",
+            );
+        let listeners = gateway_json(&yaml);
+        assert_eq!(listeners.len(), 1, "{listeners:?}");
+        // `other.org` is not on the server; `a.example.com` stays with the first VirtualService.
+        assert_eq!(
+            server_names(&listeners[0]),
+            vec![
+                vec!["a.example.com".to_string()],
+                vec!["b.example.com".to_string()]
+            ]
+        );
+        assert_eq!(
+            listeners[0]["listenerFilters"][0]["name"],
+            TLS_INSPECTOR_FILTER
+        );
+    }
+
+    #[test]
+    fn terminating_tls_and_ports_with_http_servers_get_no_l4_listener() {
+        let yaml = gateway(
+            "  - port: {number: 8443, name: tls, protocol: TLS}\n    tls: {mode: SIMPLE, credentialName: c}\n    hosts: [\"*\"]\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n  - port: {number: 8080, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n",
+        ) + &tls_vs("v", &["a.example.com"], "a.example.com");
+        let listeners = gateway_json(&yaml);
+        let names: Vec<&str> = listeners
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["0.0.0.0_8080"]);
+        assert_eq!(
+            listeners[0]["filterChains"][0]["filters"][0]["name"],
+            crate::listener::HCM_FILTER
+        );
+    }
+
+    #[test]
+    fn tcp_route_applies_by_port_and_source_labels() {
+        let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: t}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - match: [{port: 9999}]\n    route: [{destination: {host: a.example.com}}]\n  - match: [{sourceLabels: {istio: egressgateway}}]\n    route: [{destination: {host: b.example.com}}]\n  - match: [{port: 31400}]\n    route: [{destination: {host: echo.example.com}}]\n";
+        let yaml = gateway(
+            "  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n  - port: {number: 31401, name: tcp2, protocol: TCP}\n    hosts: [\"*\"]\n",
+        ) + vs;
+        let listeners = gateway_json(&yaml);
+        // 31400: the third route (wrong port, wrong labels before it); 31401: nothing applies.
+        assert_eq!(listeners.len(), 1, "{listeners:?}");
+        let proxy = &listeners[0]["filterChains"][0]["filters"][0]["typedConfig"];
+        assert_eq!(
+            proxy["cluster"], "outbound|443||echo.example.com",
+            "{proxy}"
+        );
+    }
+
+    #[test]
+    fn sidecars_leave_their_own_services_and_privileged_ports_alone() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\nspec:\n  hosts: [db.example.com]\n  resolution: STATIC\n  ports: [{number: 5432, name: tcp, protocol: TCP}]\n  workloadSelector: {labels: {app: db}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  resolution: STATIC\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  endpoints: [{address: 10.0.0.9}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: cache}\nspec:\n  hosts: [cache.example.com]\n  resolution: STATIC\n  ports: [{number: 6379, name: tcp, protocol: TCP}]\n  endpoints: [{address: 10.0.0.8}]\n";
+        let loaded = trellis_config::load_str("t.yaml", yaml).expect("config loads");
+        let proxy = crate::ProxyIdentity {
+            role: crate::Role::Sidecar,
+            labels: [("app".to_string(), "db".to_string())].into(),
+            ..Default::default()
+        };
+        let res = crate::compile(&loaded.snapshot, &loaded.registry, &proxy);
+        let mut names: Vec<&str> = res.listeners.iter().map(|l| l.name.as_str()).collect();
+        names.sort();
+        // db (5432) is this workload's own service; 443 is privileged; cache gets its port.
+        assert_eq!(
+            names,
+            vec!["0.0.0.0_6379", "virtualInbound", "virtualOutbound"]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sidecar proxies: the `virtualOutbound` listener (route config `"15001"` with every visible
 //! service on every HTTP port, plus Istio's per-port route configs `"<port>"`) and the
-//! `virtualInbound` listener forwarding to `inbound|<targetPort>||` clusters of the local app.
+//! `virtualInbound` listener forwarding to `inbound|<targetPort>||` clusters of the local app;
+//! TCP and TLS service ports get L4 listeners from `l4.rs`.
 //!
 //! Owns service visibility, the names a client may use for a service, which VirtualService
 //! applies to which service, and inbound service selection. Route translation lives in
@@ -66,6 +67,15 @@ pub fn compile(ctx: &Context<'_>) -> Compiled {
             },
         ),
     ];
+    let mesh = mesh_virtual_services(ctx);
+    let l4 = crate::l4::sidecar_listeners(
+        ctx,
+        &services,
+        |host| virtual_service_for(host, &mesh),
+        |service| selects_proxy(service, ctx),
+        &mut refs,
+    );
+    let listeners = listeners.into_iter().chain(l4).collect();
     Compiled {
         listeners,
         routes,

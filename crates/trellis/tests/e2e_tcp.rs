@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e_support::*;
@@ -132,6 +132,44 @@ fn wait_metric(gw: &Gateway, name: &str, want: &[(&str, &str)], value: f64) -> S
     text
 }
 
+/// `promtool check metrics` on `text` when promtool is installed; the one lint accepted is
+/// the unit of Istio's fixed name `istio_request_duration_milliseconds`.
+fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("note: promtool not installed; skipping `promtool check metrics`");
+            return;
+        }
+        other => other.expect("run promtool"),
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(text.as_bytes())
+        .expect("write metrics to promtool");
+    drop(stdin);
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let only_unit_lint = out.status.code() == Some(3)
+        && report.lines().filter(|l| !l.trim().is_empty()).all(|l| {
+            l.starts_with("istio_request_duration_milliseconds ") && l.contains("base unit")
+        });
+    assert!(
+        out.status.success() || only_unit_lint,
+        "promtool check metrics ({:?}): {report}\n{text}",
+        out.status.code()
+    );
+}
+
 /// Waits for an access-log line (proxy stdout, JSON) of a TCP connection that has every
 /// `(field, value)` of `want` (values compared as JSON strings or numbers rendered as text).
 fn wait_log_line(gw: &mut Gateway, want: &[(&str, &str)]) -> serde_json::Value {
@@ -223,6 +261,7 @@ fn tcp_traffic_shifting_80_20_then_all_to_v2() {
     let sent = metric_sum(&text, "istio_tcp_sent_bytes_total", &v1_labels);
     assert_eq!(received, (3 * v1 + 10 * extra) as f64, "{text}");
     assert_eq!(sent, (15 * v1 + 22 * extra) as f64, "{text}");
+    promtool_check(&text);
 
     // 100% to v2 (Istio's second step), applied by hot reload.
     let before = config_version(&gw);
@@ -497,4 +536,75 @@ fn tls_passthrough_routes_by_sni_without_terminating() {
         metric_sum(&text, "istio_tcp_sent_bytes_total", &a) > 0.0,
         "{text}"
     );
+}
+
+/// A sidecar `trellis-proxy` with `labels`, bound on `bind` (each sidecar its own loopback
+/// address, so both can serve the same service port), on the directory `dir`.
+fn sidecar(dir: &Path, bind: &str, labels: &str) -> Process {
+    let admin = free_port();
+    let args = [
+        "--config-dir",
+        &dir.to_string_lossy(),
+        "--role",
+        "sidecar",
+        "--namespace",
+        "default",
+        "--labels",
+        labels,
+        "--bind-address",
+        bind,
+        "--admin-port",
+        &admin.to_string(),
+        "--outbound-port",
+        &free_port().to_string(),
+        "--inbound-port",
+        &free_port().to_string(),
+    ]
+    .map(String::from);
+    let mut p = Process::spawn(bin_path("trellis-proxy"), &args, &[]);
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    let ok = wait_until(Duration::from_secs(20), || {
+        trellis_testkit::http_get(&ready).0 == 200 || p.try_wait().is_some()
+    });
+    assert!(
+        ok && p.try_wait().is_none(),
+        "sidecar not ready: {}",
+        p.describe()
+    );
+    p
+}
+
+#[test]
+fn sidecar_tcp_route_by_source_labels() {
+    let (_v1, p1) = tcp_echo("tcp-echo", "v1");
+    let (_v2, p2) = tcp_echo("tcp-echo", "v2");
+    // The service port is where each sidecar listens for it (no traffic capture yet).
+    let service_port = free_port();
+    let routes = format!(
+        "  tcp:\n  - match: [{{sourceLabels: {{tier: canary}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
+        dest(ECHO, Some("v2"), service_port),
+        dest(ECHO, Some("v1"), service_port)
+    );
+    let vs = l4_virtual_service("tcp-echo", ECHO, &routes).replace("  gateways: [gw]\n", "");
+    let yaml = docs(&[
+        service_entry_yaml(
+            "tcp-echo",
+            ECHO,
+            service_port,
+            "TCP",
+            &[ep(p1, "v1"), ep(p2, "v2")],
+        ),
+        destination_rule_yaml("tcp-echo", ECHO, None, &["v1", "v2"]),
+        vs,
+    ]);
+    let dir = TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write mesh.yaml");
+    let _stable = sidecar(dir.path(), "127.0.0.1", "app=client,version=v1");
+    let _canary = sidecar(dir.path(), "127.0.0.2", "app=client,tier=canary");
+    let stable = SocketAddr::from(([127, 0, 0, 1], service_port));
+    let canary = SocketAddr::from(([127, 0, 0, 2], service_port));
+    for _ in 0..10 {
+        assert_eq!(who(stable), "tcp-echo/v1");
+        assert_eq!(who(canary), "tcp-echo/v2");
+    }
 }

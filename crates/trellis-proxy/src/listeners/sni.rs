@@ -404,6 +404,44 @@ mod tests {
         ));
     }
 
+    /// Random bytes, and valid hellos with random bytes overwritten, truncated or inserted:
+    /// every input is classified without panicking, and a name only comes out of a hello.
+    #[test]
+    fn random_and_mutated_inputs_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let valid = hello("mutate.example.com");
+        for round in 0..20_000 {
+            let input: Vec<u8> = match round % 4 {
+                0 => (0..rng.usize(0..600)).map(|_| rng.u8(..)).collect(),
+                1 => {
+                    let mut v = valid.clone();
+                    for _ in 0..rng.usize(1..4) {
+                        let i = rng.usize(..v.len());
+                        v[i] = rng.u8(..);
+                    }
+                    v
+                }
+                2 => valid[..rng.usize(..valid.len())].to_vec(),
+                _ => {
+                    let mut v = valid.clone();
+                    let at = rng.usize(..v.len());
+                    v.splice(at..at, (0..rng.usize(1..8)).map(|_| rng.u8(..)));
+                    v
+                }
+            };
+            if let Hello::ClientHello {
+                server_name: Some(name),
+            } = parse(&input)
+            {
+                assert_eq!(input.first(), Some(&HANDSHAKE));
+                assert!(
+                    name.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                );
+            }
+        }
+    }
+
     #[test]
     fn oversized_hello_is_refused_before_it_is_read() {
         let header = [HANDSHAKE, 3, 1, 0, 4, CLIENT_HELLO, 0x01, 0x00, 0x00];
