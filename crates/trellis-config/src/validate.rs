@@ -12,6 +12,7 @@ use crate::diag::{Diagnostic, Severity};
 use crate::load::{SpanIndex, resource_label};
 use crate::types::*;
 
+mod health;
 mod routes;
 mod traffic;
 
@@ -132,6 +133,13 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         spans,
         &mut out,
         |rep, r| traffic::destination_rule(rep, &r.spec),
+    );
+    each(
+        &snapshot.health_check_policies,
+        "HealthCheckPolicy",
+        spans,
+        &mut out,
+        |rep, r| health::health_check_policy(rep, &r.spec),
     );
     each(&snapshot.gateways, "Gateway", spans, &mut out, |rep, r| {
         gateway(rep, &r.spec)
