@@ -374,6 +374,7 @@ fn outbound_cluster(
     };
     let mut cluster = cluster(spec);
     lb::apply_cluster(&mut cluster, lb, outlier);
+    cluster.health_checks = crate::health::health_checks(ctx, host, port, subset, http2);
     (cluster, cla)
 }
 

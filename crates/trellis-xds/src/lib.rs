@@ -11,6 +11,7 @@
 
 mod cluster;
 mod gateway;
+mod health;
 mod json;
 mod lb;
 mod listener;
@@ -129,9 +130,10 @@ pub fn compile_owned(
         registry: &registry,
         proxy,
     });
-    // Clusters read only the DestinationRules of the snapshot.
+    // Clusters read only the DestinationRules and HealthCheckPolicies of the snapshot.
     let rules = trellis_config::Snapshot {
         destination_rules: std::mem::take(&mut snapshot.destination_rules),
+        health_check_policies: std::mem::take(&mut snapshot.health_check_policies),
         ..Default::default()
     };
     drop(snapshot);

@@ -16,6 +16,8 @@
 //!   healthyThreshold: 1      # successes in a row that bring it back (default 1)
 //!   http: {path: /healthz, expectedStatuses: [200, 204]}   # or: grpc: {serviceName: ""}
 //! ```
+//!
+//! A `grpc` check applies only to HTTP2/GRPC ports (Envoy checks gRPC over HTTP/2).
 
 use super::istio::config_struct;
 use super::{Duration, PortSelector};
