@@ -7,6 +7,7 @@
 pub mod balancer;
 pub mod cluster;
 pub mod hash;
+pub mod health;
 pub mod listener;
 pub mod locality;
 pub mod outlier;

@@ -98,7 +98,14 @@ fn send(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
     for _ in 0..n {
         let key = match client.get("reviews.example.com", "/get", &[]) {
             Ok(r) if r.status == 200 => r.served_by(),
-            Ok(r) => format!("ERR {}", r.status),
+            Ok(r) => {
+                let flags = r
+                    .headers
+                    .get("x-trellis-flags")
+                    .cloned()
+                    .unwrap_or_default();
+                format!("ERR {} {flags}", r.status).trim_end().to_string()
+            }
             Err(e) => format!("ERR {e}"),
         };
         *counts.entry(key).or_default() += 1;
@@ -407,4 +414,167 @@ spec:
         *owners.entry(r.served_by()).or_insert(0) += 1;
     }
     assert_eq!(owners.len(), 3, "{owners:?}");
+}
+
+fn health_check_policy(spec: &str) -> String {
+    format!(
+        r#"apiVersion: trellis.dev/v1alpha1
+kind: HealthCheckPolicy
+metadata: {{name: reviews, namespace: default}}
+spec:
+{spec}"#
+    )
+}
+
+#[test]
+fn active_health_check_drains_an_endpoint_without_failing_requests() {
+    // Four endpoints: with one gone and one failing, half stay healthy, which keeps the
+    // cluster out of Envoy's panic mode (below 50% healthy, every endpoint is used).
+    let list = [
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("reviews", "v4"),
+    ];
+    let mut apps = Apps::start(&list);
+    let eps: Vec<Ep> = ["v1", "v2", "v3", "v4"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        health_check_policy(
+            "  host: reviews
+  interval: 200ms
+  timeout: 150ms
+  unhealthyThreshold: 2
+  healthyThreshold: 1
+  http: {path: /healthz, expectedStatuses: [200]}
+",
+        ),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    let mut all = BTreeMap::new();
+    let mut record = |counts: BTreeMap<String, usize>| {
+        for (k, n) in counts {
+            *all.entry(k).or_insert(0) += n;
+        }
+    };
+    let counts = send(&gw, 40);
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    record(counts);
+    let v1 = format!("127.0.0.1:{}", apps.port("reviews/v1"));
+    let v2 = format!("127.0.0.1:{}", apps.port("reviews/v2"));
+
+    // v1 starts draining: its health check fails, its requests still succeed.
+    fault(apps.port("reviews/v1"), 0);
+    let (code, _, _) = http_get(&format!(
+        "http://127.0.0.1:{}/fault/health/503",
+        apps.port("reviews/v1")
+    ));
+    assert_eq!(code, 200);
+    let drained = wait_until(Duration::from_secs(10), || {
+        record(send(&gw, 5));
+        health_flags(&gw).get(&v1).map(String::as_str) == Some("failed_active_hc")
+    });
+    assert!(
+        drained,
+        "v1 never marked unhealthy: {}",
+        gw.admin_get("/clusters").1
+    );
+    let counts = send(&gw, 40);
+    assert!(!counts.contains_key("reviews/v1"), "{counts:?}");
+    record(counts);
+    // v1 goes away for good: nobody notices.
+    let v1_process = apps.procs.remove(0);
+    drop(v1_process);
+    let counts = send(&gw, 60);
+    assert_eq!(counts.len(), 3, "v2, v3 and v4 serve: {counts:?}");
+    record(counts);
+
+    // v2 fails its check and passes again: out, then back in.
+    let (code, _, _) = http_get(&format!(
+        "http://127.0.0.1:{}/fault/health/500",
+        apps.port("reviews/v2")
+    ));
+    assert_eq!(code, 200);
+    let out = wait_until(Duration::from_secs(10), || {
+        health_flags(&gw).get(&v2).map(String::as_str) == Some("failed_active_hc")
+    });
+    assert!(out, "v2 never marked unhealthy");
+    let counts = send(&gw, 40);
+    let want = ["reviews/v3", "reviews/v4"];
+    assert!(counts.keys().eq(want.iter()), "{counts:?}");
+    record(counts);
+    fault(apps.port("reviews/v2"), 0);
+    let back = wait_until(Duration::from_secs(10), || {
+        health_flags(&gw).get(&v2).map(String::as_str) == Some("healthy")
+    });
+    assert!(back, "v2 never came back");
+    let counts = send(&gw, 40);
+    assert!(counts.contains_key("reviews/v2"), "{counts:?}");
+    record(counts);
+    assert!(
+        !all.keys().any(|k| k.starts_with("ERR")),
+        "no client request failed: {all:?}"
+    );
+}
+
+#[test]
+fn grpc_health_check_follows_the_serving_status() {
+    let apps = Apps::start(&[("pricing", "v1"), ("pricing", "v2")]);
+    let host = "pricing.default.svc.cluster.local";
+    let eps: Vec<Ep> = ["v1", "v2"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("pricing/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("pricing", host, 9090, "GRPC", &eps),
+        health_check_policy(
+            "  host: pricing
+  interval: 200ms
+  timeout: 150ms
+  unhealthyThreshold: 1
+  grpc: {serviceName: trellis.sample.v1.Echo}
+",
+        ),
+        virtual_service_yaml(
+            "pricing",
+            &["*"],
+            &format!("  - route: [{{destination: {}}}]\n", dest(host, None, 9090)),
+        ),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    let cluster = format!("outbound|9090||{host}");
+    let flags = |gw: &Gateway| -> BTreeMap<String, String> {
+        let body = gw.admin_get("/clusters").1;
+        body.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
+            .filter_map(|l| l.split_once("::health_flags::"))
+            .map(|(a, f)| (a.to_string(), f.to_string()))
+            .collect()
+    };
+    let v1 = format!("127.0.0.1:{}", apps.port("pricing/v1"));
+    assert_eq!(flags(&gw).len(), 2, "{}", gw.admin_get("/clusters").1);
+    let (code, _, _) = http_get(&format!(
+        "http://127.0.0.1:{}/fault/health/503",
+        apps.port("pricing/v1")
+    ));
+    assert_eq!(code, 200);
+    let marked = wait_until(Duration::from_secs(10), || {
+        flags(&gw).get(&v1).map(String::as_str) == Some("failed_active_hc")
+    });
+    assert!(marked, "{}", gw.admin_get("/clusters").1);
+    let f = flags(&gw);
+    assert_eq!(f.values().filter(|f| *f == "healthy").count(), 1, "{f:?}");
+    fault(apps.port("pricing/v1"), 0);
+    let back = wait_until(Duration::from_secs(10), || {
+        flags(&gw).get(&v1).map(String::as_str) == Some("healthy")
+    });
+    assert!(back, "{}", gw.admin_get("/clusters").1);
 }

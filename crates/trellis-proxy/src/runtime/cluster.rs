@@ -27,6 +27,7 @@ use prost::Message;
 
 use super::balancer::{Balancer, BalancerState, EndpointState, LbPolicy};
 use super::hash::HashTable;
+use super::health::HealthCheckConfig;
 use super::locality::{SlowStart, Topology};
 use super::outlier::{EndpointHealth, Outcome, OutlierConfig, OutlierStats};
 use super::pool::EndpointPool;
@@ -63,6 +64,8 @@ pub struct Cluster {
     pub topology: Topology,
     /// RING_HASH / MAGLEV table over `endpoints`.
     pub hash_table: Option<HashTable>,
+    /// Active health check (`health_checks[0]`), run by `health::HealthCheckers`.
+    pub health_check: Option<Arc<HealthCheckConfig>>,
 }
 
 #[derive(Debug)]
@@ -209,6 +212,9 @@ impl Cluster {
             SlowStart::from_lb_config(c.lb_config.as_ref()),
         );
         let hash_table = hash_table(c, &endpoints);
+        let health_check = HealthCheckConfig::from_xds(&c.name, &c.health_checks)
+            .map_err(|why| err("health_checks", why))?
+            .map(Arc::new);
         Ok(Cluster {
             name: c.name.as_str().into(),
             protocol,
@@ -223,6 +229,7 @@ impl Cluster {
             panic_threshold,
             topology,
             hash_table,
+            health_check,
         })
     }
 
