@@ -686,6 +686,52 @@ mod tests {
     }
 
     #[test]
+    fn outlier_detection_layers_like_the_rest() {
+        let od = |n: u32| {
+            Some(OutlierDetection {
+                consecutive_5xx_errors: Some(n),
+                ..Default::default()
+            })
+        };
+        let dr = DestinationRule {
+            traffic_policy: Some(TrafficPolicy {
+                outlier_detection: od(5),
+                port_level_settings: vec![PortTrafficPolicy {
+                    port: Some(PortSelector { number: 9090 }),
+                    load_balancer: lb(SimpleLb::Random),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let five = |p: &Policy| {
+            p.outlier_detection
+                .as_ref()
+                .and_then(|o| o.consecutive_5xx_errors)
+        };
+        assert_eq!(five(&effective_policy(Some(&dr), None, 8080)), Some(5));
+        // Port-level settings replace the whole policy, outlier detection included.
+        assert_eq!(five(&effective_policy(Some(&dr), None, 9090)), None);
+        let subset = Subset {
+            traffic_policy: Some(TrafficPolicy {
+                outlier_detection: od(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            five(&effective_policy(Some(&dr), Some(&subset), 8080)),
+            Some(2)
+        );
+        let plain = Subset::default();
+        assert_eq!(
+            five(&effective_policy(Some(&dr), Some(&plain), 8080)),
+            Some(5)
+        );
+    }
+
+    #[test]
     fn endpoints_group_by_locality_sorted() {
         let ep = |address: &str, locality: &str| EndpointSpec {
             address: address.into(),

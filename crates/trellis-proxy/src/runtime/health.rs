@@ -360,4 +360,93 @@ mod tests {
         assert!(probe(addr, &cfg("/ok")).await.unwrap_or(false));
         assert!(!probe(addr, &cfg("/bad")).await.unwrap_or(true));
     }
+
+    fn static_cluster(port: u16, check: bool) -> trellis_xds::Resources {
+        use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+        use envoy_types::pb::envoy::config::core::v3::{
+            Address, SocketAddress, address, health_check, socket_address,
+        };
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+        };
+        let endpoint = LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "127.0.0.1".into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                            port,
+                        ))),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let checks = if check {
+            vec![HealthCheck {
+                interval: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 0,
+                    nanos: 20_000_000,
+                }),
+                health_checker: Some(HealthChecker::TcpHealthCheck(
+                    health_check::TcpHealthCheck::default(),
+                )),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        };
+        trellis_xds::Resources {
+            clusters: vec![Cluster {
+                name: "c".into(),
+                cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::Static as i32,
+                )),
+                load_assignment: Some(ClusterLoadAssignment {
+                    cluster_name: "c".into(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![endpoint],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                health_checks: checks,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn checks_follow_the_config_and_stop_with_it() {
+        // Nothing listens on this port: the TCP check fails.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let rt = Runtime::compile(&static_cluster(port, true), None).expect("compile");
+        let mut checkers = HealthCheckers::default();
+        checkers.reconcile(&rt);
+        assert_eq!(checkers.len(), 1);
+        let health = Arc::clone(&rt.clusters["c"].endpoints[0].health);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !health.hc_failed.load(Relaxed) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            health.hc_failed.load(Relaxed),
+            "refused connections fail the check"
+        );
+        // The same config again keeps the task; removing the check stops it and clears the verdict.
+        let same = Runtime::compile(&static_cluster(port, true), Some(&rt)).expect("compile");
+        checkers.reconcile(&same);
+        assert_eq!(checkers.len(), 1);
+        assert!(health.hc_failed.load(Relaxed));
+        let without = Runtime::compile(&static_cluster(port, false), Some(&same)).expect("compile");
+        checkers.reconcile(&without);
+        assert!(checkers.is_empty());
+        assert!(!health.hc_failed.load(Relaxed));
+    }
 }

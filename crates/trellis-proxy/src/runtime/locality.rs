@@ -144,10 +144,12 @@ pub fn pick(c: &Cluster, hash: Option<u64>) -> Option<usize> {
         return None;
     }
     let in_flight = |i: usize| c.endpoints[i].state.in_flight.load(Relaxed);
+    // Only clusters with an active health check pay for scanning their endpoints.
     let all_healthy = c.outlier_stats.ejected.load(Relaxed) <= 0
-        && c.endpoints
-            .iter()
-            .all(|e| !e.health.hc_failed.load(Relaxed));
+        && (c.health_check.is_none()
+            || c.endpoints
+                .iter()
+                .all(|e| !e.health.hc_failed.load(Relaxed)));
     if all_healthy && c.topology.is_flat() {
         if let (Some(h), Some(t)) = (hash, &c.hash_table) {
             return t.find(h, |_| true);
@@ -318,5 +320,97 @@ fn choose_endpoint(c: &Cluster, candidates: &[u32], in_flight: impl Fn(usize) ->
             draw(&effective)
         }
         _ => draw(&weights),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(priority: u32, n: u32) -> Level {
+        Level {
+            priority,
+            endpoints: (priority * 100..priority * 100 + n).collect(),
+            localities: Vec::new(),
+        }
+    }
+
+    fn shares(levels: &[Level], ok: impl Fn(u32) -> bool) -> Vec<f64> {
+        let runs = 20_000;
+        let mut c = vec![0usize; levels.len()];
+        for _ in 0..runs {
+            if let Some(l) = choose_level(levels, &ok, None) {
+                c[levels.iter().position(|x| std::ptr::eq(x, l)).unwrap_or(0)] += 1;
+            }
+        }
+        c.iter().map(|n| 100.0 * *n as f64 / runs as f64).collect()
+    }
+
+    #[test]
+    fn priority_load_follows_envoy_overprovisioning() {
+        let levels = [level(0, 10), level(1, 10)];
+        // All healthy: everything to P0.
+        assert_eq!(shares(&levels, |_| true), vec![100.0, 0.0]);
+        // 3 of 10 down in P0: 70% × 1.4 = 98% stays, 2% spills to P1.
+        let s = shares(&levels, |i| !(0..3).contains(&i));
+        assert!(
+            (s[0] - 98.0).abs() < 1.0 && (s[1] - 2.0).abs() < 1.0,
+            "{s:?}"
+        );
+        // P0 gone: all to P1.
+        assert_eq!(shares(&levels, |i| i >= 100), vec![0.0, 100.0]);
+        // Both half down: 70% + 70% > 100, so P0 70% and P1 30%.
+        let s = shares(&levels, |i| i % 100 >= 5);
+        assert!(
+            (s[0] - 70.0).abs() < 1.5 && (s[1] - 30.0).abs() < 1.5,
+            "{s:?}"
+        );
+        // Nothing healthy anywhere: no level.
+        assert!(choose_level(&levels, &|_| false, None).is_none());
+    }
+
+    #[test]
+    fn locality_weights_scale_with_availability() {
+        let groups = [
+            LocalityGroup {
+                endpoints: vec![0, 1],
+                weight: 1,
+            },
+            LocalityGroup {
+                endpoints: vec![2],
+                weight: 2,
+            },
+        ];
+        let share_of_first = |ok: &dyn Fn(u32) -> bool| {
+            let mut first = 0;
+            for _ in 0..20_000 {
+                if choose_locality(&groups, &ok).is_some_and(|g| g.weight == 1) {
+                    first += 1;
+                }
+            }
+            100.0 * first as f64 / 20_000.0
+        };
+        let all = share_of_first(&|_| true);
+        assert!((all - 33.3).abs() < 1.5, "{all}");
+        // Half of the first locality down: availability 0.7, so it gets 0.7 / 2.7.
+        let half = share_of_first(&|i| i != 0);
+        assert!((half - 25.9).abs() < 1.5, "{half}");
+    }
+
+    #[test]
+    fn slow_start_ramps_weight() {
+        let s = SlowStart {
+            window: Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight_percent: 10.0,
+        };
+        assert!((s.factor(Duration::ZERO) - 0.1).abs() < 1e-9);
+        assert!((s.factor(Duration::from_secs(5)) - 0.5).abs() < 1e-9);
+        assert!((s.factor(Duration::from_secs(20)) - 1.0).abs() < 1e-9);
+        let aggressive = SlowStart {
+            aggression: 2.0,
+            ..s
+        };
+        assert!((aggressive.factor(Duration::from_millis(2500)) - 0.5).abs() < 1e-9);
     }
 }
