@@ -113,6 +113,40 @@ fn send(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
     counts
 }
 
+/// `promtool check metrics` output for `lines` (the exposition lines to check), when installed.
+fn promtool_problems(lines: &str) -> Option<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() {
+        String::new()
+    } else {
+        text
+    })
+}
+
 fn only(counts: &BTreeMap<String, usize>, who: &str) -> bool {
     counts.len() == 1 && counts.contains_key(who)
 }
@@ -175,6 +209,14 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
         metric_sum(&metrics, "trellis_outlier_ejected", &labels),
         1.0
     );
+    let ours: String = metrics
+        .lines()
+        .filter(|l| l.contains("trellis_outlier_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(problems) = promtool_problems(&ours) {
+        assert!(problems.is_empty(), "promtool: {problems}\n{ours}");
+    }
     let v1 = format!("127.0.0.1:{}", apps.port("reviews/v1"));
     let flags = health_flags(&gw);
     assert_eq!(
@@ -577,4 +619,61 @@ fn grpc_health_check_follows_the_serving_status() {
         flags(&gw).get(&v1).map(String::as_str) == Some("healthy")
     });
     assert!(back, "{}", gw.admin_get("/clusters").1);
+}
+
+#[test]
+fn warmup_ramps_a_new_endpoint_up_slowly() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]);
+    let ep_of = |v: &'static str| ep(apps.port(&format!("reviews/{v}")), v);
+    let port = gateway_port();
+    let window = Duration::from_secs(5);
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 5s}\n";
+    let config = |eps: &[Ep]| {
+        docs(&[
+            gateway_yaml(port),
+            service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", eps),
+            destination_rule(policy),
+            route_all_to_reviews(),
+        ])
+    };
+    let started = Instant::now();
+    let gw = gateway_with(port, &config(&[ep_of("v1"), ep_of("v2")]), &[]);
+    let counts = send(&gw, 40);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    // Let v1 and v2 finish their own slow start (every endpoint of a new cluster has one).
+    let warmed = wait_until(window * 3, || {
+        started.elapsed() > window + Duration::from_millis(500)
+    });
+    assert!(warmed);
+    // v3 joins: for its first second it gets max(10%, 1 s / 5 s) = 20% of an endpoint's
+    // weight (about 9% of the traffic), ramping linearly to 100% at 5 s.
+    write_atomic(
+        gw.dir.path(),
+        "mesh.yaml",
+        &config(&[ep_of("v1"), ep_of("v2"), ep_of("v3")]),
+    );
+    let v3 = format!("127.0.0.1:{}", apps.port("reviews/v3"));
+    let joined = wait_until(Duration::from_secs(10), || {
+        health_flags(&gw).contains_key(&v3)
+    });
+    assert!(joined, "v3 never joined: {}", gw.admin_get("/clusters").1);
+    let n = 300;
+    let counts = send(&gw, n);
+    let share = |counts: &BTreeMap<String, usize>, v: &str| {
+        100.0 * counts.get(&format!("reviews/{v}")).copied().unwrap_or(0) as f64 / n as f64
+    };
+    assert!(
+        share(&counts, "v3") > 0.0 && share(&counts, "v3") < 25.0,
+        "v3 warming up: {counts:?}"
+    );
+    assert!(
+        share(&counts, "v1") > 30.0 && share(&counts, "v2") > 30.0,
+        "{counts:?}"
+    );
+    // After its window, v3 takes its full third.
+    let ramped = wait_until(window * 3, || {
+        let c = send(&gw, 30);
+        c.get("reviews/v3") == Some(&10)
+    });
+    assert!(ramped, "v3 never reached its full share");
 }

@@ -44,7 +44,9 @@ pub struct LocalityGroup {
     pub weight: u32,
 }
 
-/// Envoy's slow start: weight × max(min%, (age / window)^(1 / aggression)).
+/// Envoy's slow start: weight × max(min%, (max(age, 1 s) / window)^(1 / aggression)). Every
+/// endpoint younger than the window is in slow start, those of a new cluster too (so a fresh
+/// deployment ramps evenly, as in Envoy).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlowStart {
     pub window: Duration,
@@ -75,7 +77,8 @@ impl SlowStart {
         if age >= self.window || self.window.is_zero() {
             return 1.0;
         }
-        let t = age.as_secs_f64() / self.window.as_secs_f64();
+        // Envoy counts at least one second of membership.
+        let t = age.as_secs_f64().max(1.0) / self.window.as_secs_f64();
         t.powf(1.0 / self.aggression)
             .max(self.min_weight_percent / 100.0)
     }
