@@ -12,6 +12,7 @@ use crate::diag::{Diagnostic, Severity};
 use crate::load::{SpanIndex, resource_label};
 use crate::types::*;
 
+mod balancing;
 mod health;
 mod routes;
 mod traffic;
