@@ -392,14 +392,26 @@ spec:
         consistentHash:
           httpCookie: {{name: affinity, path: /, ttl: 3600s}}
           maglev: {{tableSize: 65537}}
+  - name: by-query
+    labels: {{app: reviews}}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {{httpQueryParameterName: user}}
+  - name: by-ip
+    labels: {{app: reviews}}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {{useSourceIp: true}}
 "#
     );
     let vs = virtual_service_yaml(
         "reviews",
         &["*"],
         &format!(
-            "  - match: [{{uri: {{prefix: /anything/sticky}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
+            "  - match: [{{uri: {{prefix: /anything/sticky}}}}]\n    route: [{{destination: {}}}]\n  - match: [{{uri: {{prefix: /anything/q}}}}]\n    route: [{{destination: {}}}]\n  - match: [{{uri: {{prefix: /anything/ip}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
             dest(REVIEWS, Some("sticky"), 9080),
+            dest(REVIEWS, Some("by-query"), 9080),
+            dest(REVIEWS, Some("by-ip"), 9080),
             dest(REVIEWS, None, 9080)
         ),
     );
@@ -456,6 +468,21 @@ spec:
         *owners.entry(r.served_by()).or_insert(0) += 1;
     }
     assert_eq!(owners.len(), 3, "{owners:?}");
+
+    // Query parameter: same `user` → same backend; users spread.
+    let mut chosen = BTreeMap::new();
+    for user in 0..30 {
+        let path = format!("/anything/q?user=u{user}&x={user}");
+        let counts = tally(&mut client, "r", &path, &[], 5);
+        assert_eq!(counts.len(), 1, "{path}: {counts:?}");
+        *chosen
+            .entry(counts.into_keys().next().unwrap_or_default())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(chosen.len(), 3, "{chosen:?}");
+    // Source IP: every request comes from 127.0.0.1, so one backend takes them all.
+    let counts = tally(&mut client, "r", "/anything/ip", &[], 30);
+    assert_eq!(counts.len(), 1, "{counts:?}");
 }
 
 fn health_check_policy(spec: &str) -> String {
