@@ -704,3 +704,50 @@ fn warmup_ramps_a_new_endpoint_up_slowly() {
     });
     assert!(ramped, "v3 never reached its full share");
 }
+
+#[test]
+fn connect_failures_eject_as_local_origin_errors() {
+    let mut apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]);
+    let eps: Vec<Ep> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 100
+      splitExternalLocalOriginErrors: true
+      consecutiveLocalOriginFailures: 2
+      baseEjectionTime: 60s
+      maxEjectionPercent: 50
+";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        destination_rule(policy),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    assert_eq!(send(&gw, 30).len(), 3);
+    // v1 goes away: two local-origin failures in a row (connect failure UF, or UC if a pooled
+    // connection to it was still open) eject it; as 5xx it would take 100.
+    drop(apps.procs.remove(0));
+    let counts = send(&gw, 6);
+    let failed: usize = counts
+        .iter()
+        .filter(|(k, _)| *k == "ERR 503 UF" || *k == "ERR 503 UC")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(failed, 2, "{counts:?}");
+    let counts = send(&gw, 30);
+    assert_eq!(counts.len(), 2, "v1 ejected, nothing fails: {counts:?}");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "trellis_outlier_ejections_total",
+            &[("cluster_name", CLUSTER)]
+        ),
+        1.0
+    );
+}
