@@ -3,17 +3,18 @@
 //! health (outlier ejections, active health checks, the panic threshold), consistent-hash
 //! tables and slow start.
 //!
-//! The common case (one level, every endpoint healthy, no locality weights, no slow start) stays
-//! on the cluster's plain [`Balancer`](super::balancer::Balancer); everything else is decided
-//! here per request from the cluster's immutable [`Topology`] and the endpoints' atomics. Owns
-//! no state of its own and never connects.
+//! The common case (every endpoint healthy, no locality weights, no slow start) stays on a
+//! precomputed [`Balancer`] (over all endpoints, or over the first priority level when there
+//! are several); everything else is decided here per request from the cluster's immutable
+//! [`Topology`] and the endpoints' atomics. Owns no state of its own and never connects.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{LbConfig, SlowStartConfig};
 
-use super::balancer::LbPolicy;
+use super::balancer::{Balancer, BalancerState, LbPolicy};
 use super::cluster::{Cluster, Endpoint};
 use super::duration;
 
@@ -29,6 +30,9 @@ pub struct Topology {
     pub slow_start: Option<SlowStart>,
     /// Until when some endpoint is still warming up.
     pub warming_until: Option<Instant>,
+    /// With several levels: a balancer over the first level's endpoints, which take all the
+    /// traffic while every endpoint is healthy (no per-request work beyond the pick).
+    first_level: Option<Balancer>,
 }
 
 #[derive(Debug, Default)]
@@ -129,14 +133,30 @@ impl Topology {
             locality_weighted,
             slow_start,
             warming_until,
+            first_level: None,
         }
     }
 
-    /// Whether the plain balancer over all endpoints gives the same answer.
-    fn is_flat(&self) -> bool {
-        self.levels.len() <= 1
-            && !self.locality_weighted
-            && self.warming_until.is_none_or(|t| Instant::now() >= t)
+    /// Precomputes the all-healthy pick of a multi-level cluster.
+    pub fn add_first_level_balancer(
+        &mut self,
+        endpoints: &[Endpoint],
+        policy: LbPolicy,
+        state: &Arc<BalancerState>,
+    ) {
+        if self.levels.len() > 1 && !self.locality_weighted {
+            let weights = self.levels[0]
+                .endpoints
+                .iter()
+                .map(|i| endpoints[*i as usize].weight)
+                .collect();
+            self.first_level = Some(Balancer::new(policy, weights, Arc::clone(state)));
+        }
+    }
+
+    /// Not warming up and no locality weights: health decides alone.
+    fn is_settled(&self) -> bool {
+        !self.locality_weighted && self.warming_until.is_none_or(|t| Instant::now() >= t)
     }
 }
 
@@ -153,11 +173,23 @@ pub fn pick(c: &Cluster, hash: Option<u64>) -> Option<usize> {
             || c.endpoints
                 .iter()
                 .all(|e| !e.health.hc_failed.load(Relaxed)));
-    if all_healthy && c.topology.is_flat() {
-        if let (Some(h), Some(t)) = (hash, &c.hash_table) {
-            return t.find(h, |_| true);
+    if all_healthy && c.topology.is_settled() {
+        let levels = &c.topology.levels;
+        if levels.len() <= 1 {
+            if let (Some(h), Some(t)) = (hash, &c.hash_table) {
+                return t.find(h, |_| true);
+            }
+            return c.balancer.pick(in_flight);
         }
-        return c.balancer.pick(in_flight);
+        // Every level is healthy: the first takes 100%.
+        let first = &levels[0].endpoints;
+        if let (Some(h), Some(t)) = (hash, &c.hash_table) {
+            return t.find(h, |i| c.endpoints[i].priority == levels[0].priority);
+        }
+        if let Some(b) = &c.topology.first_level {
+            let k = b.pick(|k| in_flight(first[k] as usize))?;
+            return first.get(k).map(|i| *i as usize);
+        }
     }
     let healthy: Vec<bool> = c
         .endpoints
