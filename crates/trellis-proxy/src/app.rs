@@ -156,9 +156,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
     let weak = Arc::downgrade(&proxy);
-    telemetry.upstream.install(Box::new(move || {
+    telemetry.upstream.install(Box::new(move |endpoints| {
         weak.upgrade().map_or_else(Vec::new, |p| {
-            crate::runtime::outlier::health_report(&p.runtime.load())
+            crate::runtime::outlier::health_report(&p.runtime.load(), endpoints)
         })
     }));
     let mut listeners = Listeners::new(Arc::clone(&proxy));

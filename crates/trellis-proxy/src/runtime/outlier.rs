@@ -252,11 +252,16 @@ impl EndpointHealth {
     }
 }
 
-/// The health of every cluster of `rt`, for metrics and the admin `/clusters` page.
-pub fn health_report(rt: &super::Runtime) -> Vec<crate::telemetry::upstream::ClusterHealth> {
+/// The health of the clusters of `rt`: all of them with their endpoints (`endpoints`, for the
+/// admin `/clusters` page), or only those with outlier detection and no endpoint rows (metrics).
+pub fn health_report(
+    rt: &super::Runtime,
+    endpoints: bool,
+) -> Vec<crate::telemetry::upstream::ClusterHealth> {
     use crate::telemetry::upstream::{ClusterHealth, EndpointHealthView};
     rt.clusters
         .values()
+        .filter(|c| endpoints || c.outlier.is_some())
         .map(|c| ClusterHealth {
             name: Arc::clone(&c.name),
             outlier_detection: c.outlier.is_some(),
@@ -265,6 +270,7 @@ pub fn health_report(rt: &super::Runtime) -> Vec<crate::telemetry::upstream::Clu
             endpoints: c
                 .endpoints
                 .iter()
+                .take(if endpoints { usize::MAX } else { 0 })
                 .map(|e| EndpointHealthView {
                     address: e.addr.to_string(),
                     priority: e.priority,
