@@ -751,3 +751,40 @@ fn connect_failures_eject_as_local_origin_errors() {
         1.0
     );
 }
+
+#[test]
+fn below_min_health_percent_ejections_are_ignored() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let eps: Vec<Ep> = ["v1", "v2"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    // One of two ejected leaves 50% healthy, under minHealthPercent 60: panic mode.
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 2
+      baseEjectionTime: 60s
+      maxEjectionPercent: 100
+      minHealthPercent: 60
+";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        destination_rule(policy),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    fault(apps.port("reviews/v1"), 503);
+    let counts = send(&gw, 4);
+    assert_eq!(counts.get("ERR 503").copied(), Some(2), "{counts:?}");
+    let labels = [("cluster_name", CLUSTER)];
+    assert_eq!(
+        metric_sum(&gw.metrics(), "trellis_outlier_ejected", &labels),
+        1.0
+    );
+    // Ejected, yet still used: health is ignored in panic mode.
+    let counts = send(&gw, 20);
+    assert_eq!(counts.get("ERR 503").copied(), Some(10), "{counts:?}");
+    assert_eq!(counts.get("reviews/v2").copied(), Some(10), "{counts:?}");
+}
