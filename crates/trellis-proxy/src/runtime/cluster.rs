@@ -211,7 +211,7 @@ impl Cluster {
             locality_weighted,
             SlowStart::from_lb_config(c.lb_config.as_ref()),
         );
-        topology.add_first_level_balancer(&endpoints, policy, &balancer_state);
+        topology.add_balancers(&endpoints, policy, &balancer_state);
         let hash_table = hash_table(c, &endpoints);
         let health_check = HealthCheckConfig::from_xds(&c.name, &c.health_checks)
             .map_err(|why| err("health_checks", why))?

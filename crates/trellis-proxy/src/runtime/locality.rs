@@ -46,6 +46,8 @@ pub struct Level {
 pub struct LocalityGroup {
     pub endpoints: Vec<u32>,
     pub weight: u32,
+    /// The cluster's policy over this locality's endpoints (for the all-healthy case).
+    balancer: Option<Balancer>,
 }
 
 /// Envoy's slow start: weight × max(min%, (max(age, 1 s) / window)^(1 / aggression)). Every
@@ -118,6 +120,7 @@ impl Topology {
                 None => level.localities.push(LocalityGroup {
                     endpoints: vec![i as u32],
                     weight: e.locality_weight,
+                    balancer: None,
                 }),
             }
         }
@@ -137,26 +140,36 @@ impl Topology {
         }
     }
 
-    /// Precomputes the all-healthy pick of a multi-level cluster.
-    pub fn add_first_level_balancer(
+    /// Precomputes the all-healthy picks: over the first level of a multi-level cluster, and
+    /// per locality of the first level when locality-weighted.
+    pub fn add_balancers(
         &mut self,
         endpoints: &[Endpoint],
         policy: LbPolicy,
         state: &Arc<BalancerState>,
     ) {
-        if self.levels.len() > 1 && !self.locality_weighted {
-            let weights = self.levels[0]
-                .endpoints
+        let balancer = |members: &[u32]| {
+            let weights = members
                 .iter()
                 .map(|i| endpoints[*i as usize].weight)
                 .collect();
-            self.first_level = Some(Balancer::new(policy, weights, Arc::clone(state)));
+            Balancer::new(policy, weights, Arc::clone(state))
+        };
+        let Some(first) = self.levels.first_mut() else {
+            return;
+        };
+        if self.locality_weighted {
+            for g in &mut first.localities {
+                g.balancer = Some(balancer(&g.endpoints));
+            }
+        } else if self.levels.len() > 1 {
+            self.first_level = Some(balancer(&self.levels[0].endpoints));
         }
     }
 
-    /// Not warming up and no locality weights: health decides alone.
+    /// Not warming up: weights are as configured.
     fn is_settled(&self) -> bool {
-        !self.locality_weighted && self.warming_until.is_none_or(|t| Instant::now() >= t)
+        self.warming_until.is_none_or(|t| Instant::now() >= t)
     }
 }
 
@@ -175,7 +188,16 @@ pub fn pick(c: &Cluster, hash: Option<u64>) -> Option<usize> {
                 .all(|e| !e.health.hc_failed.load(Relaxed)));
     if all_healthy && c.topology.is_settled() {
         let levels = &c.topology.levels;
-        if levels.len() <= 1 {
+        if c.topology.locality_weighted {
+            // Every locality fully available: its configured weight, then its balancer.
+            if hash.is_none()
+                && let Some(g) = choose_locality(&levels[0].localities, &|_| true)
+                && let Some(b) = &g.balancer
+            {
+                let k = b.pick(|k| in_flight(g.endpoints[k] as usize))?;
+                return g.endpoints.get(k).map(|i| *i as usize);
+            }
+        } else if levels.len() <= 1 {
             if let (Some(h), Some(t)) = (hash, &c.hash_table) {
                 return t.find(h, |_| true);
             }
@@ -276,31 +298,29 @@ fn choose_locality<'a>(
     groups: &'a [LocalityGroup],
     ok: &impl Fn(u32) -> bool,
 ) -> Option<&'a LocalityGroup> {
-    let effective: Vec<f64> = groups
-        .iter()
-        .map(|g| {
-            let good = g.endpoints.iter().filter(|i| ok(**i)).count() as f64;
-            let avail = (OVERPROVISIONING * good / g.endpoints.len().max(1) as f64).min(1.0);
-            f64::from(g.weight) * avail
-        })
-        .collect();
-    let total: f64 = effective.iter().sum();
+    let effective = |g: &LocalityGroup| {
+        let good = g.endpoints.iter().filter(|i| ok(**i)).count() as f64;
+        let avail = (OVERPROVISIONING * good / g.endpoints.len().max(1) as f64).min(1.0);
+        f64::from(g.weight) * avail
+    };
+    let total: f64 = groups.iter().map(effective).sum();
     if total <= 0.0 {
         return None;
     }
     let mut r = fastrand::f64() * total;
-    for (g, w) in groups.iter().zip(&effective) {
-        if r < *w {
+    let mut last = None;
+    for g in groups {
+        let w = effective(g);
+        if w <= 0.0 {
+            continue;
+        }
+        if r < w {
             return Some(g);
         }
         r -= w;
+        last = Some(g);
     }
-    groups
-        .iter()
-        .zip(&effective)
-        .rev()
-        .find(|(_, w)| **w > 0.0)
-        .map(|(g, _)| g)
+    last
 }
 
 /// The cluster's policy over a subset of endpoints, with slow-start weights.
@@ -410,10 +430,12 @@ mod tests {
             LocalityGroup {
                 endpoints: vec![0, 1],
                 weight: 1,
+                balancer: None,
             },
             LocalityGroup {
                 endpoints: vec![2],
                 weight: 2,
+                balancer: None,
             },
         ];
         let share_of_first = |ok: &dyn Fn(u32) -> bool| {
