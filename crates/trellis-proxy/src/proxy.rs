@@ -427,7 +427,11 @@ async fn forward(
 /// What the outlier detector learns from one upstream attempt.
 fn outcome<T, L, E>(sent: &Result<Result<(Response<T>, L), UpstreamError>, E>) -> Outcome {
     match sent {
-        Ok(Ok((resp, _))) => Outcome::Status(resp.status().as_u16()),
+        // A trailers-only gRPC answer counts as the HTTP status its grpc-status maps to (Envoy).
+        Ok(Ok((resp, _))) => match resp.headers().get("grpc-status") {
+            Some(code) => Outcome::Status(crate::runtime::outlier::grpc_to_http(code.as_bytes())),
+            None => Outcome::Status(resp.status().as_u16()),
+        },
         Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed,
         Ok(Err(_)) => Outcome::Reset,
         Err(_) => Outcome::Timeout,
