@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 pub mod istio;
 pub mod kube;
 pub mod route_actions;
+pub mod trellis;
 
 pub use istio::*;
 pub use kube::*;
 pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
+pub use trellis::*;
 
 /// Opaque JSON-like value for parts we accept but do not model (status, managedFields, …).
 pub type Value = serde_json::Value;
@@ -64,6 +66,8 @@ pub struct Snapshot {
     pub workload_entries: Vec<Resource<WorkloadEntry>>,
     pub services: Vec<Resource<KubeService>>,
     pub endpoint_slices: Vec<Resource<EndpointSlice>>,
+    /// `trellis.dev/v1alpha1` HealthCheckPolicy.
+    pub health_check_policies: Vec<Resource<HealthCheckPolicy>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -129,6 +133,7 @@ impl Snapshot {
             + self.workload_entries.len()
             + self.services.len()
             + self.endpoint_slices.len()
+            + self.health_check_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {

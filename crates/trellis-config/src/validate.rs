@@ -12,6 +12,8 @@ use crate::diag::{Diagnostic, Severity};
 use crate::load::{SpanIndex, resource_label};
 use crate::types::*;
 
+mod balancing;
+mod health;
 mod resilience;
 mod routes;
 mod traffic;
@@ -138,6 +140,13 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         spans,
         &mut out,
         |rep, r| traffic::destination_rule(rep, &r.spec),
+    );
+    each(
+        &snapshot.health_check_policies,
+        "HealthCheckPolicy",
+        spans,
+        &mut out,
+        |rep, r| health::health_check_policy(rep, &r.spec),
     );
     each(&snapshot.gateways, "Gateway", spans, &mut out, |rep, r| {
         gateway(rep, &r.spec)

@@ -1,5 +1,5 @@
 //! Criterion benches for the per-request hot code: virtual host + route matching and balancer
-//! picks, on tables compiled from real Istio YAML through `trellis-config` and `trellis-xds`.
+//! picks (including ring hash and Maglev with a header hash policy), on tables compiled from real Istio YAML through `trellis-config` and `trellis-xds`.
 //! Run: `cargo bench -p trellis-proxy --bench hot_path`.
 
 use std::hint::black_box;
@@ -167,5 +167,25 @@ fn balancer_picks(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, route_matching, balancer_picks);
+fn hash_picks(c: &mut Criterion) {
+    use trellis_proxy::runtime::hash::{HashPolicy, HashTable, request_hash};
+    let keys: Vec<(String, u32)> = (0..8).map(|i| (format!("10.0.0.{i}:9080"), 1)).collect();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", HeaderValue::from_static("user-1234"));
+    let policies = [HashPolicy::Header(http::HeaderName::from_static("x-user"))];
+    let source = std::net::IpAddr::from([127, 0, 0, 1]);
+    for (table, name) in [
+        (HashTable::ring(&keys, 1024), "ring_hash"),
+        (HashTable::maglev(&keys, 65537), "maglev"),
+    ] {
+        c.bench_function(&format!("balancer/{name}/header_8"), |bench| {
+            bench.iter(|| {
+                let h = request_hash(&policies, &headers, None, source).map(|r| r.hash);
+                black_box(h.and_then(|h| table.find(h, |_| true)))
+            })
+        });
+    }
+}
+
+criterion_group!(benches, route_matching, balancer_picks, hash_picks);
 criterion_main!(benches);

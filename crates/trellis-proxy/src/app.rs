@@ -16,6 +16,7 @@ use crate::listeners::Listeners;
 use crate::memory;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
+use crate::runtime::health::HealthCheckers;
 use crate::source::DirSource;
 use crate::telemetry::Telemetry;
 
@@ -155,15 +156,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
     let weak = Arc::downgrade(&proxy);
-    telemetry.upstream.install(Box::new(move || {
+    telemetry.upstream.install(Box::new(move |endpoints| {
         weak.upgrade().map_or_else(Vec::new, |p| {
-            crate::runtime::outlier::health_report(&p.runtime.load())
+            crate::runtime::outlier::health_report(&p.runtime.load(), endpoints)
         })
     }));
-    let mut listeners = Listeners::new(proxy);
+    let mut listeners = Listeners::new(Arc::clone(&proxy));
+    let mut checkers = HealthCheckers::default();
     // Keep the encoded copy for /config_dump first; applying consumes the messages.
     let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::from(&first)));
     listeners.apply(first)?;
+    checkers.reconcile(&proxy.runtime.load());
     memory::trim();
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
@@ -187,6 +190,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let watcher = source.watch(fingerprint, move |res| {
         let encoded = EncodedResources::from(&res);
         listeners.apply(res).map_err(|e| e.to_string())?;
+        checkers.reconcile(&proxy.runtime.load());
         resources.store(Arc::new(encoded));
         memory::trim();
         Ok(())

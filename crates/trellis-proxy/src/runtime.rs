@@ -8,6 +8,7 @@ pub mod balancer;
 pub mod circuit;
 pub mod cluster;
 pub mod hash;
+pub mod health;
 pub mod listener;
 pub mod locality;
 pub mod outlier;

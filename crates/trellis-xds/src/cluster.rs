@@ -376,6 +376,7 @@ fn outbound_cluster(
     lb::apply_cluster(&mut cluster, lb, outlier);
     let budget = crate::resilience::RetryBudgetSpec::default();
     crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
+    cluster.health_checks = crate::health::health_checks(ctx, host, port, subset, http2);
     (cluster, cla)
 }
 
@@ -684,6 +685,52 @@ mod tests {
         let merged = effective_policy(Some(&dr), Some(&subset), 8080);
         assert_eq!(lb_policy(&merged), LbPolicy::LeastRequest);
         assert_eq!(connect_timeout(&merged), seconds(3));
+    }
+
+    #[test]
+    fn outlier_detection_layers_like_the_rest() {
+        let od = |n: u32| {
+            Some(OutlierDetection {
+                consecutive_5xx_errors: Some(n),
+                ..Default::default()
+            })
+        };
+        let dr = DestinationRule {
+            traffic_policy: Some(TrafficPolicy {
+                outlier_detection: od(5),
+                port_level_settings: vec![PortTrafficPolicy {
+                    port: Some(PortSelector { number: 9090 }),
+                    load_balancer: lb(SimpleLb::Random),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let five = |p: &Policy| {
+            p.outlier_detection
+                .as_ref()
+                .and_then(|o| o.consecutive_5xx_errors)
+        };
+        assert_eq!(five(&effective_policy(Some(&dr), None, 8080)), Some(5));
+        // Port-level settings replace the whole policy, outlier detection included.
+        assert_eq!(five(&effective_policy(Some(&dr), None, 9090)), None);
+        let subset = Subset {
+            traffic_policy: Some(TrafficPolicy {
+                outlier_detection: od(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            five(&effective_policy(Some(&dr), Some(&subset), 8080)),
+            Some(2)
+        );
+        let plain = Subset::default();
+        assert_eq!(
+            five(&effective_policy(Some(&dr), Some(&plain), 8080)),
+            Some(5)
+        );
     }
 
     #[test]

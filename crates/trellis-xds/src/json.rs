@@ -639,6 +639,10 @@ pub fn cluster(c: &Cluster) -> Value {
         .opt(
             "commonLbConfig",
             c.common_lb_config.as_ref().map(lb::common_lb_config),
+        )
+        .list(
+            "healthChecks",
+            c.health_checks.iter().map(lb::health_check).collect(),
         );
     match c.lb_config.as_ref().and_then(lb::lb_config) {
         Some((k, v)) => o.opt(k, Some(v)).done(),

@@ -12,6 +12,7 @@
 mod cluster;
 mod content_hash;
 mod gateway;
+mod health;
 mod json;
 mod l4;
 mod lb;
@@ -142,9 +143,10 @@ pub fn compile_owned(
         registry: &registry,
         proxy,
     });
-    // Clusters read only the DestinationRules of the snapshot.
+    // Clusters read only the DestinationRules and HealthCheckPolicies of the snapshot.
     let rules = trellis_config::Snapshot {
         destination_rules: std::mem::take(&mut snapshot.destination_rules),
+        health_check_policies: std::mem::take(&mut snapshot.health_check_policies),
         ..Default::default()
     };
     drop(snapshot);

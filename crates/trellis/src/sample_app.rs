@@ -138,6 +138,8 @@ async fn handle(
         grpc::handle(&identity, req).await
     } else if let Some(r) = fault::control(&identity, req.uri().path()) {
         r
+    } else if req.uri().path() == "/healthz" {
+        fault::healthz(&identity)
     } else if let Some(status) = identity.fault.status() {
         drain(req.into_body()).await;
         fault::injected(&identity, status)

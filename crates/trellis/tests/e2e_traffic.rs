@@ -98,12 +98,53 @@ fn send(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
     for _ in 0..n {
         let key = match client.get("reviews.example.com", "/get", &[]) {
             Ok(r) if r.status == 200 => r.served_by(),
-            Ok(r) => format!("ERR {}", r.status),
+            Ok(r) => {
+                let flags = r
+                    .headers
+                    .get("x-trellis-flags")
+                    .cloned()
+                    .unwrap_or_default();
+                format!("ERR {} {flags}", r.status).trim_end().to_string()
+            }
             Err(e) => format!("ERR {e}"),
         };
         *counts.entry(key).or_default() += 1;
     }
     counts
+}
+
+/// `promtool check metrics` output for `lines` (the exposition lines to check), when installed.
+fn promtool_problems(lines: &str) -> Option<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() {
+        String::new()
+    } else {
+        text
+    })
 }
 
 fn only(counts: &BTreeMap<String, usize>, who: &str) -> bool {
@@ -169,6 +210,14 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
         metric_sum(&metrics, "trellis_outlier_ejected", &labels),
         1.0
     );
+    let ours: String = metrics
+        .lines()
+        .filter(|l| l.contains("trellis_outlier_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(problems) = promtool_problems(&ours) {
+        assert!(problems.is_empty(), "promtool: {problems}\n{ours}");
+    }
     let v1 = format!("127.0.0.1:{}", apps.port("reviews/v1"));
     let flags = health_flags(&gw);
     assert_eq!(
@@ -344,14 +393,26 @@ spec:
         consistentHash:
           httpCookie: {{name: affinity, path: /, ttl: 3600s}}
           maglev: {{tableSize: 65537}}
+  - name: by-query
+    labels: {{app: reviews}}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {{httpQueryParameterName: user}}
+  - name: by-ip
+    labels: {{app: reviews}}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {{useSourceIp: true}}
 "#
     );
     let vs = virtual_service_yaml(
         "reviews",
         &["*"],
         &format!(
-            "  - match: [{{uri: {{prefix: /anything/sticky}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
+            "  - match: [{{uri: {{prefix: /anything/sticky}}}}]\n    route: [{{destination: {}}}]\n  - match: [{{uri: {{prefix: /anything/q}}}}]\n    route: [{{destination: {}}}]\n  - match: [{{uri: {{prefix: /anything/ip}}}}]\n    route: [{{destination: {}}}]\n  - route: [{{destination: {}}}]\n",
             dest(REVIEWS, Some("sticky"), 9080),
+            dest(REVIEWS, Some("by-query"), 9080),
+            dest(REVIEWS, Some("by-ip"), 9080),
             dest(REVIEWS, None, 9080)
         ),
     );
@@ -408,4 +469,323 @@ spec:
         *owners.entry(r.served_by()).or_insert(0) += 1;
     }
     assert_eq!(owners.len(), 3, "{owners:?}");
+
+    // Query parameter: same `user` → same backend; users spread.
+    let mut chosen = BTreeMap::new();
+    for user in 0..30 {
+        let path = format!("/anything/q?user=u{user}&x={user}");
+        let counts = tally(&mut client, "r", &path, &[], 5);
+        assert_eq!(counts.len(), 1, "{path}: {counts:?}");
+        *chosen
+            .entry(counts.into_keys().next().unwrap_or_default())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(chosen.len(), 3, "{chosen:?}");
+    // Source IP: every request comes from 127.0.0.1, so one backend takes them all.
+    let counts = tally(&mut client, "r", "/anything/ip", &[], 30);
+    assert_eq!(counts.len(), 1, "{counts:?}");
+}
+
+fn health_check_policy(spec: &str) -> String {
+    format!(
+        r#"apiVersion: trellis.dev/v1alpha1
+kind: HealthCheckPolicy
+metadata: {{name: reviews, namespace: default}}
+spec:
+{spec}"#
+    )
+}
+
+#[test]
+fn active_health_check_drains_an_endpoint_without_failing_requests() {
+    // Four endpoints: with one gone and one failing, half stay healthy, which keeps the
+    // cluster out of Envoy's panic mode (below 50% healthy, every endpoint is used).
+    let list = [
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("reviews", "v4"),
+    ];
+    let mut apps = Apps::start(&list);
+    let eps: Vec<Ep> = ["v1", "v2", "v3", "v4"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        health_check_policy(
+            "  host: reviews
+  interval: 200ms
+  timeout: 150ms
+  unhealthyThreshold: 2
+  healthyThreshold: 1
+  http: {path: /healthz, expectedStatuses: [200]}
+",
+        ),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    let mut all = BTreeMap::new();
+    let mut record = |counts: BTreeMap<String, usize>| {
+        for (k, n) in counts {
+            *all.entry(k).or_insert(0) += n;
+        }
+    };
+    let counts = send(&gw, 40);
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    record(counts);
+    let v1 = format!("127.0.0.1:{}", apps.port("reviews/v1"));
+    let v2 = format!("127.0.0.1:{}", apps.port("reviews/v2"));
+
+    // v1 starts draining: its health check fails, its requests still succeed.
+    fault(apps.port("reviews/v1"), 0);
+    let (code, _, _) = http_get(&format!(
+        "http://127.0.0.1:{}/fault/health/503",
+        apps.port("reviews/v1")
+    ));
+    assert_eq!(code, 200);
+    let drained = wait_until(Duration::from_secs(10), || {
+        record(send(&gw, 5));
+        health_flags(&gw).get(&v1).map(String::as_str) == Some("failed_active_hc")
+    });
+    assert!(
+        drained,
+        "v1 never marked unhealthy: {}",
+        gw.admin_get("/clusters").1
+    );
+    let counts = send(&gw, 40);
+    assert!(!counts.contains_key("reviews/v1"), "{counts:?}");
+    record(counts);
+    // v1 goes away for good: nobody notices.
+    let v1_process = apps.procs.remove(0);
+    drop(v1_process);
+    let counts = send(&gw, 60);
+    assert_eq!(counts.len(), 3, "v2, v3 and v4 serve: {counts:?}");
+    record(counts);
+
+    // v2 fails its check and passes again: out, then back in.
+    let (code, _, _) = http_get(&format!(
+        "http://127.0.0.1:{}/fault/health/500",
+        apps.port("reviews/v2")
+    ));
+    assert_eq!(code, 200);
+    let out = wait_until(Duration::from_secs(10), || {
+        health_flags(&gw).get(&v2).map(String::as_str) == Some("failed_active_hc")
+    });
+    assert!(out, "v2 never marked unhealthy");
+    let counts = send(&gw, 40);
+    let want = ["reviews/v3", "reviews/v4"];
+    assert!(counts.keys().eq(want.iter()), "{counts:?}");
+    record(counts);
+    fault(apps.port("reviews/v2"), 0);
+    let back = wait_until(Duration::from_secs(10), || {
+        health_flags(&gw).get(&v2).map(String::as_str) == Some("healthy")
+    });
+    assert!(back, "v2 never came back");
+    let counts = send(&gw, 40);
+    assert!(counts.contains_key("reviews/v2"), "{counts:?}");
+    record(counts);
+    assert!(
+        !all.keys().any(|k| k.starts_with("ERR")),
+        "no client request failed: {all:?}"
+    );
+}
+
+#[test]
+fn grpc_health_check_follows_the_serving_status() {
+    let apps = Apps::start(&[("pricing", "v1"), ("pricing", "v2")]);
+    let host = "pricing.default.svc.cluster.local";
+    let eps: Vec<Ep> = ["v1", "v2"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("pricing/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("pricing", host, 9090, "GRPC", &eps),
+        health_check_policy(
+            "  host: pricing
+  interval: 200ms
+  timeout: 150ms
+  unhealthyThreshold: 1
+  grpc: {serviceName: trellis.sample.v1.Echo}
+",
+        ),
+        virtual_service_yaml(
+            "pricing",
+            &["*"],
+            &format!("  - route: [{{destination: {}}}]\n", dest(host, None, 9090)),
+        ),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    let cluster = format!("outbound|9090||{host}");
+    let flags = |gw: &Gateway| -> BTreeMap<String, String> {
+        let body = gw.admin_get("/clusters").1;
+        body.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
+            .filter_map(|l| l.split_once("::health_flags::"))
+            .map(|(a, f)| (a.to_string(), f.to_string()))
+            .collect()
+    };
+    let v1 = format!("127.0.0.1:{}", apps.port("pricing/v1"));
+    assert_eq!(flags(&gw).len(), 2, "{}", gw.admin_get("/clusters").1);
+    let (code, _, _) = http_get(&format!(
+        "http://127.0.0.1:{}/fault/health/503",
+        apps.port("pricing/v1")
+    ));
+    assert_eq!(code, 200);
+    let marked = wait_until(Duration::from_secs(10), || {
+        flags(&gw).get(&v1).map(String::as_str) == Some("failed_active_hc")
+    });
+    assert!(marked, "{}", gw.admin_get("/clusters").1);
+    let f = flags(&gw);
+    assert_eq!(f.values().filter(|f| *f == "healthy").count(), 1, "{f:?}");
+    fault(apps.port("pricing/v1"), 0);
+    let back = wait_until(Duration::from_secs(10), || {
+        flags(&gw).get(&v1).map(String::as_str) == Some("healthy")
+    });
+    assert!(back, "{}", gw.admin_get("/clusters").1);
+}
+
+#[test]
+fn warmup_ramps_a_new_endpoint_up_slowly() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]);
+    let ep_of = |v: &'static str| ep(apps.port(&format!("reviews/{v}")), v);
+    let port = gateway_port();
+    let window = Duration::from_secs(5);
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 5s}\n";
+    let config = |eps: &[Ep]| {
+        docs(&[
+            gateway_yaml(port),
+            service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", eps),
+            destination_rule(policy),
+            route_all_to_reviews(),
+        ])
+    };
+    let started = Instant::now();
+    let gw = gateway_with(port, &config(&[ep_of("v1"), ep_of("v2")]), &[]);
+    let counts = send(&gw, 40);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    // Let v1 and v2 finish their own slow start (every endpoint of a new cluster has one).
+    let warmed = wait_until(window * 3, || {
+        started.elapsed() > window + Duration::from_millis(500)
+    });
+    assert!(warmed);
+    // v3 joins: for its first second it gets max(10%, 1 s / 5 s) = 20% of an endpoint's
+    // weight (about 9% of the traffic), ramping linearly to 100% at 5 s.
+    write_atomic(
+        gw.dir.path(),
+        "mesh.yaml",
+        &config(&[ep_of("v1"), ep_of("v2"), ep_of("v3")]),
+    );
+    let v3 = format!("127.0.0.1:{}", apps.port("reviews/v3"));
+    let joined = wait_until(Duration::from_secs(10), || {
+        health_flags(&gw).contains_key(&v3)
+    });
+    assert!(joined, "v3 never joined: {}", gw.admin_get("/clusters").1);
+    let n = 300;
+    let counts = send(&gw, n);
+    let share = |counts: &BTreeMap<String, usize>, v: &str| {
+        100.0 * counts.get(&format!("reviews/{v}")).copied().unwrap_or(0) as f64 / n as f64
+    };
+    assert!(
+        share(&counts, "v3") > 0.0 && share(&counts, "v3") < 25.0,
+        "v3 warming up: {counts:?}"
+    );
+    assert!(
+        share(&counts, "v1") > 30.0 && share(&counts, "v2") > 30.0,
+        "{counts:?}"
+    );
+    // After its window, v3 takes its full third.
+    let ramped = wait_until(window * 3, || {
+        let c = send(&gw, 30);
+        c.get("reviews/v3") == Some(&10)
+    });
+    assert!(ramped, "v3 never reached its full share");
+}
+
+#[test]
+fn connect_failures_eject_as_local_origin_errors() {
+    let mut apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]);
+    let eps: Vec<Ep> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 100
+      splitExternalLocalOriginErrors: true
+      consecutiveLocalOriginFailures: 2
+      baseEjectionTime: 60s
+      maxEjectionPercent: 50
+";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        destination_rule(policy),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    assert_eq!(send(&gw, 30).len(), 3);
+    // v1 goes away: two local-origin failures in a row (connect failure UF, or UC if a pooled
+    // connection to it was still open) eject it; as 5xx it would take 100.
+    drop(apps.procs.remove(0));
+    let counts = send(&gw, 6);
+    let failed: usize = counts
+        .iter()
+        .filter(|(k, _)| *k == "ERR 503 UF" || *k == "ERR 503 UC")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(failed, 2, "{counts:?}");
+    let counts = send(&gw, 30);
+    assert_eq!(counts.len(), 2, "v1 ejected, nothing fails: {counts:?}");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "trellis_outlier_ejections_total",
+            &[("cluster_name", CLUSTER)]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn below_min_health_percent_ejections_are_ignored() {
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let eps: Vec<Ep> = ["v1", "v2"]
+        .iter()
+        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
+        .collect();
+    let port = gateway_port();
+    // One of two ejected leaves 50% healthy, under minHealthPercent 60: panic mode.
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 2
+      baseEjectionTime: 60s
+      maxEjectionPercent: 100
+      minHealthPercent: 60
+";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
+        destination_rule(policy),
+        route_all_to_reviews(),
+    ]);
+    let gw = gateway_with(port, &yaml, &[]);
+    fault(apps.port("reviews/v1"), 503);
+    let counts = send(&gw, 4);
+    assert_eq!(counts.get("ERR 503").copied(), Some(2), "{counts:?}");
+    let labels = [("cluster_name", CLUSTER)];
+    assert_eq!(
+        metric_sum(&gw.metrics(), "trellis_outlier_ejected", &labels),
+        1.0
+    );
+    // Ejected, yet still used: health is ignored in panic mode.
+    let counts = send(&gw, 20);
+    assert_eq!(counts.get("ERR 503").copied(), Some(10), "{counts:?}");
+    assert_eq!(counts.get("reviews/v2").copied(), Some(10), "{counts:?}");
 }

@@ -99,6 +99,7 @@ fn load_balancer(rep: &mut Reporter<'_>, path: &str, lb: Option<&LoadBalancerSet
         rep.duration(&format!("{path}.warmup.duration"), w.duration.as_ref());
     }
     if let Some(ch) = &lb.consistent_hash {
+        super::balancing::hash_tables(rep, path, ch);
         let keys = usize::from(ch.http_header_name.is_some())
             + usize::from(ch.http_cookie.is_some())
             + usize::from(ch.use_source_ip == Some(true))
@@ -123,6 +124,7 @@ fn load_balancer(rep: &mut Reporter<'_>, path: &str, lb: Option<&LoadBalancerSet
         }
     }
     if let Some(l) = &lb.locality_lb_setting {
+        super::balancing::locality_lb_setting(rep, path, l);
         for (i, d) in l.distribute.iter().enumerate() {
             let sum: u32 = d.to.values().sum();
             if sum != 100 {

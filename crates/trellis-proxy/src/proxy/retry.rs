@@ -152,7 +152,13 @@ impl Attempts<'_> {
             let resendable = !moved || replay.is_some();
             let (outcome, failure) = match result {
                 Ok((resp, lease)) => {
-                    cluster.report(endpoint, Observed::Status(resp.status().as_u16()));
+                    // A trailers-only gRPC answer counts as the HTTP status its grpc-status maps
+                    // to (Envoy).
+                    let status = match resp.headers().get("grpc-status") {
+                        Some(code) => crate::runtime::outlier::grpc_to_http(code.as_bytes()),
+                        None => resp.status().as_u16(),
+                    };
+                    cluster.report(endpoint, Observed::Status(status));
                     let retriable = self.repeatable
                         && replay.is_some()
                         && self

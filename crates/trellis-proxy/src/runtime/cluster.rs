@@ -28,6 +28,7 @@ use prost::Message;
 use super::balancer::{Balancer, BalancerState, EndpointState, LbPolicy};
 use super::circuit::{CircuitState, Limits};
 use super::hash::HashTable;
+use super::health::HealthCheckConfig;
 use super::locality::{SlowStart, Topology};
 use super::outlier::{EndpointHealth, Outcome, OutlierConfig, OutlierStats};
 use super::pool::{EndpointPool, Keepalive, PoolOptions, TCP_KEEPALIVE};
@@ -68,6 +69,8 @@ pub struct Cluster {
     pub topology: Topology,
     /// RING_HASH / MAGLEV table over `endpoints`.
     pub hash_table: Option<HashTable>,
+    /// Active health check (`health_checks[0]`), run by `health::HealthCheckers`.
+    pub health_check: Option<Arc<HealthCheckConfig>>,
 }
 
 #[derive(Debug)]
@@ -229,12 +232,16 @@ impl Cluster {
                 Some(LocalitySpecifier::LocalityWeightedLbConfig(_))
             )
         });
-        let topology = Topology::build(
+        let mut topology = Topology::build(
             &endpoints,
             locality_weighted,
             SlowStart::from_lb_config(c.lb_config.as_ref()),
         );
+        topology.add_balancers(&endpoints, policy, &balancer_state);
         let hash_table = hash_table(c, &endpoints);
+        let health_check = HealthCheckConfig::from_xds(&c.name, &c.health_checks)
+            .map_err(|why| err("health_checks", why))?
+            .map(Arc::new);
         Ok(Cluster {
             name: c.name.as_str().into(),
             protocol,
@@ -251,6 +258,7 @@ impl Cluster {
             panic_threshold,
             topology,
             hash_table,
+            health_check,
         })
     }
 

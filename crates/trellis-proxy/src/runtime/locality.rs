@@ -3,17 +3,18 @@
 //! health (outlier ejections, active health checks, the panic threshold), consistent-hash
 //! tables and slow start.
 //!
-//! The common case (one level, every endpoint healthy, no locality weights, no slow start) stays
-//! on the cluster's plain [`Balancer`](super::balancer::Balancer); everything else is decided
-//! here per request from the cluster's immutable [`Topology`] and the endpoints' atomics. Owns
-//! no state of its own and never connects.
+//! The common case (every endpoint healthy, no locality weights, no slow start) stays on a
+//! precomputed [`Balancer`] (over all endpoints, or over the first priority level when there
+//! are several); everything else is decided here per request from the cluster's immutable
+//! [`Topology`] and the endpoints' atomics. Owns no state of its own and never connects.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{LbConfig, SlowStartConfig};
 
-use super::balancer::LbPolicy;
+use super::balancer::{Balancer, BalancerState, LbPolicy};
 use super::cluster::{Cluster, Endpoint};
 use super::duration;
 
@@ -29,6 +30,9 @@ pub struct Topology {
     pub slow_start: Option<SlowStart>,
     /// Until when some endpoint is still warming up.
     pub warming_until: Option<Instant>,
+    /// With several levels: a balancer over the first level's endpoints, which take all the
+    /// traffic while every endpoint is healthy (no per-request work beyond the pick).
+    first_level: Option<Balancer>,
 }
 
 #[derive(Debug, Default)]
@@ -42,9 +46,13 @@ pub struct Level {
 pub struct LocalityGroup {
     pub endpoints: Vec<u32>,
     pub weight: u32,
+    /// The cluster's policy over this locality's endpoints (for the all-healthy case).
+    balancer: Option<Balancer>,
 }
 
-/// Envoy's slow start: weight × max(min%, (age / window)^(1 / aggression)).
+/// Envoy's slow start: weight × max(min%, (max(age, 1 s) / window)^(1 / aggression)). Every
+/// endpoint younger than the window is in slow start, those of a new cluster too (so a fresh
+/// deployment ramps evenly, as in Envoy).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlowStart {
     pub window: Duration,
@@ -75,7 +83,8 @@ impl SlowStart {
         if age >= self.window || self.window.is_zero() {
             return 1.0;
         }
-        let t = age.as_secs_f64() / self.window.as_secs_f64();
+        // Envoy counts at least one second of membership.
+        let t = age.as_secs_f64().max(1.0) / self.window.as_secs_f64();
         t.powf(1.0 / self.aggression)
             .max(self.min_weight_percent / 100.0)
     }
@@ -111,6 +120,7 @@ impl Topology {
                 None => level.localities.push(LocalityGroup {
                     endpoints: vec![i as u32],
                     weight: e.locality_weight,
+                    balancer: None,
                 }),
             }
         }
@@ -126,14 +136,40 @@ impl Topology {
             locality_weighted,
             slow_start,
             warming_until,
+            first_level: None,
         }
     }
 
-    /// Whether the plain balancer over all endpoints gives the same answer.
-    fn is_flat(&self) -> bool {
-        self.levels.len() <= 1
-            && !self.locality_weighted
-            && self.warming_until.is_none_or(|t| Instant::now() >= t)
+    /// Precomputes the all-healthy picks: over the first level of a multi-level cluster, and
+    /// per locality of the first level when locality-weighted.
+    pub fn add_balancers(
+        &mut self,
+        endpoints: &[Endpoint],
+        policy: LbPolicy,
+        state: &Arc<BalancerState>,
+    ) {
+        let balancer = |members: &[u32]| {
+            let weights = members
+                .iter()
+                .map(|i| endpoints[*i as usize].weight)
+                .collect();
+            Balancer::new(policy, weights, Arc::clone(state))
+        };
+        let Some(first) = self.levels.first_mut() else {
+            return;
+        };
+        if self.locality_weighted {
+            for g in &mut first.localities {
+                g.balancer = Some(balancer(&g.endpoints));
+            }
+        } else if self.levels.len() > 1 {
+            self.first_level = Some(balancer(&self.levels[0].endpoints));
+        }
+    }
+
+    /// Not warming up: weights are as configured.
+    fn is_settled(&self) -> bool {
+        self.warming_until.is_none_or(|t| Instant::now() >= t)
     }
 }
 
@@ -144,15 +180,38 @@ pub fn pick(c: &Cluster, hash: Option<u64>) -> Option<usize> {
         return None;
     }
     let in_flight = |i: usize| c.endpoints[i].state.in_flight.load(Relaxed);
+    // Only clusters with an active health check pay for scanning their endpoints.
     let all_healthy = c.outlier_stats.ejected.load(Relaxed) <= 0
-        && c.endpoints
-            .iter()
-            .all(|e| !e.health.hc_failed.load(Relaxed));
-    if all_healthy && c.topology.is_flat() {
-        if let (Some(h), Some(t)) = (hash, &c.hash_table) {
-            return t.find(h, |_| true);
+        && (c.health_check.is_none()
+            || c.endpoints
+                .iter()
+                .all(|e| !e.health.hc_failed.load(Relaxed)));
+    if all_healthy && c.topology.is_settled() {
+        let levels = &c.topology.levels;
+        if c.topology.locality_weighted {
+            // Every locality fully available: its configured weight, then its balancer.
+            if hash.is_none()
+                && let Some(g) = choose_locality(&levels[0].localities, &|_| true)
+                && let Some(b) = &g.balancer
+            {
+                let k = b.pick(|k| in_flight(g.endpoints[k] as usize))?;
+                return g.endpoints.get(k).map(|i| *i as usize);
+            }
+        } else if levels.len() <= 1 {
+            if let (Some(h), Some(t)) = (hash, &c.hash_table) {
+                return t.find(h, |_| true);
+            }
+            return c.balancer.pick(in_flight);
         }
-        return c.balancer.pick(in_flight);
+        // Every level is healthy: the first takes 100%.
+        let first = &levels[0].endpoints;
+        if let (Some(h), Some(t)) = (hash, &c.hash_table) {
+            return t.find(h, |i| c.endpoints[i].priority == levels[0].priority);
+        }
+        if let Some(b) = &c.topology.first_level {
+            let k = b.pick(|k| in_flight(first[k] as usize))?;
+            return first.get(k).map(|i| *i as usize);
+        }
     }
     let healthy: Vec<bool> = c
         .endpoints
@@ -239,31 +298,29 @@ fn choose_locality<'a>(
     groups: &'a [LocalityGroup],
     ok: &impl Fn(u32) -> bool,
 ) -> Option<&'a LocalityGroup> {
-    let effective: Vec<f64> = groups
-        .iter()
-        .map(|g| {
-            let good = g.endpoints.iter().filter(|i| ok(**i)).count() as f64;
-            let avail = (OVERPROVISIONING * good / g.endpoints.len().max(1) as f64).min(1.0);
-            f64::from(g.weight) * avail
-        })
-        .collect();
-    let total: f64 = effective.iter().sum();
+    let effective = |g: &LocalityGroup| {
+        let good = g.endpoints.iter().filter(|i| ok(**i)).count() as f64;
+        let avail = (OVERPROVISIONING * good / g.endpoints.len().max(1) as f64).min(1.0);
+        f64::from(g.weight) * avail
+    };
+    let total: f64 = groups.iter().map(effective).sum();
     if total <= 0.0 {
         return None;
     }
     let mut r = fastrand::f64() * total;
-    for (g, w) in groups.iter().zip(&effective) {
-        if r < *w {
+    let mut last = None;
+    for g in groups {
+        let w = effective(g);
+        if w <= 0.0 {
+            continue;
+        }
+        if r < w {
             return Some(g);
         }
         r -= w;
+        last = Some(g);
     }
-    groups
-        .iter()
-        .zip(&effective)
-        .rev()
-        .find(|(_, w)| **w > 0.0)
-        .map(|(g, _)| g)
+    last
 }
 
 /// The cluster's policy over a subset of endpoints, with slow-start weights.
@@ -318,5 +375,99 @@ fn choose_endpoint(c: &Cluster, candidates: &[u32], in_flight: impl Fn(usize) ->
             draw(&effective)
         }
         _ => draw(&weights),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(priority: u32, n: u32) -> Level {
+        Level {
+            priority,
+            endpoints: (priority * 100..priority * 100 + n).collect(),
+            localities: Vec::new(),
+        }
+    }
+
+    fn shares(levels: &[Level], ok: impl Fn(u32) -> bool) -> Vec<f64> {
+        let runs = 20_000;
+        let mut c = vec![0usize; levels.len()];
+        for _ in 0..runs {
+            if let Some(l) = choose_level(levels, &ok, None) {
+                c[levels.iter().position(|x| std::ptr::eq(x, l)).unwrap_or(0)] += 1;
+            }
+        }
+        c.iter().map(|n| 100.0 * *n as f64 / runs as f64).collect()
+    }
+
+    #[test]
+    fn priority_load_follows_envoy_overprovisioning() {
+        let levels = [level(0, 10), level(1, 10)];
+        // All healthy: everything to P0.
+        assert_eq!(shares(&levels, |_| true), vec![100.0, 0.0]);
+        // 3 of 10 down in P0: 70% × 1.4 = 98% stays, 2% spills to P1.
+        let s = shares(&levels, |i| !(0..3).contains(&i));
+        assert!(
+            (s[0] - 98.0).abs() < 1.0 && (s[1] - 2.0).abs() < 1.0,
+            "{s:?}"
+        );
+        // P0 gone: all to P1.
+        assert_eq!(shares(&levels, |i| i >= 100), vec![0.0, 100.0]);
+        // Both half down: 70% + 70% > 100, so P0 70% and P1 30%.
+        let s = shares(&levels, |i| i % 100 >= 5);
+        assert!(
+            (s[0] - 70.0).abs() < 1.5 && (s[1] - 30.0).abs() < 1.5,
+            "{s:?}"
+        );
+        // Nothing healthy anywhere: no level.
+        assert!(choose_level(&levels, &|_| false, None).is_none());
+    }
+
+    #[test]
+    fn locality_weights_scale_with_availability() {
+        let groups = [
+            LocalityGroup {
+                endpoints: vec![0, 1],
+                weight: 1,
+                balancer: None,
+            },
+            LocalityGroup {
+                endpoints: vec![2],
+                weight: 2,
+                balancer: None,
+            },
+        ];
+        let share_of_first = |ok: &dyn Fn(u32) -> bool| {
+            let mut first = 0;
+            for _ in 0..20_000 {
+                if choose_locality(&groups, &ok).is_some_and(|g| g.weight == 1) {
+                    first += 1;
+                }
+            }
+            100.0 * first as f64 / 20_000.0
+        };
+        let all = share_of_first(&|_| true);
+        assert!((all - 33.3).abs() < 1.5, "{all}");
+        // Half of the first locality down: availability 0.7, so it gets 0.7 / 2.7.
+        let half = share_of_first(&|i| i != 0);
+        assert!((half - 25.9).abs() < 1.5, "{half}");
+    }
+
+    #[test]
+    fn slow_start_ramps_weight() {
+        let s = SlowStart {
+            window: Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight_percent: 10.0,
+        };
+        assert!((s.factor(Duration::ZERO) - 0.1).abs() < 1e-9);
+        assert!((s.factor(Duration::from_secs(5)) - 0.5).abs() < 1e-9);
+        assert!((s.factor(Duration::from_secs(20)) - 1.0).abs() < 1e-9);
+        let aggressive = SlowStart {
+            aggression: 2.0,
+            ..s
+        };
+        assert!((aggressive.factor(Duration::from_millis(2500)) - 0.5).abs() < 1e-9);
     }
 }

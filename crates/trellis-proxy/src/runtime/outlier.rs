@@ -252,11 +252,38 @@ impl EndpointHealth {
     }
 }
 
-/// The health of every cluster of `rt`, for metrics and the admin `/clusters` page.
-pub fn health_report(rt: &super::Runtime) -> Vec<crate::telemetry::upstream::ClusterHealth> {
+/// Envoy's gRPC status → HTTP status mapping (`Grpc::Utility::grpcToHttpStatus`), for a
+/// `grpc-status` value; unknown or malformed values are 500.
+pub fn grpc_to_http(code: &[u8]) -> u16 {
+    match std::str::from_utf8(code)
+        .ok()
+        .and_then(|c| c.trim().parse::<u8>().ok())
+    {
+        Some(0) => 200,
+        Some(1) => 499,
+        Some(3 | 9 | 11) => 400,
+        Some(4) => 504,
+        Some(5) => 404,
+        Some(6 | 10) => 409,
+        Some(7) => 403,
+        Some(8) => 429,
+        Some(12) => 501,
+        Some(14) => 503,
+        Some(16) => 401,
+        _ => 500,
+    }
+}
+
+/// The health of the clusters of `rt`: all of them with their endpoints (`endpoints`, for the
+/// admin `/clusters` page), or only those with outlier detection and no endpoint rows (metrics).
+pub fn health_report(
+    rt: &super::Runtime,
+    endpoints: bool,
+) -> Vec<crate::telemetry::upstream::ClusterHealth> {
     use crate::telemetry::upstream::{ClusterHealth, EndpointHealthView};
     rt.clusters
         .values()
+        .filter(|c| endpoints || c.outlier.is_some())
         .map(|c| ClusterHealth {
             name: Arc::clone(&c.name),
             outlier_detection: c.outlier.is_some(),
@@ -265,6 +292,7 @@ pub fn health_report(rt: &super::Runtime) -> Vec<crate::telemetry::upstream::Clu
             endpoints: c
                 .endpoints
                 .iter()
+                .take(if endpoints { usize::MAX } else { 0 })
                 .map(|e| EndpointHealthView {
                     address: e.addr.to_string(),
                     priority: e.priority,
@@ -303,6 +331,16 @@ mod tests {
             }),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn grpc_statuses_map_like_envoy() {
+        assert_eq!(grpc_to_http(b"0"), 200);
+        assert_eq!(grpc_to_http(b"14"), 503);
+        assert_eq!(grpc_to_http(b"4"), 504);
+        assert_eq!(grpc_to_http(b"5"), 404);
+        assert_eq!(grpc_to_http(b"2"), 500);
+        assert_eq!(grpc_to_http(b"x"), 500);
     }
 
     #[test]

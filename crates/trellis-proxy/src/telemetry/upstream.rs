@@ -35,8 +35,10 @@ pub struct EndpointHealthView {
     pub active_requests: u64,
 }
 
-/// Produces the current clusters' health.
-pub type ClusterSource = Box<dyn Fn() -> Vec<ClusterHealth> + Send + Sync>;
+/// Produces the current clusters' health: every cluster with its endpoints (`true`, for
+/// `/clusters`), or only the clusters with outlier detection and no endpoint rows (`false`, for
+/// each metrics scrape).
+pub type ClusterSource = Box<dyn Fn(bool) -> Vec<ClusterHealth> + Send + Sync>;
 
 /// The installed source, shared by the collector and the admin page.
 #[derive(Clone, Default)]
@@ -54,8 +56,8 @@ impl UpstreamHealth {
         let _ = self.0.set(source);
     }
 
-    pub fn clusters(&self) -> Vec<ClusterHealth> {
-        let mut all = self.0.get().map(|f| f()).unwrap_or_default();
+    pub fn clusters(&self, endpoints: bool) -> Vec<ClusterHealth> {
+        let mut all = self.0.get().map(|f| f(endpoints)).unwrap_or_default();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -64,7 +66,7 @@ impl UpstreamHealth {
     /// `<cluster>::<address>::health_flags::<healthy|ejected|failed_active_hc>` and friends.
     pub fn clusters_text(&self) -> String {
         let mut out = String::new();
-        for c in self.clusters() {
+        for c in self.clusters(true) {
             if c.outlier_detection {
                 let _ = writeln!(
                     out,
@@ -94,7 +96,7 @@ impl Collector for UpstreamCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let clusters: Vec<ClusterHealth> = self
             .0
-            .clusters()
+            .clusters(false)
             .into_iter()
             .filter(|c| c.outlier_detection)
             .collect();

@@ -1,10 +1,11 @@
 //! Rendering of the load-balancing fields (`lb.rs` sets them): outlier detection, common LB
-//! config, ring hash / maglev / slow start and route hash policies.
+//! config, ring hash / maglev / slow start, active health checks and route hash policies.
 
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     CommonLbConfig, LbConfig, SlowStartConfig, common_lb_config,
 };
+use envoy_types::pb::envoy::config::core::v3::{HealthCheck, health_check};
 use envoy_types::pb::envoy::config::route::v3::route_action::{HashPolicy, hash_policy};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use serde_json::{Value, json};
@@ -163,4 +164,40 @@ pub fn hash_policy(h: &HashPolicy) -> Value {
         _ => Obj::default(),
     };
     o.flag("terminal", h.terminal).done()
+}
+
+pub fn health_check(h: &HealthCheck) -> Value {
+    use health_check::HealthChecker as C;
+    let u = |v: &Option<UInt32Value>| v.as_ref().map(|v| json!(v.value));
+    let o = Obj::default()
+        .opt("timeout", h.timeout.as_ref().map(duration))
+        .opt("interval", h.interval.as_ref().map(duration))
+        .opt("unhealthyThreshold", u(&h.unhealthy_threshold))
+        .opt("healthyThreshold", u(&h.healthy_threshold));
+    let checker = match &h.health_checker {
+        Some(C::HttpHealthCheck(x)) => {
+            let statuses = x
+                .expected_statuses
+                .iter()
+                .map(|r| json!({"start": r.start.to_string(), "end": r.end.to_string()}))
+                .collect();
+            Some((
+                "httpHealthCheck",
+                Obj::default()
+                    .str("path", &x.path)
+                    .list("expectedStatuses", statuses)
+                    .done(),
+            ))
+        }
+        Some(C::GrpcHealthCheck(g)) => Some((
+            "grpcHealthCheck",
+            Obj::default().str("serviceName", &g.service_name).done(),
+        )),
+        Some(C::TcpHealthCheck(_)) => Some(("tcpHealthCheck", json!({}))),
+        _ => None,
+    };
+    match checker {
+        Some((k, v)) => o.opt(k, Some(v)).done(),
+        None => o.done(),
+    }
 }

@@ -149,3 +149,50 @@ fn outlier_detection_maps_like_istio() {
     assert!(x.split_external_local_origin_errors);
     assert_eq!(x.enforcing_success_rate.map(|v| v.value), Some(0));
 }
+
+#[test]
+fn failover_priority_ranks_by_matching_label_prefix() {
+    use std::collections::BTreeMap;
+    let labels = |net: &str, cluster: &str| -> BTreeMap<String, String> {
+        [
+            ("topology.istio.io/network".to_string(), net.to_string()),
+            ("topology.istio.io/cluster".to_string(), cluster.to_string()),
+        ]
+        .into()
+    };
+    let ep = |net: &str, cluster: &str| Endpoint {
+        address: "10.0.0.1".into(),
+        labels: labels(net, cluster),
+        ..Default::default()
+    };
+    let eps = [ep("n1", "c1"), ep("n1", "c2"), ep("n2", "c1")];
+    let mut specs: Vec<EndpointSpec> = eps
+        .iter()
+        .map(|_| EndpointSpec {
+            address: "10.0.0.1".into(),
+            port: 80,
+            locality: Locality::default(),
+            weight: 1,
+            metadata: None,
+            priority: 0,
+        })
+        .collect();
+    let mut me = proxy("r1/z1");
+    me.labels = labels("n1", "c1");
+    let lb = settings(LocalityLoadBalancerSetting {
+        failover_priority: vec![
+            "topology.istio.io/network".into(),
+            "topology.istio.io/cluster".into(),
+        ],
+        ..Default::default()
+    });
+    let refs: Vec<&Endpoint> = eps.iter().collect();
+    apply_failover_priority(&mut specs, &refs, &me, Some(&lb), false);
+    assert!(
+        specs.iter().all(|s| s.priority == 0),
+        "needs outlier detection"
+    );
+    apply_failover_priority(&mut specs, &refs, &me, Some(&lb), true);
+    let got: Vec<u32> = specs.iter().map(|s| s.priority).collect();
+    assert_eq!(got, vec![0, 1, 2]);
+}

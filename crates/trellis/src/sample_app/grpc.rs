@@ -60,7 +60,7 @@ pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<Res
             Err((code, message)) => trailers_only(code, &message),
         },
         "/grpc.health.v1.Health/Check" => match read_request::<HealthCheckRequest>(req).await {
-            Ok(request) => health_check(request),
+            Ok(request) => health_check(identity, request),
             Err((code, message)) => trailers_only(code, &message),
         },
         _ => {
@@ -103,11 +103,16 @@ fn echo_stream(identity: &Identity, request: EchoRequest) -> Response<ResponseBo
     messages_then_status(answers, code, &message)
 }
 
-fn health_check(request: HealthCheckRequest) -> Response<ResponseBody> {
+fn health_check(identity: &Identity, request: HealthCheckRequest) -> Response<ResponseBody> {
     match request.service.as_str() {
         "" | "trellis.sample.v1.Echo" => {
+            let status = if identity.fault.health().as_u16() >= 400 {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
             let answer = HealthCheckResponse {
-                status: ServingStatus::Serving as i32,
+                status: status as i32,
             };
             messages_then_status(vec![answer.encode_to_vec()], Code::OK, "")
         }

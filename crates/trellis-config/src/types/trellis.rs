@@ -1,0 +1,54 @@
+//! Trellis extension kinds (`trellis.dev/v1alpha1`), for what Istio has no API for.
+//!
+//! `HealthCheckPolicy`: active health checking of a service's endpoints (Envoy's cluster
+//! `health_checks`, which Istio does not expose). Example:
+//!
+//! ```yaml
+//! apiVersion: trellis.dev/v1alpha1
+//! kind: HealthCheckPolicy
+//! metadata: {name: reviews, namespace: default}
+//! spec:
+//!   host: reviews            # resolved like a DestinationRule host
+//!   subset: v1               # optional: only this DestinationRule subset's endpoints
+//!   interval: 5s             # default 10s
+//!   timeout: 1s              # default 1s
+//!   unhealthyThreshold: 2    # failures in a row that mark an endpoint unhealthy (default 3)
+//!   healthyThreshold: 1      # successes in a row that bring it back (default 1)
+//!   http: {path: /healthz, expectedStatuses: [200, 204]}   # or: grpc: {serviceName: ""}
+//! ```
+//!
+//! A `grpc` check applies only to HTTP2/GRPC ports (Envoy checks gRPC over HTTP/2).
+
+use super::istio::config_struct;
+use super::{Duration, PortSelector};
+
+config_struct! {
+    /// `HealthCheckPolicy.spec`.
+    pub struct HealthCheckPolicy {
+        pub host: String,
+        pub subset: String,
+        /// Only this service port's clusters (all ports when absent).
+        pub port: Option<PortSelector>,
+        pub interval: Option<Duration>,
+        pub timeout: Option<Duration>,
+        pub unhealthy_threshold: Option<u32>,
+        pub healthy_threshold: Option<u32>,
+        pub http: Option<HttpHealthCheck>,
+        pub grpc: Option<GrpcHealthCheck>,
+    }
+}
+
+config_struct! {
+    /// An HTTP GET of `path`; healthy when the status is one of `expectedStatuses` (default 200).
+    pub struct HttpHealthCheck {
+        pub path: String,
+        pub expected_statuses: Vec<u32>,
+    }
+}
+
+config_struct! {
+    /// `grpc.health.v1.Health/Check` for `serviceName` (empty: the whole server).
+    pub struct GrpcHealthCheck {
+        pub service_name: String,
+    }
+}
