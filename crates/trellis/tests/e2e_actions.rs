@@ -402,6 +402,10 @@ fn rewrite_redirect_direct_response_and_headers() {
     match: [{{uri: {{regex: "/items/[0-9]+"}}}}]
     rewrite: {{uriRegexRewrite: {{match: "^/items/([0-9]+)$", rewrite: '/anything/item?id=\1'}}}}
     route: [{{destination: {v1}}}]
+  - name: legacy
+    match: [{{uri: {{regex: "/legacy/.*"}}}}]
+    rewrite: {{uri: /anything/modern}}
+    route: [{{destination: {v1}}}]
   - name: split
     match: [{{uri: {{prefix: /reviews/split}}}}]
     route:
@@ -468,6 +472,13 @@ fn rewrite_redirect_direct_response_and_headers() {
     assert_eq!(echo["path"], "/anything/item", "{body}");
     assert_eq!(echo["query"]["id"], "42", "{body}");
     assert_eq!(echo["query"]["v"], "3", "{body}");
+
+    // `rewrite.uri` under a regex match replaces the whole path.
+    let (status, _, body) = http_request(&gw.url("/legacy/a/b?k=v"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let echo = json(&body);
+    assert_eq!(echo["path"], "/anything/modern", "{body}");
+    assert_eq!(echo["query"]["k"], "v", "{body}");
 
     // Destination-level headers follow the picked destination.
     let mut client = gw.client();
