@@ -369,9 +369,11 @@ async fn forward(
             parts.headers.remove(HOST);
         }
     }
-    plan.mirror(&parts, !http_body::Body::is_end_stream(&body));
-    let upstream_req =
-        Request::from_parts(parts, RequestBody::new(body, Arc::clone(&log.received)));
+    let tee = plan.mirror(&parts, &body);
+    let upstream_req = Request::from_parts(
+        parts,
+        RequestBody::new(body, Arc::clone(&log.received)).with_tee(tee),
+    );
     let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
     let mut timer = conn.take_response_timer(wait);
     let sent = {

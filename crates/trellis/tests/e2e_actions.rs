@@ -51,6 +51,22 @@ fn recent(port: u16) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Like [`recent`], with each request's content-length.
+fn recent_with_length(port: u16) -> Vec<(String, String, String, String)> {
+    let (status, _, body) = http_get(&format!("http://127.0.0.1:{port}/recent"));
+    assert_eq!(status, 200, "/recent: {body}");
+    json(&body)["requests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (s("method"), s("host"), s("path"), s("content_length"))
+        })
+        .collect()
+}
+
 #[test]
 fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
     let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
@@ -359,6 +375,52 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
         "v1 saw {v1_seen:?}"
     );
 
+    // A body is copied to the mirror as it streams; one over 64 KiB is not mirrored (counted).
+    let resp = client
+        .request(
+            "POST",
+            "shop.example.com",
+            "/anything?m=small",
+            &[],
+            "hello-mirror",
+        )
+        .expect("small POST");
+    assert_eq!(
+        (resp.status, resp.served_by().as_str()),
+        (200, "reviews/v1")
+    );
+    assert_eq!(json(&resp.body)["body"], "hello-mirror");
+    let small = (
+        "POST".to_string(),
+        "shop.example.com-shadow".to_string(),
+        "/anything?m=small".to_string(),
+        "12".to_string(),
+    );
+    let got_small = wait_until(Duration::from_secs(10), || {
+        recent_with_length(v2).contains(&small)
+    });
+    assert!(got_small, "v2 saw {:?}", recent_with_length(v2));
+    let big = "x".repeat(70_000);
+    let resp = client
+        .request("POST", "shop.example.com", "/anything?m=big", &[], &big)
+        .expect("big POST");
+    assert_eq!(
+        (resp.status, resp.served_by().as_str()),
+        (200, "reviews/v1")
+    );
+    assert_eq!(
+        json(&resp.body)["body"].as_str().map(str::len),
+        Some(70_000)
+    );
+    let dropped = wait_until(Duration::from_secs(10), || {
+        metric_sum(&gw.metrics(), "trellis_proxy_mirror_dropped_total", &[]) >= 1.0
+    });
+    assert!(dropped, "{}", gw.metrics());
+    assert!(
+        recent(v2).iter().all(|r| r.2 != "/anything?m=big"),
+        "an oversized body was mirrored"
+    );
+
     // A slow (never answering) or down mirror changes nothing for the client.
     for path in ["/reviews/slow", "/reviews/down"] {
         for _ in 0..3 {
@@ -379,6 +441,16 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
             );
         }
     }
+    // Every shadow request was sent; the down mirror's failed.
+    let failed = wait_until(Duration::from_secs(10), || {
+        metric_sum(&gw.metrics(), "trellis_proxy_mirror_failures_total", &[]) >= 3.0
+    });
+    assert!(failed, "{}", gw.metrics());
+    let sent = metric_sum(&gw.metrics(), "trellis_proxy_mirror_requests_total", &[]);
+    assert!(
+        sent >= (n + 1 + 6) as f64,
+        "mirror requests sent: {sent}"
+    );
     drop(slow);
 }
 

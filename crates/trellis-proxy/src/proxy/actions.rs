@@ -77,14 +77,28 @@ impl Plan<'_> {
         self.cluster = Some(ops);
     }
 
-    /// Fire the route's mirrors (never waits for them). `has_body`: the request carries a
-    /// body, which is not mirrored (such requests are not shadowed and are counted).
-    pub fn mirror(&self, parts: &Parts, has_body: bool) {
-        if let Some(p) = self.policy {
-            for m in &p.mirrors {
-                mirror::spawn(m, parts, has_body);
-            }
+    /// Fire the route's mirrors (never waits for them). A request with a body gets back the
+    /// `Tee` that copies it for the mirrors as it streams upstream.
+    pub fn mirror(&self, parts: &Parts, body: &hyper::body::Incoming) -> Option<mirror::Tee> {
+        let p = self.policy?;
+        if p.mirrors.is_empty() {
+            return None;
         }
+        let pending: Vec<_> = p
+            .mirrors
+            .iter()
+            .filter_map(|m| mirror::prepare(m, parts))
+            .collect();
+        if pending.is_empty() {
+            return None;
+        }
+        if http_body::Body::is_end_stream(body) {
+            for p in pending {
+                mirror::launch(p, bytes::Bytes::new());
+            }
+            return None;
+        }
+        Some(mirror::Tee::new(pending))
     }
 
     /// Response header mutations (destination level, then route level), CORS headers, and

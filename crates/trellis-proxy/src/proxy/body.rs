@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::ConnInfo;
+use super::mirror::Tee;
 use crate::runtime::Cluster;
 use crate::runtime::balancer::InFlight;
 use crate::runtime::pool::Lease;
@@ -25,6 +26,8 @@ use crate::telemetry::{RequestRecord, Telemetry};
 pub struct RequestBody {
     inner: Incoming,
     received: Arc<AtomicU64>,
+    /// Copies the body for mirrors (`super::mirror`), when the route mirrors this request.
+    tee: Option<Box<Tee>>,
 }
 
 /// The response body on its way downstream: upstream's, or a local one-liner.
@@ -70,7 +73,16 @@ pub struct RequestLog {
 
 impl RequestBody {
     pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> RequestBody {
-        RequestBody { inner, received }
+        RequestBody {
+            inner,
+            received,
+            tee: None,
+        }
+    }
+
+    pub fn with_tee(mut self, tee: Option<Tee>) -> RequestBody {
+        self.tee = tee.map(Box::new);
+        self
     }
 }
 
@@ -88,6 +100,15 @@ impl Body for RequestBody {
         {
             self.received
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if let Some(tee) = self.tee.as_mut() {
+                tee.data(data);
+            }
+        }
+        if self.tee.is_some()
+            && (matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream())
+            && let Some(mut tee) = self.tee.take()
+        {
+            tee.end();
         }
         polled
     }

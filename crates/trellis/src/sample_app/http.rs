@@ -2,7 +2,7 @@
 //!
 //! `/`, `/get`, `/{service}[/…]` (the app's own name, so that mesh routes
 //! like `/reviews` need no rewrite), `/headers`, `/post`, `/anything[/…]`,
-//! `/status/{code}`, `/delay/{seconds}`, `/recent` (method, host and path of the last
+//! `/status/{code}`, `/delay/{seconds}`, `/recent` (method, host, path and content-length of the last
 //! `RECENT_MAX` other requests, oldest first: tests check what a mirror or rewrite delivered);
 //! anything else is a JSON 404. Every answer is JSON and
 //! names the service, version and instance. Bodies are read with a size
@@ -62,10 +62,16 @@ fn remember<B>(req: &Request<B>) {
         .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    let length = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .unwrap_or_default();
     let entry = json!({
         "method": req.method().as_str(),
         "host": host,
         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "content_length": length,
     });
     let mut recent = lock_recent();
     if recent.len() == RECENT_MAX {
