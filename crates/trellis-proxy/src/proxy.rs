@@ -10,6 +10,7 @@ pub mod cors;
 pub mod fault;
 pub mod headers;
 pub mod mirror;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -329,7 +330,9 @@ async fn forward(
     log.upstream = Some((Arc::clone(cluster), index));
     log.in_flight = Some(InFlight::new(&endpoint.state));
 
+    let upgrade = upgrade::take(&mut parts, cluster.protocol, settings.stream_idle_timeout);
     headers::strip_hop_by_hop(&mut parts.headers);
+    upgrade::restore(&mut parts.headers, upgrade.as_ref());
     let forwarded = headers::forwarding_ids(&mut parts.headers, settings, conn.peer_ip.as_ref());
     log.request_id = forwarded.request_id;
     log.xff = forwarded.x_forwarded_for;
@@ -393,6 +396,9 @@ async fn forward(
         Ok(Ok((mut resp, lease))) => {
             log.lease = lease;
             headers::strip_hop_by_hop(resp.headers_mut());
+            if upgrade::on_response(upgrade, &mut resp) {
+                log.lease = None;
+            }
             plan.on_response(resp.headers_mut());
             Ok(resp)
         }

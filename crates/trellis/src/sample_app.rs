@@ -96,7 +96,7 @@ pub async fn run(config: SampleAppConfig) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(identity.clone(), req));
                     let builder = auto::Builder::new(TokioExecutor::new());
-                    if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
+                    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
                         // Client resets and half-finished requests are normal for a demo app.
                         let _ = err;
                     }

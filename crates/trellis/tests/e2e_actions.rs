@@ -447,10 +447,7 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
     });
     assert!(failed, "{}", gw.metrics());
     let sent = metric_sum(&gw.metrics(), "trellis_proxy_mirror_requests_total", &[]);
-    assert!(
-        sent >= (n + 1 + 6) as f64,
-        "mirror requests sent: {sent}"
-    );
+    assert!(sent >= (n + 1 + 6) as f64, "mirror requests sent: {sent}");
     drop(slow);
 }
 
@@ -708,4 +705,72 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
     let (status, h, _) = http_request(&gw.url("/reviews"), &["-H", "Host: api.example.com"]);
     assert_eq!(status, 200);
     assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+}
+
+/// Reads an HTTP/1.1 response head (through the blank line), lower-cased.
+fn read_head(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "reading head {:?}: {other:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+#[test]
+fn websocket_upgrade_tunnels_bytes_both_ways() {
+    use std::io::{Read, Write};
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let port = gateway_port();
+    let http = format!("  - route: [{{destination: {}}}]\n", v("v1"));
+    let yaml = reviews_mesh(
+        &apps,
+        port,
+        &[virtual_service_yaml("reviews", &["*"], &http)],
+    );
+    let gw = Gateway::start(port, &yaml);
+
+    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /echo-upgrade HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .expect("write upgrade request");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-sample-service: reviews/v1\r\n"),
+        "{head}"
+    );
+    for msg in ["ping-1", "a second, longer message through the tunnel"] {
+        s.write_all(msg.as_bytes()).expect("write through tunnel");
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).expect("read echo");
+        assert_eq!(String::from_utf8_lossy(&back), msg);
+    }
+    drop(s);
+
+    // An upgrade the upstream does not accept is an ordinary answer, and the connection closes.
+    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /get HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .expect("write");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
 }

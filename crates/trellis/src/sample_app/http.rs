@@ -4,7 +4,8 @@
 //! like `/reviews` need no rewrite), `/headers`, `/post`, `/anything[/…]`,
 //! `/status/{code}`, `/delay/{seconds}`, `/recent` (method, host, path and content-length of the last
 //! `RECENT_MAX` other requests, oldest first: tests check what a mirror or rewrite delivered);
-//! anything else is a JSON 404. Every answer is JSON and
+//! `/echo-upgrade` (accepts any HTTP/1.1 `Upgrade` and echoes bytes); anything else is a JSON
+//! 404. Every answer is JSON and
 //! names the service, version and instance. Bodies are read with a size
 //! limit; bad input gets a 4xx, never a panic.
 
@@ -34,6 +35,9 @@ static RECENT: Mutex<VecDeque<Value>> = Mutex::new(VecDeque::new());
 /// Answers one plain HTTP request.
 pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<ResponseBody> {
     let path = req.uri().path().to_owned();
+    if path == "/echo-upgrade" {
+        return echo_upgrade(identity, req);
+    }
     if path == "/recent" {
         let recent: Vec<Value> = lock_recent().iter().cloned().collect();
         let mut map = Map::new();
@@ -49,6 +53,40 @@ pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<Res
         return answer_without_body(identity, &req, &segments, &path).await;
     }
     echo_with_body(identity, req).await
+}
+
+/// `/echo-upgrade`: any `Upgrade` protocol is accepted (`101`) and the upgraded connection
+/// echoes what it reads until the peer closes (at most `MAX_DELAY_SECONDS` idle).
+fn echo_upgrade(identity: &Identity, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let Some(protocol) = req.headers().get(hyper::header::UPGRADE).cloned() else {
+        return error_response(
+            identity,
+            StatusCode::BAD_REQUEST,
+            "/echo-upgrade needs an Upgrade header",
+        );
+    };
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(upgraded) = on.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut buf = vec![0u8; 16 * 1024];
+        let idle = Duration::from_secs_f64(MAX_DELAY_SECONDS);
+        while let Ok(Ok(n)) = tokio::time::timeout(idle, io.read(&mut buf)).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(hyper::header::UPGRADE, protocol);
+    h.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    response
 }
 
 fn lock_recent() -> std::sync::MutexGuard<'static, VecDeque<Value>> {
