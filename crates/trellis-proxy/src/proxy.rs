@@ -330,7 +330,7 @@ async fn forward(
     log.upstream = Some((Arc::clone(cluster), index));
     log.in_flight = Some(InFlight::new(&endpoint.state));
 
-    let upgrade = upgrade::take(&mut parts, cluster.protocol, settings.stream_idle_timeout);
+    let upgrade = upgrade::take(&mut parts, cluster.protocol, settings);
     headers::strip_hop_by_hop(&mut parts.headers);
     upgrade::restore(&mut parts.headers, upgrade.as_ref());
     let forwarded = headers::forwarding_ids(&mut parts.headers, settings, conn.peer_ip.as_ref());

@@ -762,6 +762,15 @@ fn websocket_upgrade_tunnels_bytes_both_ways() {
     }
     drop(s);
 
+    // A protocol the listener's upgrade_configs do not list is not upgraded: the upstream gets
+    // an ordinary request without the upgrade headers (and the echo app refuses it).
+    let (status, _, body) = http_request(
+        &gw.url("/echo-upgrade"),
+        &["-H", "Connection: Upgrade", "-H", "Upgrade: trellis-echo"],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("needs an Upgrade header"), "{body}");
+
     // An upgrade the upstream does not accept is an ordinary answer, and the connection closes.
     let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))

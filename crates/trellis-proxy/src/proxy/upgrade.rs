@@ -1,9 +1,10 @@
-//! HTTP/1.1 upgrades through the proxy (WebSocket and any other `Upgrade` protocol, allowed by
-//! default as in Istio): the `Connection: upgrade` / `Upgrade` pair survives hop-by-hop
+//! HTTP/1.1 upgrades through the proxy, for the protocols the listener's HCM
+//! `upgrade_configs` names (Istio: `websocket`): the `Connection: upgrade` / `Upgrade` pair survives hop-by-hop
 //! stripping on an HTTP/1.1 upstream, and on `101 Switching Protocols` both connections are
 //! taken over from hyper and bytes are copied both ways until either side closes or the tunnel
 //! is idle for the stream idle timeout. A refused upgrade closes the downstream connection.
-//! HTTP/2 upstreams get the request without the upgrade (h2 has no `Upgrade`).
+//! Other protocols, and HTTP/2 upstreams (h2 has no `Upgrade`), get the request without the
+//! upgrade headers, as an ordinary request.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::runtime::UpstreamProtocol;
+use crate::runtime::{HttpSettings, UpstreamProtocol};
 
 /// A downstream request asking to switch protocols.
 pub struct Upgrade {
@@ -26,7 +27,11 @@ pub struct Upgrade {
 
 /// Takes the upgrade out of an HTTP/1.1 request that asks for one (before hop-by-hop headers
 /// are stripped); `None` for any other request.
-pub fn take(parts: &mut Parts, upstream: UpstreamProtocol, idle: Duration) -> Option<Upgrade> {
+pub fn take(
+    parts: &mut Parts,
+    upstream: UpstreamProtocol,
+    settings: &HttpSettings,
+) -> Option<Upgrade> {
     if parts.version != Version::HTTP_11 || upstream != UpstreamProtocol::Http1 {
         return None;
     }
@@ -38,14 +43,20 @@ pub fn take(parts: &mut Parts, upstream: UpstreamProtocol, idle: Duration) -> Op
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     let protocol = parts.headers.get(UPGRADE)?.clone();
-    if !asks {
+    let allowed = protocol.to_str().is_ok_and(|p| {
+        settings
+            .upgrades
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(p.trim()))
+    });
+    if !asks || !allowed {
         return None;
     }
     let downstream = parts.extensions.remove::<OnUpgrade>()?;
     Some(Upgrade {
         protocol,
         downstream,
-        idle,
+        idle: settings.stream_idle_timeout,
     })
 }
 
