@@ -501,8 +501,15 @@ fn upstream_response(resp: Response<Incoming>, mut log: Box<RequestLog>) -> Resp
 }
 
 /// Build the response for a proxy-generated failure.
-pub fn local_response(local: Local, mut log: Option<Box<RequestLog>>) -> Response<ResponseBody> {
+pub fn local_response(
+    mut local: Local,
+    mut log: Option<Box<RequestLog>>,
+) -> Response<ResponseBody> {
     if let Some(log) = log.as_mut() {
+        // A request the fault filter delayed keeps `DI` beside the later failure's flag.
+        if log.flags == "DI" {
+            local.flag = fault::after_delay(local.flag);
+        }
         log.status = local.status.as_u16();
         log.flags = local.flag;
     }

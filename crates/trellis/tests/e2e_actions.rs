@@ -80,6 +80,10 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
     match: [{{headers: {{end-user: {{exact: jason}}}}, authority: {{prefix: back}}}}]
     fault: {{delay: {{fixedDelay: 7s, percentage: {{value: 100}}}}}}
     route: [{{destination: {v1}}}]
+  - name: nowhere
+    match: [{{authority: {{prefix: nowhere}}}}]
+    fault: {{delay: {{fixedDelay: 1s, percentage: {{value: 100}}}}}}
+    route: [{{destination: {empty}}}]
   - name: front
     match: [{{authority: {{prefix: front}}}}]
     timeout: 3s
@@ -90,6 +94,8 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
 "#,
         v1 = v("v1"),
         hop = dest(hop, None, 80),
+        // Not in the registry: a cluster without endpoints (503 UH).
+        empty = dest("empty.default.svc.cluster.local", None, 80),
     );
     let yaml = reviews_mesh(
         &apps,
@@ -182,6 +188,16 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
         "authority rewrite: {body}"
     );
     assert_eq!(headers["x-sample-service"], "reviews/v1");
+
+    // Delayed, then no healthy upstream: both flags.
+    let start = Instant::now();
+    let (status, headers, body) = http_request(&gw.url("/get"), &["-H", "Host: nowhere"]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        headers.get("x-trellis-flags").map(String::as_str),
+        Some("DI,UH")
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1));
 
     let metrics = gw.metrics();
     let di = metric_sum(

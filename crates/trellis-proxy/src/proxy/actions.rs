@@ -21,7 +21,7 @@ pub struct Plan<'a> {
     policy: Option<&'a crate::runtime::route::policy::RoutePolicy>,
     cluster: Option<&'a HeaderOps>,
     /// CORS headers for the response (the request's origin was allowed).
-    cors: Option<HeaderMap>,
+    cors: Option<Box<HeaderMap>>,
     /// The fault filter delayed this request (`DI`).
     delayed: bool,
 }
@@ -45,7 +45,7 @@ pub async fn on_request<'a>(
     if let Some(c) = &policy.cors {
         match cors::on_request(c, parts) {
             cors::Decision::Respond(local) => return Err(with_response_headers(local, policy)),
-            cors::Decision::Forward(headers) => plan.cors = headers,
+            cors::Decision::Forward(headers) => plan.cors = headers.map(Box::new),
         }
     }
     if let Some(f) = &policy.fault {
@@ -111,7 +111,7 @@ impl Plan<'_> {
             apply(&p.headers.response_remove, &p.headers.response_add, headers);
         }
         if let Some(cors) = &self.cors {
-            for (name, value) in cors {
+            for (name, value) in cors.iter() {
                 headers.insert(name, value.clone());
             }
         }

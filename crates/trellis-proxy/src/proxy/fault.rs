@@ -43,6 +43,21 @@ pub async fn apply(f: &Fault, log: &mut RequestLog) -> Result<bool, Local> {
     Ok(delayed)
 }
 
+/// The flags of a delayed request that then failed with `flag` (Envoy joins flags with `,`).
+pub fn after_delay(flag: &'static str) -> &'static str {
+    match flag {
+        "UH" => "DI,UH",
+        "UF" => "DI,UF",
+        "UC" => "DI,UC",
+        "UT" => "DI,UT",
+        "URX" => "DI,URX",
+        "UO" => "DI,UO",
+        "NR" => "DI,NR",
+        "-" => "DI",
+        other => other,
+    }
+}
+
 fn hit(per_million: u32) -> bool {
     per_million >= MILLION || (per_million > 0 && fastrand::u32(..MILLION) < per_million)
 }

@@ -35,6 +35,7 @@ pub fn take(
     if parts.version != Version::HTTP_11 || upstream != UpstreamProtocol::Http1 {
         return None;
     }
+    let protocol = parts.headers.get(UPGRADE)?.clone();
     let asks = parts
         .headers
         .get_all(CONNECTION)
@@ -42,7 +43,6 @@ pub fn take(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = parts.headers.get(UPGRADE)?.clone();
     let allowed = protocol.to_str().is_ok_and(|p| {
         settings
             .upgrades
