@@ -525,8 +525,20 @@ pub fn local_response(
         h.insert(&X_TRELLIS_FLAGS, HeaderValue::from_static(local.flag));
     }
     if let Some(extra) = local.headers {
-        for (name, value) in extra.into_iter().filter_map(|(n, v)| Some((n?, v))) {
-            h.insert(name, value);
+        // Each name replaces the default; its further values (`None` names) are appended.
+        let mut last = None;
+        for (name, value) in *extra {
+            match name {
+                Some(name) => {
+                    h.insert(&name, value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        h.append(name, value);
+                    }
+                }
+            }
         }
     }
     resp
