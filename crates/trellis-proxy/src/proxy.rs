@@ -243,6 +243,7 @@ impl Proxy {
             complete: false,
             in_flight: None,
             lease: None,
+            cors: None,
         });
         match forward(&runtime, conn, req, &mut log).await {
             Ok(resp) => Ok(upstream_response(resp, log)),
@@ -399,7 +400,7 @@ async fn forward(
             if upgrade::on_response(upgrade, &mut resp) {
                 log.lease = None;
             }
-            plan.on_response(resp.headers_mut());
+            plan.on_response(resp.headers_mut(), log);
             Ok(resp)
         }
         Ok(Err(e)) if e.is_connect() => {
@@ -506,6 +507,13 @@ pub fn local_response(
     mut log: Option<Box<RequestLog>>,
 ) -> Response<ResponseBody> {
     if let Some(log) = log.as_mut() {
+        // The CORS filter's headers go on the proxy's own answers too (as Envoy's do).
+        if let Some(cors) = log.cors.take() {
+            let h = local.headers.get_or_insert_with(Default::default);
+            for (name, value) in cors.iter() {
+                h.insert(name, value.clone());
+            }
+        }
         // A request the fault filter delayed keeps `DI` beside the later failure's flag.
         if log.flags == "DI" {
             local.flag = fault::after_delay(local.flag);

@@ -648,6 +648,11 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
                 &["strict.example.com"],
                 &cors("\n      unmatchedPreflights: IGNORE"),
             ),
+            virtual_service_yaml(
+                "aborting",
+                &["broken.example.com"],
+                &cors("\n    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}"),
+            ),
         ],
     );
     let gw = Gateway::start(port, &yaml);
@@ -718,6 +723,19 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
     let (status, h, _) = get("https://evil.example.com");
     assert_eq!(status, 200);
     assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    // The proxy's own answers (here a fault abort) carry them too, for allowed origins.
+    let (status, h, body) = http_request(
+        &gw.url("/reviews"),
+        &[
+            "-H",
+            "Host: broken.example.com",
+            "-H",
+            "Origin: https://a.example.com",
+        ],
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(h["access-control-allow-origin"], "https://a.example.com");
+    assert_eq!(h["x-trellis-flags"], "FI");
     let (status, h, _) = http_request(&gw.url("/reviews"), &["-H", "Host: api.example.com"]);
     assert_eq!(status, 200);
     assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");

@@ -20,8 +20,6 @@ use crate::runtime::route::policy::{Append, HeaderOp, HeaderOps, Redirect, Respo
 pub struct Plan<'a> {
     policy: Option<&'a crate::runtime::route::policy::RoutePolicy>,
     cluster: Option<&'a HeaderOps>,
-    /// CORS headers for the response (the request's origin was allowed).
-    cors: Option<Box<HeaderMap>>,
     /// The fault filter delayed this request (`DI`).
     delayed: bool,
 }
@@ -45,7 +43,9 @@ pub async fn on_request<'a>(
     if let Some(c) = &policy.cors {
         match cors::on_request(c, parts) {
             cors::Decision::Respond(local) => return Err(with_response_headers(local, policy)),
-            cors::Decision::Forward(headers) => plan.cors = headers.map(Box::new),
+            // Kept on the log so that the proxy's own answers (a fault abort, 503 …) get
+            // them too; `on_response` copies them onto the upstream response.
+            cors::Decision::Forward(headers) => log.cors = headers.map(Box::new),
         }
     }
     if let Some(f) = &policy.fault {
@@ -103,14 +103,14 @@ impl Plan<'_> {
 
     /// Response header mutations (destination level, then route level), CORS headers, and
     /// the `DI` flag header when the request was delayed.
-    pub fn on_response(&self, headers: &mut HeaderMap) {
+    pub fn on_response(&self, headers: &mut HeaderMap, log: &mut RequestLog) {
         if let Some(ops) = self.cluster {
             apply(&ops.response_remove, &ops.response_add, headers);
         }
         if let Some(p) = self.policy {
             apply(&p.headers.response_remove, &p.headers.response_add, headers);
         }
-        if let Some(cors) = &self.cors {
+        if let Some(cors) = log.cors.take() {
             for (name, value) in cors.iter() {
                 headers.insert(name, value.clone());
             }

@@ -69,6 +69,8 @@ pub struct RequestLog {
     pub in_flight: Option<InFlight>,
     /// The upstream HTTP/1.1 connection, back to its pool once the response is complete.
     pub lease: Option<Lease>,
+    /// CORS headers for whatever answer this request gets (its origin is allowed).
+    pub cors: Option<Box<http::HeaderMap>>,
 }
 
 impl RequestBody {
