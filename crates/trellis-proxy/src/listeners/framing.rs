@@ -632,6 +632,16 @@ mod tests {
         assert!(flagged(&["POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]).0);
     }
 
+    #[test]
+    fn bytes_after_an_upgrade_head_pass_through() {
+        // WebSocket frames after the head are not read as HTTP (nor flagged).
+        let (v, s) = flagged(&[
+            "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "\u{81}\u{05}Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ]);
+        assert_eq!((v, s), (false, State::Passthrough));
+    }
+
     fn rejected(chunks: &[&[u8]]) -> Option<(HeadError, String, String)> {
         let slot = Arc::new(OnceLock::new());
         let mut g =

@@ -186,6 +186,9 @@ fn shadow_request(parts: &Parts, protocol: UpstreamProtocol) -> Option<Request<(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut headers = parts.headers.clone();
+    // A shadow never upgrades (its response is thrown away).
+    headers.remove(http::header::CONNECTION);
+    headers.remove(http::header::UPGRADE);
     let (uri, version) = match protocol {
         UpstreamProtocol::Http1 => {
             headers.insert(HOST, HeaderValue::from_str(&shadow).ok()?);
