@@ -502,6 +502,12 @@ fn rewrite_redirect_direct_response_and_headers() {
   - name: moved
     match: [{{uri: {{prefix: /moved}}}}]
     redirect: {{uri: /here}}
+  - name: elsewhere
+    match: [{{uri: {{prefix: /elsewhere}}}}]
+    redirect: {{authority: other.example.com, derivePort: FROM_REQUEST_PORT, redirectCode: 307}}
+  - name: elsewhere-default-port
+    match: [{{uri: {{prefix: /plain-elsewhere}}}}]
+    redirect: {{authority: other.example.com}}
   - name: teapot
     match: [{{uri: {{exact: /teapot}}}}]
     headers: {{response: {{set: {{x-kind: teapot}}}}}}
@@ -600,6 +606,25 @@ fn rewrite_redirect_direct_response_and_headers() {
         http_request(&gw.url("/moved"), &["-H", "Host: shop.example.com:8080"]);
     assert_eq!(status, 301);
     assert_eq!(headers["location"], "http://shop.example.com:8080/here");
+    // A new authority drops the request's port, unless derivePort asks for the listener's.
+    let (status, headers, _) = http_request(
+        &gw.url("/elsewhere/x?y=1"),
+        &["-H", "Host: shop.example.com:9999"],
+    );
+    assert_eq!(status, 307);
+    assert_eq!(
+        headers["location"],
+        format!("http://other.example.com:{port}/elsewhere/x?y=1")
+    );
+    let (status, headers, _) = http_request(
+        &gw.url("/plain-elsewhere"),
+        &["-H", "Host: shop.example.com:9999"],
+    );
+    assert_eq!(status, 301);
+    assert_eq!(
+        headers["location"],
+        "http://other.example.com/plain-elsewhere"
+    );
 
     // Direct responses: string and base64 bytes bodies, route response headers.
     let (status, headers, body) = http_get(&gw.url("/teapot"));
