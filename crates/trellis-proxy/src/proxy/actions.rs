@@ -49,7 +49,8 @@ pub async fn on_request<'a>(
         }
     }
     if let Some(f) = &policy.fault {
-        plan.delayed = fault::apply(f, log).await?;
+        // Boxed: the delay's timer would otherwise enlarge every request's future.
+        plan.delayed = Box::pin(fault::apply(f, log)).await?;
     }
     if let Some(respond) = &policy.respond {
         let local = match respond {
