@@ -30,7 +30,8 @@ pub async fn apply(f: &Fault, log: &mut RequestLog) -> Result<bool, Local> {
             Abort::Http(status) => Local::new(status, flag, ABORT_BODY.into()),
             Abort::Grpc(_) => Local::new(StatusCode::OK, flag, String::new()),
         };
-        if log.grpc {
+        // A gRPC status abort answers in gRPC form even when the request did not say gRPC.
+        if log.grpc || matches!(abort, Abort::Grpc(_)) {
             let code = match abort {
                 Abort::Grpc(code) => code,
                 Abort::Http(status) => grpc_from_http(status),
