@@ -226,7 +226,7 @@ async fn serve_connection(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStr
             hyper_buf_size(&settings),
             Arc::clone(&conn.rejected_head),
         );
-    let served = builder.serve_connection(TokioIo::new(guarded), service);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
     tokio::pin!(served);
     let idle = settings.idle_timeout;
     let head_timeout = settings.request_headers_timeout;

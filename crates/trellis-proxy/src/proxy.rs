@@ -11,6 +11,7 @@ pub mod fault;
 pub mod headers;
 pub mod mirror;
 pub mod retry;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -245,6 +246,7 @@ impl Proxy {
             in_flight: None,
             lease: None,
             circuit: None,
+            cors: None,
         });
         match forward(&runtime, conn, req, &mut log).await {
             Ok(resp) => Ok(upstream_response(resp, log)),
@@ -349,7 +351,9 @@ async fn forward(
     };
     log.circuit = Some(slot);
 
+    let upgrade = upgrade::take(&mut parts, cluster.protocol, settings);
     headers::strip_hop_by_hop(&mut parts.headers);
+    upgrade::restore(&mut parts.headers, upgrade.as_ref());
     let forwarded = headers::forwarding_ids(&mut parts.headers, settings, conn.peer_ip.as_ref());
     log.request_id = forwarded.request_id;
     log.xff = forwarded.x_forwarded_for;
@@ -389,7 +393,7 @@ async fn forward(
             parts.headers.remove(HOST);
         }
     }
-    plan.mirror(&parts, !http_body::Body::is_end_stream(&body));
+    let tee = plan.mirror(&parts, &body);
     let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
     let mut timer = conn.take_response_timer(wait);
     let attempts = retry::Attempts {
@@ -399,10 +403,13 @@ async fn forward(
         wait,
         hash: hash.as_ref().map(|h| h.hash),
     };
-    let mut result = attempts.run(parts, body, &mut timer, log).await;
+    let mut result = attempts.run(parts, body, tee, &mut timer, log).await;
     conn.put_response_timer(timer);
     if let Ok(resp) = &mut result {
-        plan.on_response(resp.headers_mut());
+        if upgrade::on_response(upgrade, resp) {
+            log.lease = None;
+        }
+        plan.on_response(resp.headers_mut(), log);
         if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
             resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
@@ -481,8 +488,22 @@ fn upstream_response(resp: Response<Incoming>, mut log: Box<RequestLog>) -> Resp
 }
 
 /// Build the response for a proxy-generated failure.
-pub fn local_response(local: Local, mut log: Option<Box<RequestLog>>) -> Response<ResponseBody> {
+pub fn local_response(
+    mut local: Local,
+    mut log: Option<Box<RequestLog>>,
+) -> Response<ResponseBody> {
     if let Some(log) = log.as_mut() {
+        // The CORS filter's headers go on the proxy's own answers too (as Envoy's do).
+        if let Some(cors) = log.cors.take() {
+            let h = local.headers.get_or_insert_with(Default::default);
+            for (name, value) in cors.iter() {
+                h.insert(name, value.clone());
+            }
+        }
+        // A request the fault filter delayed keeps `DI` beside the later failure's flag.
+        if log.flags == "DI" {
+            local.flag = fault::after_delay(local.flag);
+        }
         log.status = local.status.as_u16();
         log.flags = local.flag;
     }
@@ -498,8 +519,20 @@ pub fn local_response(local: Local, mut log: Option<Box<RequestLog>>) -> Respons
         h.insert(&X_TRELLIS_FLAGS, HeaderValue::from_static(local.flag));
     }
     if let Some(extra) = local.headers {
-        for (name, value) in extra.into_iter().filter_map(|(n, v)| Some((n?, v))) {
-            h.insert(name, value);
+        // Each name replaces the default; its further values (`None` names) are appended.
+        let mut last = None;
+        for (name, value) in *extra {
+            match name {
+                Some(name) => {
+                    h.insert(&name, value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        h.append(name, value);
+                    }
+                }
+            }
         }
     }
     resp

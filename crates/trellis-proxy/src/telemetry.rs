@@ -167,6 +167,26 @@ impl Telemetry {
             "Access-log lines dropped because the log writer fell behind",
             access_log_dropped,
         );
+        let mirror = [
+            (
+                "trellis_proxy_mirror_requests",
+                "Shadow (mirror) requests sent",
+                &crate::proxy::mirror::SENT,
+            ),
+            (
+                "trellis_proxy_mirror_failures",
+                "Shadow requests that failed or timed out",
+                &crate::proxy::mirror::FAILED,
+            ),
+            (
+                "trellis_proxy_mirror_dropped",
+                "Mirrors not sent: in-flight cap, body over 64 KiB, no endpoint",
+                &crate::proxy::mirror::DROPPED,
+            ),
+        ];
+        for (name, help, counter) in mirror {
+            registry.register(name, help, Counter::clone(counter));
+        }
         registry.register(
             "trellis_proxy_metric_series_dropped",
             "Requests and TCP connections left out of istio_* metrics because the label-set limit was reached",

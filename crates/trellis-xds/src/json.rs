@@ -267,6 +267,13 @@ pub fn http_connection_manager(h: &HttpConnectionManager) -> Value {
             h.generate_request_id.map(|b| json!(b.value)),
         )
         .flag("preserveExternalRequestId", h.preserve_external_request_id)
+        .list(
+            "upgradeConfigs",
+            h.upgrade_configs
+                .iter()
+                .map(|u| json!({ "upgradeType": u.upgrade_type }))
+                .collect(),
+        )
         .done()
 }
 

@@ -133,6 +133,11 @@ pub fn http_connection_manager(spec: HcmSpec) -> HttpConnectionManager {
         stream_idle_timeout: Some(seconds(STREAM_IDLE_TIMEOUT_SECS)),
         generate_request_id: Some(BoolValue { value: true }),
         preserve_external_request_id: true,
+        // Istio allows WebSocket upgrades on every HTTP listener.
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }

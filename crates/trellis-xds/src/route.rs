@@ -209,6 +209,7 @@ fn envoy_route(http: &HttpRoute, name: &str, r#match: RouteMatch, action: route:
         ..Default::default()
     };
     actions::decorate_route(&mut r, http);
+    actions::rewrite_for_match(&mut r, http);
     r
 }
 

@@ -115,7 +115,7 @@ pub async fn run(config: SampleAppConfig) -> anyhow::Result<()> {
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     // Room for what proxies add to a request at their own header limit (100).
                     builder.http1().max_headers(200);
-                    if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
+                    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
                         // Client resets and half-finished requests are normal for a demo app.
                         let _ = err;
                     }

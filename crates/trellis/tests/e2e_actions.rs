@@ -51,6 +51,22 @@ fn recent(port: u16) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Like [`recent`], with each request's content-length.
+fn recent_with_length(port: u16) -> Vec<(String, String, String, String)> {
+    let (status, _, body) = http_get(&format!("http://127.0.0.1:{port}/recent"));
+    assert_eq!(status, 200, "/recent: {body}");
+    json(&body)["requests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (s("method"), s("host"), s("path"), s("content_length"))
+        })
+        .collect()
+}
+
 #[test]
 fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
     let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
@@ -64,6 +80,10 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
     match: [{{headers: {{end-user: {{exact: jason}}}}, authority: {{prefix: back}}}}]
     fault: {{delay: {{fixedDelay: 7s, percentage: {{value: 100}}}}}}
     route: [{{destination: {v1}}}]
+  - name: nowhere
+    match: [{{authority: {{prefix: nowhere}}}}]
+    fault: {{delay: {{fixedDelay: 1s, percentage: {{value: 100}}}}}}
+    route: [{{destination: {empty}}}]
   - name: front
     match: [{{authority: {{prefix: front}}}}]
     timeout: 3s
@@ -74,6 +94,8 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
 "#,
         v1 = v("v1"),
         hop = dest(hop, None, 80),
+        // Not in the registry: a cluster without endpoints (503 UH).
+        empty = dest("empty.default.svc.cluster.local", None, 80),
     );
     let yaml = reviews_mesh(
         &apps,
@@ -166,6 +188,16 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
         "authority rewrite: {body}"
     );
     assert_eq!(headers["x-sample-service"], "reviews/v1");
+
+    // Delayed, then no healthy upstream: both flags.
+    let start = Instant::now();
+    let (status, headers, body) = http_request(&gw.url("/get"), &["-H", "Host: nowhere"]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        headers.get("x-trellis-flags").map(String::as_str),
+        Some("DI,UH")
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1));
 
     let metrics = gw.metrics();
     let di = metric_sum(
@@ -359,6 +391,52 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
         "v1 saw {v1_seen:?}"
     );
 
+    // A body is copied to the mirror as it streams; one over 64 KiB is not mirrored (counted).
+    let resp = client
+        .request(
+            "POST",
+            "shop.example.com",
+            "/anything?m=small",
+            &[],
+            "hello-mirror",
+        )
+        .expect("small POST");
+    assert_eq!(
+        (resp.status, resp.served_by().as_str()),
+        (200, "reviews/v1")
+    );
+    assert_eq!(json(&resp.body)["body"], "hello-mirror");
+    let small = (
+        "POST".to_string(),
+        "shop.example.com-shadow".to_string(),
+        "/anything?m=small".to_string(),
+        "12".to_string(),
+    );
+    let got_small = wait_until(Duration::from_secs(10), || {
+        recent_with_length(v2).contains(&small)
+    });
+    assert!(got_small, "v2 saw {:?}", recent_with_length(v2));
+    let big = "x".repeat(70_000);
+    let resp = client
+        .request("POST", "shop.example.com", "/anything?m=big", &[], &big)
+        .expect("big POST");
+    assert_eq!(
+        (resp.status, resp.served_by().as_str()),
+        (200, "reviews/v1")
+    );
+    assert_eq!(
+        json(&resp.body)["body"].as_str().map(str::len),
+        Some(70_000)
+    );
+    let dropped = wait_until(Duration::from_secs(10), || {
+        metric_sum(&gw.metrics(), "trellis_proxy_mirror_dropped_total", &[]) >= 1.0
+    });
+    assert!(dropped, "{}", gw.metrics());
+    assert!(
+        recent(v2).iter().all(|r| r.2 != "/anything?m=big"),
+        "an oversized body was mirrored"
+    );
+
     // A slow (never answering) or down mirror changes nothing for the client.
     for path in ["/reviews/slow", "/reviews/down"] {
         for _ in 0..3 {
@@ -379,6 +457,13 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
             );
         }
     }
+    // Every shadow request was sent; the down mirror's failed.
+    let failed = wait_until(Duration::from_secs(10), || {
+        metric_sum(&gw.metrics(), "trellis_proxy_mirror_failures_total", &[]) >= 3.0
+    });
+    assert!(failed, "{}", gw.metrics());
+    let sent = metric_sum(&gw.metrics(), "trellis_proxy_mirror_requests_total", &[]);
+    assert!(sent >= (n + 1 + 6) as f64, "mirror requests sent: {sent}");
     drop(slow);
 }
 
@@ -402,6 +487,10 @@ fn rewrite_redirect_direct_response_and_headers() {
     match: [{{uri: {{regex: "/items/[0-9]+"}}}}]
     rewrite: {{uriRegexRewrite: {{match: "^/items/([0-9]+)$", rewrite: '/anything/item?id=\1'}}}}
     route: [{{destination: {v1}}}]
+  - name: legacy
+    match: [{{uri: {{regex: "/legacy/.*"}}}}]
+    rewrite: {{uri: /anything/modern}}
+    route: [{{destination: {v1}}}]
   - name: split
     match: [{{uri: {{prefix: /reviews/split}}}}]
     route:
@@ -413,6 +502,12 @@ fn rewrite_redirect_direct_response_and_headers() {
   - name: moved
     match: [{{uri: {{prefix: /moved}}}}]
     redirect: {{uri: /here}}
+  - name: elsewhere
+    match: [{{uri: {{prefix: /elsewhere}}}}]
+    redirect: {{authority: other.example.com, derivePort: FROM_REQUEST_PORT, redirectCode: 307}}
+  - name: elsewhere-default-port
+    match: [{{uri: {{prefix: /plain-elsewhere}}}}]
+    redirect: {{authority: other.example.com}}
   - name: teapot
     match: [{{uri: {{exact: /teapot}}}}]
     headers: {{response: {{set: {{x-kind: teapot}}}}}}
@@ -469,6 +564,13 @@ fn rewrite_redirect_direct_response_and_headers() {
     assert_eq!(echo["query"]["id"], "42", "{body}");
     assert_eq!(echo["query"]["v"], "3", "{body}");
 
+    // `rewrite.uri` under a regex match replaces the whole path.
+    let (status, _, body) = http_request(&gw.url("/legacy/a/b?k=v"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let echo = json(&body);
+    assert_eq!(echo["path"], "/anything/modern", "{body}");
+    assert_eq!(echo["query"]["k"], "v", "{body}");
+
     // Destination-level headers follow the picked destination.
     let mut client = gw.client();
     let mut picked = std::collections::BTreeSet::new();
@@ -504,6 +606,25 @@ fn rewrite_redirect_direct_response_and_headers() {
         http_request(&gw.url("/moved"), &["-H", "Host: shop.example.com:8080"]);
     assert_eq!(status, 301);
     assert_eq!(headers["location"], "http://shop.example.com:8080/here");
+    // A new authority drops the request's port, unless derivePort asks for the listener's.
+    let (status, headers, _) = http_request(
+        &gw.url("/elsewhere/x?y=1"),
+        &["-H", "Host: shop.example.com:9999"],
+    );
+    assert_eq!(status, 307);
+    assert_eq!(
+        headers["location"],
+        format!("http://other.example.com:{port}/elsewhere/x?y=1")
+    );
+    let (status, headers, _) = http_request(
+        &gw.url("/plain-elsewhere"),
+        &["-H", "Host: shop.example.com:9999"],
+    );
+    assert_eq!(status, 301);
+    assert_eq!(
+        headers["location"],
+        "http://other.example.com/plain-elsewhere"
+    );
 
     // Direct responses: string and base64 bytes bodies, route response headers.
     let (status, headers, body) = http_get(&gw.url("/teapot"));
@@ -551,6 +672,11 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
                 "ignoring",
                 &["strict.example.com"],
                 &cors("\n      unmatchedPreflights: IGNORE"),
+            ),
+            virtual_service_yaml(
+                "aborting",
+                &["broken.example.com"],
+                &cors("\n    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}"),
             ),
         ],
     );
@@ -622,7 +748,97 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
     let (status, h, _) = get("https://evil.example.com");
     assert_eq!(status, 200);
     assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    // The proxy's own answers (here a fault abort) carry them too, for allowed origins.
+    let (status, h, body) = http_request(
+        &gw.url("/reviews"),
+        &[
+            "-H",
+            "Host: broken.example.com",
+            "-H",
+            "Origin: https://a.example.com",
+        ],
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(h["access-control-allow-origin"], "https://a.example.com");
+    assert_eq!(h["x-trellis-flags"], "FI");
     let (status, h, _) = http_request(&gw.url("/reviews"), &["-H", "Host: api.example.com"]);
     assert_eq!(status, 200);
     assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+}
+
+/// Reads an HTTP/1.1 response head (through the blank line), lower-cased.
+fn read_head(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "reading head {:?}: {other:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+#[test]
+fn websocket_upgrade_tunnels_bytes_both_ways() {
+    use std::io::{Read, Write};
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
+    let port = gateway_port();
+    let http = format!("  - route: [{{destination: {}}}]\n", v("v1"));
+    let yaml = reviews_mesh(
+        &apps,
+        port,
+        &[virtual_service_yaml("reviews", &["*"], &http)],
+    );
+    let gw = Gateway::start(port, &yaml);
+
+    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /echo-upgrade HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .expect("write upgrade request");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-sample-service: reviews/v1\r\n"),
+        "{head}"
+    );
+    for msg in ["ping-1", "a second, longer message through the tunnel"] {
+        s.write_all(msg.as_bytes()).expect("write through tunnel");
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).expect("read echo");
+        assert_eq!(String::from_utf8_lossy(&back), msg);
+    }
+    drop(s);
+
+    // A protocol the listener's upgrade_configs do not list is not upgraded: the upstream gets
+    // an ordinary request without the upgrade headers (and the echo app refuses it).
+    let (status, _, body) = http_request(
+        &gw.url("/echo-upgrade"),
+        &["-H", "Connection: Upgrade", "-H", "Upgrade: trellis-echo"],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("needs an Upgrade header"), "{body}");
+
+    // An upgrade the upstream does not accept is an ordinary answer, and the connection closes.
+    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /get HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .expect("write");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
 }

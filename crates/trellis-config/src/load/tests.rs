@@ -755,3 +755,34 @@ spec:
         .replace("700,", "");
     assert!(!load_ok(&ok).snapshot.is_empty());
 }
+
+#[test]
+fn route_action_errors_name_their_field() {
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: v, namespace: default}
+spec:
+  hosts: [a]
+  http:
+  - fault: {abort: {grpcStatus: NOT_A_STATUS, percentage: {value: 10}}}
+    headers: {request: {set: {"bad header": x}}, response: {add: {x-ok: "a\nb"}}}
+    route:
+    - destination: {host: a}
+      headers: {request: {remove: ["x@y"]}}
+  - directResponse: {status: 200, body: {bytes: "not*base64"}}
+"#;
+    let errors = load_err(yaml);
+    let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    for needle in [
+        "spec.http[0].fault.abort.grpcStatus: unknown gRPC status \"NOT_A_STATUS\"",
+        "spec.http[0].headers.request.set: \"bad header\" is not a valid header name",
+        "spec.http[0].headers.response.add.x-ok: header values must not hold CR, LF or NUL",
+        "spec.http[0].route[0].headers.request.remove: \"x@y\" is not a valid header name",
+        "spec.http[1].directResponse.body.bytes: bytes must be base64",
+    ] {
+        assert!(
+            shown.iter().any(|s| s.contains(needle)),
+            "{needle}\nnot in {shown:#?}"
+        );
+    }
+}

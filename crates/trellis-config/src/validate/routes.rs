@@ -105,7 +105,13 @@ fn http_route(rep: &mut Reporter<'_>, path: &str, r: &HttpRoute) {
             &format!("{path}.route[{i}].destination"),
             &d.destination,
         );
+        headers(
+            rep,
+            &format!("{path}.route[{i}].headers"),
+            d.headers.as_ref(),
+        );
     }
+    headers(rep, &format!("{path}.headers"), r.headers.as_ref());
     check_weights(rep, &format!("{path}.route"), &weights);
     if let Some(redirect) = &r.redirect {
         if let Some(code) = redirect.redirect_code
@@ -201,6 +207,39 @@ fn http_match(rep: &mut Reporter<'_>, path: &str, m: &HttpMatchRequest) {
     }
     if let Some(p) = m.port {
         rep.port_number(&format!("{path}.port"), p);
+    }
+}
+
+/// Header names must be HTTP tokens (`host`/`:authority` are the one pseudo-header Istio takes,
+/// as an authority rewrite); values must not hold CR, LF or NUL.
+fn headers(rep: &mut Reporter<'_>, path: &str, h: Option<&Headers>) {
+    let Some(h) = h else { return };
+    let token = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+        let Some(ops) = ops else { continue };
+        let named = ops
+            .set
+            .iter()
+            .map(|(k, v)| ("set", k, Some(v)))
+            .chain(ops.add.iter().map(|(k, v)| ("add", k, Some(v))))
+            .chain(ops.remove.iter().map(|k| ("remove", k, None)));
+        for (op, name, value) in named {
+            let p = format!("{path}.{side}.{op}");
+            let authority = side == "request" && name.eq_ignore_ascii_case(":authority");
+            if !(token(name) || authority) {
+                rep.error(&p, format!("{name:?} is not a valid header name"));
+            }
+            if value.is_some_and(|v| v.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))) {
+                rep.error(
+                    &format!("{p}.{name}"),
+                    "header values must not hold CR, LF or NUL",
+                );
+            }
+        }
     }
 }
 

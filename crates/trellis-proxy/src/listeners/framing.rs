@@ -101,6 +101,10 @@ struct Head {
     bytes: usize,
     /// A Content-Length problem hyper reports once the head is complete.
     error: Option<HeadError>,
+    /// An `Upgrade` header: once the head ends the connection may stop being HTTP/1
+    /// (WebSocket): the guard passes the rest through (the proxy closes the connection after
+    /// a refused upgrade, so no later request goes unchecked).
+    upgrade: bool,
 }
 
 impl HeadError {
@@ -338,6 +342,10 @@ impl<S> FramingGuard<S> {
                     return self.reject(HeadError::TransferEncodingNotChunked);
                 }
                 let head = std::mem::take(&mut self.head);
+                if head.upgrade {
+                    self.state = State::Passthrough;
+                    return;
+                }
                 self.state = match (head.transfer_encoding, head.content_length) {
                     (true, Some(_)) => {
                         self.violation.store(true, Ordering::Relaxed);
@@ -359,7 +367,9 @@ impl<S> FramingGuard<S> {
                     return;
                 };
                 let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-                if name.eq_ignore_ascii_case(b"content-length") {
+                if name.eq_ignore_ascii_case(b"upgrade") {
+                    self.head.upgrade = true;
+                } else if name.eq_ignore_ascii_case(b"content-length") {
                     self.on_content_length(value);
                 } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     self.head.transfer_encoding = true;
@@ -620,6 +630,16 @@ mod tests {
         ]);
         assert!(!v);
         assert!(flagged(&["POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]).0);
+    }
+
+    #[test]
+    fn bytes_after_an_upgrade_head_pass_through() {
+        // WebSocket frames after the head are not read as HTTP (nor flagged).
+        let (v, s) = flagged(&[
+            "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "\u{81}\u{05}Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ]);
+        assert_eq!((v, s), (false, State::Passthrough));
     }
 
     fn rejected(chunks: &[&[u8]]) -> Option<(HeadError, String, String)> {

@@ -20,8 +20,6 @@ use crate::runtime::route::policy::{Append, HeaderOp, HeaderOps, Redirect, Respo
 pub struct Plan<'a> {
     policy: Option<&'a crate::runtime::route::policy::RoutePolicy>,
     cluster: Option<&'a HeaderOps>,
-    /// CORS headers for the response (the request's origin was allowed).
-    cors: Option<HeaderMap>,
     /// The fault filter delayed this request (`DI`).
     delayed: bool,
 }
@@ -45,11 +43,14 @@ pub async fn on_request<'a>(
     if let Some(c) = &policy.cors {
         match cors::on_request(c, parts) {
             cors::Decision::Respond(local) => return Err(with_response_headers(local, policy)),
-            cors::Decision::Forward(headers) => plan.cors = headers,
+            // Kept on the log so that the proxy's own answers (a fault abort, 503 …) get
+            // them too; `on_response` copies them onto the upstream response.
+            cors::Decision::Forward(headers) => log.cors = headers.map(Box::new),
         }
     }
     if let Some(f) = &policy.fault {
-        plan.delayed = fault::apply(f, log).await?;
+        // Boxed: the delay's timer would otherwise enlarge every request's future.
+        plan.delayed = Box::pin(fault::apply(f, log)).await?;
     }
     if let Some(respond) = &policy.respond {
         let local = match respond {
@@ -77,27 +78,41 @@ impl Plan<'_> {
         self.cluster = Some(ops);
     }
 
-    /// Fire the route's mirrors (never waits for them). `has_body`: the request carries a
-    /// body, which is not mirrored (such requests are not shadowed and are counted).
-    pub fn mirror(&self, parts: &Parts, has_body: bool) {
-        if let Some(p) = self.policy {
-            for m in &p.mirrors {
-                mirror::spawn(m, parts, has_body);
-            }
+    /// Fire the route's mirrors (never waits for them). A request with a body gets back the
+    /// `Tee` that copies it for the mirrors as it streams upstream.
+    pub fn mirror(&self, parts: &Parts, body: &hyper::body::Incoming) -> Option<mirror::Tee> {
+        let p = self.policy?;
+        if p.mirrors.is_empty() {
+            return None;
         }
+        let pending: Vec<_> = p
+            .mirrors
+            .iter()
+            .filter_map(|m| mirror::prepare(m, parts))
+            .collect();
+        if pending.is_empty() {
+            return None;
+        }
+        if http_body::Body::is_end_stream(body) {
+            for p in pending {
+                mirror::launch(p, bytes::Bytes::new());
+            }
+            return None;
+        }
+        Some(mirror::Tee::new(pending))
     }
 
     /// Response header mutations (destination level, then route level), CORS headers, and
     /// the `DI` flag header when the request was delayed.
-    pub fn on_response(&self, headers: &mut HeaderMap) {
+    pub fn on_response(&self, headers: &mut HeaderMap, log: &mut RequestLog) {
         if let Some(ops) = self.cluster {
             apply(&ops.response_remove, &ops.response_add, headers);
         }
         if let Some(p) = self.policy {
             apply(&p.headers.response_remove, &p.headers.response_add, headers);
         }
-        if let Some(cors) = &self.cors {
-            for (name, value) in cors {
+        if let Some(cors) = log.cors.take() {
+            for (name, value) in cors.iter() {
                 headers.insert(name, value.clone());
             }
         }

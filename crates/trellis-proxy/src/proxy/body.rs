@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::ConnInfo;
+use super::mirror::Tee;
 use crate::runtime::Cluster;
 use crate::runtime::balancer::InFlight;
 use crate::runtime::circuit::RequestSlot;
@@ -27,6 +28,8 @@ use crate::telemetry::{RequestRecord, Telemetry};
 pub struct RequestBody {
     inner: Source,
     received: Arc<AtomicU64>,
+    /// Copies the body for mirrors (`super::mirror`), when the route mirrors this request.
+    tee: Option<Box<Tee>>,
 }
 
 #[derive(Debug)]
@@ -80,6 +83,8 @@ pub struct RequestLog {
     pub lease: Option<Lease>,
     /// Counts the request against the cluster's `max_requests` until it ends.
     pub circuit: Option<RequestSlot>,
+    /// CORS headers for whatever answer this request gets (its origin is allowed).
+    pub cors: Option<Box<http::HeaderMap>>,
 }
 
 impl RequestBody {
@@ -87,6 +92,7 @@ impl RequestBody {
         RequestBody {
             inner: Source::Stream(inner),
             received,
+            tee: None,
         }
     }
 
@@ -102,7 +108,13 @@ impl RequestBody {
                 trailers,
             },
             received,
+            tee: None,
         }
+    }
+
+    pub fn with_tee(mut self, tee: Option<Tee>) -> RequestBody {
+        self.tee = tee.map(Box::new);
+        self
     }
 }
 
@@ -115,22 +127,36 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let inner = match &mut this.inner {
-            Source::Stream(inner) => inner,
+        let polled = match &mut this.inner {
+            Source::Stream(inner) => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                polled
+            }
             Source::Buffered { data, trailers } => {
                 let frame = match data.take() {
                     Some(d) => Some(Frame::data(d)),
                     None => trailers.take().map(Frame::trailers),
                 };
-                return Poll::Ready(frame.map(Ok));
+                Poll::Ready(frame.map(Ok))
             }
         };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
+        if let Some(tee) = this.tee.as_mut()
+            && let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            this.received
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            tee.data(data);
+        }
+        if this.tee.is_some()
+            && (matches!(polled, Poll::Ready(None)) || Body::is_end_stream(&*this))
+            && let Some(mut tee) = this.tee.take()
+        {
+            tee.end();
         }
         polled
     }

@@ -30,7 +30,8 @@ pub async fn apply(f: &Fault, log: &mut RequestLog) -> Result<bool, Local> {
             Abort::Http(status) => Local::new(status, flag, ABORT_BODY.into()),
             Abort::Grpc(_) => Local::new(StatusCode::OK, flag, String::new()),
         };
-        if log.grpc {
+        // A gRPC status abort answers in gRPC form even when the request did not say gRPC.
+        if log.grpc || matches!(abort, Abort::Grpc(_)) {
             let code = match abort {
                 Abort::Grpc(code) => code,
                 Abort::Http(status) => grpc_from_http(status),
@@ -41,6 +42,21 @@ pub async fn apply(f: &Fault, log: &mut RequestLog) -> Result<bool, Local> {
         return Err(local);
     }
     Ok(delayed)
+}
+
+/// The flags of a delayed request that then failed with `flag` (Envoy joins flags with `,`).
+pub fn after_delay(flag: &'static str) -> &'static str {
+    match flag {
+        "UH" => "DI,UH",
+        "UF" => "DI,UF",
+        "UC" => "DI,UC",
+        "UT" => "DI,UT",
+        "URX" => "DI,URX",
+        "UO" => "DI,UO",
+        "NR" => "DI,NR",
+        "-" => "DI",
+        other => other,
+    }
 }
 
 fn hit(per_million: u32) -> bool {

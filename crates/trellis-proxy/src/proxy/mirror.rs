@@ -1,12 +1,14 @@
 //! Request mirroring (Envoy's shadowing): a fire-and-forget copy of the request to the mirror
 //! cluster, with `-shadow` appended to the host part of the authority. The copy's response and
 //! failures never reach the client. Bounded: at most `MAX_IN_FLIGHT` shadow requests per
-//! cluster, each on its own short-lived connection with an overall deadline; requests with a
-//! body are not mirrored. Whatever is not mirrored is counted (`dropped`).
+//! cluster, each on its own short-lived connection with an overall deadline. A request body is
+//! copied as it streams upstream (`Tee`, at most `MAX_BODY` bytes) and the copy is sent once the
+//! body is complete; a larger body, or one the client abandons, is not mirrored. Whatever is not
+//! mirrored is counted (`dropped`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,9 +16,10 @@ use http::header::HOST;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Uri, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::runtime::UpstreamProtocol;
 use crate::runtime::route::policy::{MILLION, Mirror};
@@ -25,33 +28,49 @@ use crate::runtime::route::policy::{MILLION, Mirror};
 pub const MAX_IN_FLIGHT: usize = 64;
 /// A shadow request (connect, send, read the whole response) gives up after this.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Largest request body mirrored.
+pub const MAX_BODY: usize = 64 * 1024;
 
-static SENT: AtomicU64 = AtomicU64::new(0);
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Shadow requests sent (`trellis_proxy_mirror_requests_total`).
+pub static SENT: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Shadow requests that failed or timed out (`trellis_proxy_mirror_failures_total`).
+pub static FAILED: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Mirrors not sent: no endpoint, in-flight cap, body too large or abandoned
+/// (`trellis_proxy_mirror_dropped_total`).
+pub static DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
-/// `(mirrored, dropped)` since start.
-pub fn counts() -> (u64, u64) {
-    (
-        SENT.load(Ordering::Relaxed),
-        DROPPED.load(Ordering::Relaxed),
-    )
+/// A shadow request ready to go once its body is known.
+#[derive(Debug)]
+pub struct Pending {
+    addr: std::net::SocketAddr,
+    protocol: UpstreamProtocol,
+    connect: Duration,
+    req: Request<()>,
+    slot: Slot,
 }
 
-/// Mirror `parts` (the request as it goes upstream) to `m`'s cluster, in the background.
-pub fn spawn(m: &Mirror, parts: &Parts, has_body: bool) {
+/// Copies a request body, as it streams upstream, for the shadow requests waiting on it.
+#[derive(Debug)]
+pub struct Tee {
+    pending: Vec<Pending>,
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+/// A shadow request of `parts` (the request as it goes upstream) for `m`, or `None` when this
+/// request is not mirrored (not drawn, or dropped and counted).
+pub fn prepare(m: &Mirror, parts: &Parts) -> Option<Pending> {
     if m.per_million < MILLION && fastrand::u32(..MILLION) >= m.per_million {
-        return;
+        return None;
     }
     let drop = |why: &str| {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
+        count_dropped(1);
         tracing::debug!(cluster = %m.cluster.name, why, "request not mirrored");
+        None
     };
     let Some(cluster) = &m.cluster.cluster else {
         return drop("no such cluster");
     };
-    if has_body {
-        return drop("request has a body");
-    }
     let Some(slot) = Slot::acquire(&cluster.name) else {
         return drop("too many shadow requests in flight");
     };
@@ -61,15 +80,90 @@ pub fn spawn(m: &Mirror, parts: &Parts, has_body: bool) {
     let Some(req) = shadow_request(parts, cluster.protocol) else {
         return drop("request has no authority");
     };
-    let (addr, protocol, connect) = (endpoint.addr, cluster.protocol, cluster.connect_timeout);
-    SENT.fetch_add(1, Ordering::Relaxed);
+    Some(Pending {
+        addr: endpoint.addr,
+        protocol: cluster.protocol,
+        connect: cluster.connect_timeout,
+        req,
+        slot,
+    })
+}
+
+/// Send `p` with `body` in the background.
+pub fn launch(p: Pending, body: Bytes) {
+    SENT.inc();
     tokio::spawn(async move {
+        let Pending {
+            addr,
+            protocol,
+            connect,
+            req,
+            slot,
+        } = p;
         let _slot = slot;
-        let sent = tokio::time::timeout(DEADLINE, send(addr, protocol, connect, req)).await;
-        if let Ok(Err(e)) = sent {
-            tracing::debug!(%addr, error = %e, "shadow request failed");
+        let req = req.map(|()| Full::new(body));
+        match tokio::time::timeout(DEADLINE, send(addr, protocol, connect, req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                FAILED.inc();
+                tracing::debug!(%addr, error = %e, "shadow request failed");
+            }
+            Err(_) => {
+                FAILED.inc();
+                tracing::debug!(%addr, "shadow request timed out");
+            }
         }
     });
+}
+
+fn count_dropped(n: usize) {
+    DROPPED.inc_by(n as u64);
+}
+
+impl Tee {
+    pub fn new(pending: Vec<Pending>) -> Tee {
+        Tee {
+            pending,
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// A chunk of the body went upstream.
+    pub fn data(&mut self, chunk: &Bytes) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.len += chunk.len();
+        if self.len > MAX_BODY {
+            tracing::debug!(limit = MAX_BODY, "request body too large to mirror");
+            count_dropped(self.pending.len());
+            self.pending.clear();
+            self.chunks.clear();
+            return;
+        }
+        self.chunks.push(chunk.clone());
+    }
+
+    /// The body is complete: send the shadow requests.
+    pub fn end(&mut self) {
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks[0].clone(),
+            _ => Bytes::from(self.chunks.concat()),
+        };
+        self.chunks.clear();
+        for p in self.pending.drain(..) {
+            launch(p, body.clone());
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // The body never completed (client gone, upstream failed): nothing is mirrored.
+        count_dropped(self.pending.len());
+    }
 }
 
 /// `host[:port]` → `host-shadow[:port]` (Envoy's shadow host).
@@ -80,7 +174,7 @@ pub fn shadow_authority(authority: &str) -> String {
     }
 }
 
-fn shadow_request(parts: &Parts, protocol: UpstreamProtocol) -> Option<Request<Empty<Bytes>>> {
+fn shadow_request(parts: &Parts, protocol: UpstreamProtocol) -> Option<Request<()>> {
     let authority = match parts.headers.get(HOST) {
         Some(h) => h.to_str().ok()?.to_string(),
         None => parts.uri.authority()?.as_str().to_string(),
@@ -92,6 +186,9 @@ fn shadow_request(parts: &Parts, protocol: UpstreamProtocol) -> Option<Request<E
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut headers = parts.headers.clone();
+    // A shadow never upgrades (its response is thrown away).
+    headers.remove(http::header::CONNECTION);
+    headers.remove(http::header::UPGRADE);
     let (uri, version) = match protocol {
         UpstreamProtocol::Http1 => {
             headers.insert(HOST, HeaderValue::from_str(&shadow).ok()?);
@@ -106,7 +203,7 @@ fn shadow_request(parts: &Parts, protocol: UpstreamProtocol) -> Option<Request<E
             (Uri::from_parts(uri).ok()?, Version::HTTP_2)
         }
     };
-    let mut req = Request::new(Empty::new());
+    let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = version;
@@ -118,7 +215,7 @@ async fn send(
     addr: std::net::SocketAddr,
     protocol: UpstreamProtocol,
     connect: Duration,
-    req: Request<Empty<Bytes>>,
+    req: Request<Full<Bytes>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stream = tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr)).await??;
     let io = TokioIo::new(stream);
@@ -140,6 +237,7 @@ async fn send(
 }
 
 /// One of a cluster's `MAX_IN_FLIGHT` shadow slots; given back on drop.
+#[derive(Debug)]
 struct Slot(Arc<AtomicUsize>);
 
 impl Slot {

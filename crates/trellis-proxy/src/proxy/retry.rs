@@ -23,6 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{RequestBody, RequestLog};
+use super::mirror::Tee;
 use super::{Local, headers, poll_registered, root_cause};
 use crate::runtime::Cluster;
 use crate::runtime::balancer::InFlight;
@@ -74,6 +75,7 @@ impl Attempts<'_> {
         self,
         mut parts: Parts,
         body: Incoming,
+        mut tee: Option<Tee>,
         timer: &mut Pin<Box<tokio::time::Sleep>>,
         log: &mut RequestLog,
     ) -> Result<Response<Incoming>, Local> {
@@ -117,6 +119,7 @@ impl Attempts<'_> {
             let parts_ref = &mut parts;
             let stream_ref = &mut stream;
             let moved_ref = &mut moved;
+            let tee_ref = &mut tee;
             let send = async move {
                 let conn = pool.connection().await.map_err(|e| match e {
                     UpstreamError::Overflow(why) => Failure::Overflow(why),
@@ -131,6 +134,8 @@ impl Attempts<'_> {
                         None => RequestBody::buffered(Bytes::new(), None, Arc::clone(received)),
                     },
                 };
+                // Mirrors copy the body of the first attempt that sends it.
+                let body = body.with_tee(tee_ref.take());
                 // The head is copied only when another attempt could still send it.
                 let req = if replay_ref.is_some() && !last {
                     copy_head(parts_ref, body)

@@ -54,6 +54,8 @@ pub struct HttpSettings {
     pub max_concurrent_streams: u32,
     pub generate_request_id: bool,
     pub preserve_external_request_id: bool,
+    /// `upgrade_configs[].upgrade_type` (lower-cased): the `Upgrade` protocols let through.
+    pub upgrades: Vec<String>,
 }
 
 impl Default for HttpSettings {
@@ -70,6 +72,7 @@ impl Default for HttpSettings {
             max_concurrent_streams: 100,
             generate_request_id: true,
             preserve_external_request_id: false,
+            upgrades: Vec::new(),
         }
     }
 }
@@ -205,6 +208,12 @@ impl HttpSettings {
                 .map_or(d.max_concurrent_streams, |v| v.value.max(1)),
             generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
             preserve_external_request_id: h.preserve_external_request_id,
+            upgrades: h
+                .upgrade_configs
+                .iter()
+                .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
+                .map(|u| u.upgrade_type.to_ascii_lowercase())
+                .collect(),
         }
     }
 }

@@ -337,7 +337,8 @@ impl EndpointPool {
             .map_err(UpstreamError::Handshake)?;
         let addr = self.addr;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // With upgrades: a 101 hands the connection to `proxy::upgrade`'s tunnel.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended");
             }
             drop(slot);

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, RedirectAction, Route, RouteAction, redirect_action, route,
     route_action::{self, RequestMirrorPolicy},
+    route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
     FaultDelay, fault_delay::FaultDelaySecifier,
@@ -140,6 +141,27 @@ pub fn decorate_action(
             c.response_headers_to_add = ops.response_add;
             c.response_headers_to_remove = ops.response_remove;
         }
+    }
+}
+
+/// `rewrite.uri` under a regex uri match: Envoy's `prefix_rewrite` needs a prefix, so the whole
+/// matched path is replaced by a `regex_rewrite` of the match's own regex.
+pub fn rewrite_for_match(r: &mut Route, http: &HttpRoute) {
+    let Some(route_match::PathSpecifier::SafeRegex(re)) =
+        r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref())
+    else {
+        return;
+    };
+    let Some(route::Action::Route(a)) = &mut r.action else {
+        return;
+    };
+    let uri = http.rewrite.as_ref().map_or("", |rw| rw.uri.as_str());
+    if !a.prefix_rewrite.is_empty() && a.regex_rewrite.is_none() && !uri.is_empty() {
+        a.prefix_rewrite.clear();
+        a.regex_rewrite = Some(RegexMatchAndSubstitute {
+            pattern: Some(regex(&format!("^(?:{})$", re.regex))),
+            substitution: uri.to_string(),
+        });
     }
 }
 

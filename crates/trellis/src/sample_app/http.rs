@@ -4,9 +4,10 @@
 //! like `/reviews` need no rewrite), `/headers`, `/post`, `/anything[/…]`,
 //! `/status/{code}`, `/delay/{seconds}`, `/flaky/{key}/{n}` (503 for the first `n` requests per
 //! key on this instance, `?retry_after=S` adds `Retry-After`), `/ledger` (POST records the
-//! `x-ledger-id` header, GET lists ids with counts), `/recent` (method, host and path of the last
-//! `RECENT_MAX` other requests, oldest first: tests check what a mirror or rewrite delivered),
-//! and `/fault/…` (see `fault.rs`); anything else is a JSON 404. Every answer is JSON and
+//! `x-ledger-id` header, GET lists ids with counts), `/recent` (method, host, path and
+//! content-length of the last `RECENT_MAX` other requests, oldest first: tests check what a
+//! mirror or rewrite delivered), `/echo-upgrade` (accepts any HTTP/1.1 `Upgrade` and echoes
+//! bytes), and `/fault/…` (see `fault.rs`); anything else is a JSON 404. Every answer is JSON and
 //! names the service, version and instance. Bodies are read with a size
 //! limit; bad input gets a 4xx, never a panic.
 
@@ -36,6 +37,9 @@ static RECENT: Mutex<VecDeque<Value>> = Mutex::new(VecDeque::new());
 /// Answers one plain HTTP request.
 pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<ResponseBody> {
     let path = req.uri().path().to_owned();
+    if path == "/echo-upgrade" {
+        return echo_upgrade(identity, req);
+    }
     if path == "/recent" {
         let recent: Vec<Value> = lock_recent().iter().cloned().collect();
         let mut map = Map::new();
@@ -53,6 +57,40 @@ pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<Res
     echo_with_body(identity, req).await
 }
 
+/// `/echo-upgrade`: any `Upgrade` protocol is accepted (`101`) and the upgraded connection
+/// echoes what it reads until the peer closes (at most `MAX_DELAY_SECONDS` idle).
+fn echo_upgrade(identity: &Identity, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let Some(protocol) = req.headers().get(hyper::header::UPGRADE).cloned() else {
+        return error_response(
+            identity,
+            StatusCode::BAD_REQUEST,
+            "/echo-upgrade needs an Upgrade header",
+        );
+    };
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(upgraded) = on.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut buf = vec![0u8; 16 * 1024];
+        let idle = Duration::from_secs_f64(MAX_DELAY_SECONDS);
+        while let Ok(Ok(n)) = tokio::time::timeout(idle, io.read(&mut buf)).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(hyper::header::UPGRADE, protocol);
+    h.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    response
+}
+
 fn lock_recent() -> std::sync::MutexGuard<'static, VecDeque<Value>> {
     RECENT.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -64,10 +102,16 @@ fn remember<B>(req: &Request<B>) {
         .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    let length = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .unwrap_or_default();
     let entry = json!({
         "method": req.method().as_str(),
         "host": host,
         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "content_length": length,
     });
     let mut recent = lock_recent();
     if recent.len() == RECENT_MAX {

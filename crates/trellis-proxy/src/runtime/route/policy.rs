@@ -491,6 +491,73 @@ impl Cors {
 mod tests {
     use super::*;
 
+    fn compile_err(r: &xroute::Route) -> FieldError {
+        let at = |f: &str| format!("routes[0]{f}");
+        match RoutePolicy::compile(r, Some("/"), &HashMap::new(), &at) {
+            Ok(p) => panic!("compiled: {p:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn bad_route_policies_are_rejected_naming_the_field() {
+        use envoy_types::pb::envoy::config::core::v3::HeaderValue as XHeader;
+        let mut r = xroute::Route::default();
+        r.typed_per_filter_config.insert(
+            "envoy.filters.http.lua".into(),
+            envoy_types::pb::google::protobuf::Any::default(),
+        );
+        let (field, why) = compile_err(&r);
+        assert_eq!(
+            field,
+            "routes[0].typed_per_filter_config[\"envoy.filters.http.lua\"]"
+        );
+        assert!(why.contains("not supported"), "{why}");
+
+        let r = xroute::Route {
+            response_headers_to_add: vec![HeaderValueOption {
+                header: Some(XHeader {
+                    key: "bad header".into(),
+                    value: "v".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (_, why) = compile_err(&r);
+        assert!(
+            why.contains("response_headers_to_add[0]: invalid header name \"bad header\""),
+            "{why}"
+        );
+
+        let r = xroute::Route {
+            action: Some(xroute::route::Action::DirectResponse(
+                xroute::DirectResponseAction {
+                    status: 99,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let (field, why) = compile_err(&r);
+        assert_eq!(field, "routes[0].direct_response.status");
+        assert!(why.contains("200..=599"), "{why}");
+    }
+
+    #[test]
+    fn a_route_that_only_forwards_has_no_policy() {
+        let r = xroute::Route {
+            action: Some(xroute::route::Action::Route(xroute::RouteAction::default())),
+            ..Default::default()
+        };
+        let at = |f: &str| f.to_string();
+        assert!(matches!(
+            RoutePolicy::compile(&r, None, &HashMap::new(), &at),
+            Ok(None)
+        ));
+    }
+
     #[test]
     fn re2_group_references_become_regex_crate_ones() {
         assert_eq!(re2_substitution(r"/item?id=\1"), "/item?id=${1}");
