@@ -96,7 +96,10 @@ pub async fn run(config: SampleAppConfig) -> anyhow::Result<()> {
                 let identity = identity.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(identity.clone(), req));
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // Above a proxy's 100-header limit, so that the headers a proxy adds to
+                    // a request at its limit never make the upstream refuse it.
+                    builder.http1().max_headers(128);
                     if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
                         // Client resets and half-finished requests are normal for a demo app.
                         let _ = err;

@@ -46,6 +46,8 @@ pub(super) struct Attempts<'a> {
     pub policy: Option<&'a RetryPolicy>,
     /// The request may be repeated once it may have reached the upstream.
     pub repeatable: bool,
+    /// Set `x-envoy-attempt-count` (the virtual host's `include_request_attempt_count`).
+    pub attempt_count: bool,
     /// The route timeout (or stream idle timeout) all attempts share, for messages.
     pub wait: Duration,
 }
@@ -99,7 +101,7 @@ impl Attempts<'_> {
             tried.add(index);
             log.upstream = Some((Arc::clone(cluster), index));
             log.in_flight = Some(InFlight::new(&endpoint.state));
-            if self.policy.is_some() {
+            if self.attempt_count {
                 let v = ATTEMPT_VALUES.get(attempt as usize - 1).map_or_else(
                     || HeaderValue::from(attempt),
                     |s| HeaderValue::from_static(s),
