@@ -31,8 +31,12 @@ const KINDS: &[&str] = &[
     "WorkloadEntry",
     "Service",
     "EndpointSlice",
+    "DestinationPolicy",
     "List",
 ];
+
+/// API version of the Trellis extension kinds.
+pub(crate) const TRELLIS_API_VERSION: &str = "trellis.dev/v1alpha1";
 
 /// Real kinds that Trellis will support elsewhere but this loader does not.
 const UNSUPPORTED_KINDS: &[&str] = &[
@@ -67,7 +71,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 7],
+    resources: [usize; 8],
 }
 
 #[derive(Deserialize, Default)]
@@ -158,6 +162,7 @@ impl Loader {
             workload_entries,
             services,
             endpoint_slices,
+            destination_policies,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -171,6 +176,7 @@ impl Loader {
                 workload_entries.len(),
                 services.len(),
                 endpoint_slices.len(),
+                destination_policies.len(),
             ],
         }
     }
@@ -180,7 +186,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, dp] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -188,6 +194,7 @@ impl Loader {
         s.workload_entries.truncate(we);
         s.services.truncate(svc);
         s.endpoint_slices.truncate(es);
+        s.destination_policies.truncate(dp);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -325,6 +332,10 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.services, r);
             }
+            "DestinationPolicy" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.destination_policies, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -457,6 +468,7 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Gateway" => ISTIO_API_VERSIONS,
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
+        "DestinationPolicy" => &[TRELLIS_API_VERSION],
         _ => return None,
     };
     (!accepted.contains(&api_version)).then_some(accepted)

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod istio;
 pub mod kube;
+pub mod trellis;
 
 pub use istio::*;
 pub use kube::*;
+pub use trellis::*;
 
 /// Opaque JSON-like value for parts we accept but do not model (status, managedFields, …).
 pub type Value = serde_json::Value;
@@ -62,6 +64,8 @@ pub struct Snapshot {
     pub workload_entries: Vec<Resource<WorkloadEntry>>,
     pub services: Vec<Resource<KubeService>>,
     pub endpoint_slices: Vec<Resource<EndpointSlice>>,
+    /// `trellis.dev/v1alpha1` `DestinationPolicy`.
+    pub destination_policies: Vec<Resource<DestinationPolicy>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -127,6 +131,7 @@ impl Snapshot {
             + self.workload_entries.len()
             + self.services.len()
             + self.endpoint_slices.len()
+            + self.destination_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -353,7 +353,7 @@ fn outbound_cluster(
         )),
     };
     let mut cluster = cluster(spec);
-    let budget = crate::resilience::RetryBudgetSpec::default();
+    let budget = crate::resilience::RetryBudgetSpec::for_host(ctx, host);
     crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
     (cluster, cla)
 }

@@ -129,9 +129,10 @@ pub fn compile_owned(
         registry: &registry,
         proxy,
     });
-    // Clusters read only the DestinationRules of the snapshot.
+    // Clusters read only the DestinationRules and DestinationPolicies of the snapshot.
     let rules = trellis_config::Snapshot {
         destination_rules: std::mem::take(&mut snapshot.destination_rules),
+        destination_policies: std::mem::take(&mut snapshot.destination_policies),
         ..Default::default()
     };
     drop(snapshot);
