@@ -453,3 +453,28 @@ fn retry_budget_caps_retries_per_destination() {
     let uo = seen.iter().filter(|f| *f == "UO").count() as f64;
     assert_eq!(uo, overflow, "{seen:?}");
 }
+
+/// A PUT (idempotent) with a body is retried and its body replayed intact; a body larger than
+/// 64 KiB is streamed instead and the request is not retried once sent.
+#[test]
+fn put_bodies_are_replayed_up_to_64_kib() {
+    let apps = Apps::start(&[("shop", "v1")]);
+    let retries = "    retries: {attempts: 2, retryOn: 5xx}\n";
+    let gw = shop(&[apps.port("shop/v1")], retries, "", "");
+    let body = "x".repeat(10_000);
+    let r = gw
+        .client()
+        .request("PUT", "shop.local", "/flaky/f/1", &[], &body)
+        .expect("request");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json_u64(&r.body, "attempt"), Some(2));
+    let echoed: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(echoed["body"].as_str().map(str::len), Some(10_000));
+    let big = "y".repeat(70 * 1024);
+    let r = gw
+        .client()
+        .request("PUT", "shop.local", "/flaky/g/1", &[], &big)
+        .expect("request");
+    assert_eq!((r.status, flags(&r)), (503, "-"), "streamed, not retried");
+    assert_eq!(counter(&gw, "trellis_upstream_rq_retry_total"), 1.0);
+}

@@ -86,11 +86,16 @@ impl Attempts<'_> {
         let mut replay = None;
         let mut stream = Some(body);
         if resend && let Some(b) = stream.take_if(|b| fits_buffer(b)) {
-            replay = Some(self.buffer(b, timer, log).await?);
+            replay = Some(if b.is_end_stream() {
+                (Bytes::new(), None)
+            } else {
+                self.buffer(b, timer, log).await?
+            });
         }
         let mut attempt: u32 = 1;
         let mut tried = Tried::default();
         let mut moved = false;
+        let mut sent = false;
         let mut _retry_slot: Option<RetrySlot> = None;
         loop {
             let Some(index) = self.pick(attempt, &tried) else {
@@ -116,11 +121,14 @@ impl Attempts<'_> {
             let parts_ref = &mut parts;
             let stream_ref = &mut stream;
             let moved_ref = &mut moved;
+            let sent_ref = &mut sent;
+            *sent_ref = false;
             let send = async move {
                 let conn = pool.connection().await.map_err(|e| match e {
                     UpstreamError::Overflow(why) => Failure::Overflow(why),
                     e => Failure::Connect(e),
                 })?;
+                *sent_ref = true;
                 let body = match replay_ref {
                     Some((data, trailers)) => {
                         RequestBody::buffered(data.clone(), trailers.clone(), Arc::clone(received))
@@ -204,7 +212,7 @@ impl Attempts<'_> {
                     Outcome::ConnectFailure,
                     self.failure(&e, endpoint.addr, "UF"),
                 ),
-                Err(Failure::PerTryTimeout) if !moved => {
+                Err(Failure::PerTryTimeout) if !sent => {
                     // Still connecting: nothing was sent.
                     let msg = format!(
                         "upstream connect to {} timed out (per-try timeout)\n",
