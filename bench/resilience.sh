@@ -9,6 +9,8 @@
 # Rounds alternate the configs so that a noisy machine hurts them alike. Compare ratios.
 #   bench/resilience.sh [seconds] [connections] [rounds]      wrk requests/s, p99
 #   MODE=callgrind bench/resilience.sh                         user-space instructions / request
+#   MODE=cpu bench/resilience.sh [seconds] [connections] [rounds]  proxy CPU time (user+system,
+#                                                              /proc/PID/stat) per request
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/trellis-proxy}
@@ -49,6 +51,16 @@ for round in $(seq "$R"); do
       printf "round %s %-8s requests=%-8s instructions/request=%s\n" $round $cfg "$reqs" \
         "$(awk -v i="$instr" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.0f", i / r }')"
       rm -f $W/cg.$cfg.$round*
+    elif [ "$MODE" = cpu ]; then
+      start $cfg
+      taskset -c 1 wrk -t1 -c$C -d2s http://127.0.0.1:18084/ >/dev/null
+      t0=$(awk '{print $14 + $15}' /proc/$P/stat)
+      out=$(taskset -c 1 wrk -t1 -c$C -d${D}s http://127.0.0.1:18084/)
+      t1=$(awk '{print $14 + $15}' /proc/$P/stat)
+      stop
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      printf "round %s %-8s requests=%-8s cpu_us/request=%s\n" $round $cfg "$reqs" \
+        "$(awk -v t=$((t1 - t0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz * 1e6 / r }')"
     else
       start $cfg
       taskset -c 1 wrk -t1 -c$C -d2s http://127.0.0.1:18084/ >/dev/null
