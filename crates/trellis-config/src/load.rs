@@ -32,11 +32,15 @@ const KINDS: &[&str] = &[
     "Service",
     "EndpointSlice",
     "HealthCheckPolicy",
+    "DestinationPolicy",
     "List",
 ];
 
 /// `apiVersion` of Trellis's own kinds.
-const TRELLIS_API_VERSIONS: &[&str] = &["trellis.dev/v1alpha1"];
+const TRELLIS_API_VERSIONS: &[&str] = &[TRELLIS_API_VERSION];
+
+/// API version of the Trellis extension kinds.
+pub(crate) const TRELLIS_API_VERSION: &str = "trellis.dev/v1alpha1";
 
 /// Real kinds that Trellis will support elsewhere but this loader does not.
 const UNSUPPORTED_KINDS: &[&str] = &[
@@ -71,7 +75,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 8],
+    resources: [usize; 9],
 }
 
 #[derive(Deserialize, Default)]
@@ -163,6 +167,7 @@ impl Loader {
             services,
             endpoint_slices,
             health_check_policies,
+            destination_policies,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -177,6 +182,7 @@ impl Loader {
                 services.len(),
                 endpoint_slices.len(),
                 health_check_policies.len(),
+                destination_policies.len(),
             ],
         }
     }
@@ -186,7 +192,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -195,6 +201,7 @@ impl Loader {
         s.services.truncate(svc);
         s.endpoint_slices.truncate(es);
         s.health_check_policies.truncate(hc);
+        s.destination_policies.truncate(dp);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -336,6 +343,10 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.health_check_policies, r);
             }
+            "DestinationPolicy" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.destination_policies, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -468,7 +479,7 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Gateway" => ISTIO_API_VERSIONS,
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
-        "HealthCheckPolicy" => TRELLIS_API_VERSIONS,
+        "HealthCheckPolicy" | "DestinationPolicy" => TRELLIS_API_VERSIONS,
         _ => return None,
     };
     (!accepted.contains(&api_version)).then_some(accepted)

@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<Resource<EndpointSlice>>,
     /// `trellis.dev/v1alpha1` HealthCheckPolicy.
     pub health_check_policies: Vec<Resource<HealthCheckPolicy>>,
+    /// `trellis.dev/v1alpha1` `DestinationPolicy`.
+    pub destination_policies: Vec<Resource<DestinationPolicy>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -134,6 +136,7 @@ impl Snapshot {
             + self.services.len()
             + self.endpoint_slices.len()
             + self.health_check_policies.len()
+            + self.destination_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {

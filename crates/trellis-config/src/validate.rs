@@ -169,6 +169,13 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         kube_service(rep, &r.spec)
     });
     each(
+        &snapshot.destination_policies,
+        "DestinationPolicy",
+        spans,
+        &mut out,
+        |rep, r| resilience::destination_policy(rep, &r.spec),
+    );
+    each(
         &snapshot.endpoint_slices,
         "EndpointSlice",
         spans,

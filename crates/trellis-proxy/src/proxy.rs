@@ -305,9 +305,8 @@ async fn forward(
         scheme: "http",
         headers: &parts.headers,
     };
-    let route = table
-        .find_virtual_host(host)
-        .and_then(|vh| vh.find_route(&view));
+    let vhost = table.find_virtual_host(host);
+    let route = vhost.and_then(|vh| vh.find_route(&view));
     let Some(route) = route else {
         let msg = format!("no route for host {host:?} path {path:?}\n");
         return Err(Local::new(StatusCode::NOT_FOUND, "NR", msg));
@@ -400,6 +399,7 @@ async fn forward(
         cluster,
         policy: route.retry.as_deref(),
         repeatable,
+        attempt_count: vhost.is_some_and(|vh| vh.attempt_count),
         wait,
         hash: hash.as_ref().map(|h| h.hash),
     };

@@ -374,7 +374,7 @@ fn outbound_cluster(
     };
     let mut cluster = cluster(spec);
     lb::apply_cluster(&mut cluster, lb, outlier);
-    let budget = crate::resilience::RetryBudgetSpec::default();
+    let budget = crate::resilience::RetryBudgetSpec::for_host(ctx, host);
     crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
     cluster.health_checks = crate::health::health_checks(ctx, host, port, subset, http2);
     (cluster, cla)

@@ -391,6 +391,10 @@ fn virtual_host(v: &VirtualHost) -> Value {
         .str("name", &v.name)
         .list("domains", v.domains.iter().map(|d| json!(d)).collect())
         .list("routes", v.routes.iter().map(route).collect())
+        .flag(
+            "includeRequestAttemptCount",
+            v.include_request_attempt_count,
+        )
         .done()
 }
 

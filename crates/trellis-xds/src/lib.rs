@@ -143,10 +143,12 @@ pub fn compile_owned(
         registry: &registry,
         proxy,
     });
-    // Clusters read only the DestinationRules and HealthCheckPolicies of the snapshot.
+    // Clusters read only the DestinationRules, HealthCheckPolicies and DestinationPolicies of
+    // the snapshot.
     let rules = trellis_config::Snapshot {
         destination_rules: std::mem::take(&mut snapshot.destination_rules),
         health_check_policies: std::mem::take(&mut snapshot.health_check_policies),
+        destination_policies: std::mem::take(&mut snapshot.destination_policies),
         ..Default::default()
     };
     drop(snapshot);

@@ -20,10 +20,13 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Message;
-use trellis_config::{ConnectionPoolSettings, HttpRetry};
+use trellis_config::{
+    ConnectionPoolSettings, DestinationPolicy, HttpRetry, Resource, resolve_host,
+};
 
-use crate::Cluster;
 use crate::cluster::HTTP_PROTOCOL_OPTIONS;
+use crate::route::host_matches;
+use crate::{Cluster, Context};
 
 /// Istio's default `retryOn` for routes without `retries`.
 pub const DEFAULT_RETRY_ON: &str =
@@ -49,6 +52,37 @@ impl Default for RetryBudgetSpec {
             retry_percent: DEFAULT_RETRY_PERCENT,
             min_retries_per_second: DEFAULT_MIN_RETRIES_PER_SECOND,
         }
+    }
+}
+
+impl RetryBudgetSpec {
+    /// The budget for `host`: from the most specific `DestinationPolicy` (exact host, then the
+    /// longest wildcard; ties by namespace/name), unset fields at their defaults.
+    pub(crate) fn for_host(ctx: &Context<'_>, host: &str) -> RetryBudgetSpec {
+        let mut best: Option<(usize, &Resource<DestinationPolicy>)> = None;
+        for p in &ctx.snapshot.destination_policies {
+            let pattern = resolve_host(&p.spec.host, &p.meta.namespace);
+            let rank = if pattern == host {
+                usize::MAX
+            } else if host_matches(&pattern, host) {
+                pattern.len()
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(r, b)| rank > r || (rank == r && p.key() < b.key())) {
+                best = Some((rank, p));
+            }
+        }
+        let mut out = RetryBudgetSpec::default();
+        if let Some(b) = best.and_then(|(_, p)| p.spec.retry_budget.as_ref()) {
+            if let Some(pct) = b.retry_percent {
+                out.retry_percent = pct;
+            }
+            if let Some(min) = b.min_retries_per_second {
+                out.min_retries_per_second = min;
+            }
+        }
+        out
     }
 }
 

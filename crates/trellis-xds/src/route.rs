@@ -53,6 +53,8 @@ pub fn virtual_host(name: &str, domains: Vec<String>, routes: Vec<Route>) -> Vir
         name: name.to_string(),
         domains,
         routes,
+        // As Istio: upstreams see `x-envoy-attempt-count` on every request.
+        include_request_attempt_count: true,
         ..Default::default()
     }
 }

@@ -413,3 +413,68 @@ fn ledger_of(port: u16) -> BTreeMap<String, u64> {
         })
         .unwrap_or_default()
 }
+
+/// A `DestinationPolicy` retry budget of 0% plus 1 retry a second: a burst of failing requests
+/// gets about one retry; the others overflow the budget (503 returned as is, flag `UO`, counted
+/// in `trellis_upstream_rq_retry_overflow_total`).
+#[test]
+fn retry_budget_caps_retries_per_destination() {
+    let apps = Apps::start(&[("shop", "v1")]);
+    let port = gateway_port();
+    let http = format!(
+        "  - route: [{{destination: {}}}]\n    retries: {{attempts: 2, retryOn: 5xx}}\n",
+        dest(SVC, None, 8080)
+    );
+    let policy = format!(
+        "apiVersion: trellis.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {{name: shop, namespace: default}}\nspec:\n  host: {SVC}\n  retryBudget: {{retryPercent: 0, minRetriesPerSecond: 1}}\n"
+    );
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("shop", SVC, 8080, "HTTP", &[ep(apps.port("shop/v1"), "v1")]),
+        virtual_service_yaml("shop", &["*"], &http),
+        policy,
+    ]);
+    let gw = Gateway::start(port, &yaml);
+    let mut c = gw.client();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let r = c.get("shop.local", "/status/503", &[]).expect("request");
+        assert_eq!(r.status, 503);
+        seen.push(flags(&r).to_owned());
+    }
+    let retries = counter(&gw, "trellis_upstream_rq_retry_total");
+    let overflow = counter(&gw, "trellis_upstream_rq_retry_overflow_total");
+    // Without the budget: 12 retries. With it: one a second (two if the burst spans a second).
+    assert!(
+        (1.0..=3.0).contains(&retries),
+        "retries {retries}, flags {seen:?}"
+    );
+    assert!(overflow >= 4.0, "overflow {overflow}, flags {seen:?}");
+    let uo = seen.iter().filter(|f| *f == "UO").count() as f64;
+    assert_eq!(uo, overflow, "{seen:?}");
+}
+
+/// A PUT (idempotent) with a body is retried and its body replayed intact; a body larger than
+/// 64 KiB is streamed instead and the request is not retried once sent.
+#[test]
+fn put_bodies_are_replayed_up_to_64_kib() {
+    let apps = Apps::start(&[("shop", "v1")]);
+    let retries = "    retries: {attempts: 2, retryOn: 5xx}\n";
+    let gw = shop(&[apps.port("shop/v1")], retries, "", "");
+    let body = "x".repeat(10_000);
+    let r = gw
+        .client()
+        .request("PUT", "shop.local", "/flaky/f/1", &[], &body)
+        .expect("request");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json_u64(&r.body, "attempt"), Some(2));
+    let echoed: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(echoed["body"].as_str().map(str::len), Some(10_000));
+    let big = "y".repeat(70 * 1024);
+    let r = gw
+        .client()
+        .request("PUT", "shop.local", "/flaky/g/1", &[], &big)
+        .expect("request");
+    assert_eq!((r.status, flags(&r)), (503, "-"), "streamed, not retried");
+    assert_eq!(counter(&gw, "trellis_upstream_rq_retry_total"), 1.0);
+}

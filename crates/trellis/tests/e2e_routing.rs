@@ -539,7 +539,7 @@ fn failures_explain_themselves() {
             "/closed-port",
             known,
             503,
-            // Istio's default retry policy retries connect failures, then gives up (URX).
+            // Istio's default retries (connect-failure, 2 retries) ran out: URX as Envoy says.
             "UF,URX",
             &closed_port,
         ),
@@ -610,13 +610,14 @@ spec:
 }
 
 /// A route `timeout` (Istio's `http[].timeout`) bounds the wait for the upstream's response:
-/// 504 with flag `UT` and a one-line body, while a faster request on the same route succeeds.
+/// a 2 s upstream delay with a 0.5 s timeout is 504 with flag `UT` and a one-line body (not
+/// retried: the route timeout covers all attempts), while a faster request succeeds.
 #[test]
 fn route_timeout_answers_504_ut() {
     let port = gateway_port();
     let (_apps, mut parts) = reviews_v1_v2(port);
     let http = format!(
-        "  - timeout: 1s\n    route: [{{destination: {}}}]\n",
+        "  - timeout: 0.5s\n    route: [{{destination: {}}}]\n",
         dest(REVIEWS, Some("v1"), 9080)
     );
     parts.push(virtual_service_yaml("reviews", &["*"], &http));
@@ -625,8 +626,10 @@ fn route_timeout_answers_504_ut() {
     let (status, _, body) = http_request(&gw.url("/delay/0.1"), &[]);
     assert_eq!(status, 200, "a fast answer fits in the timeout: {body}");
 
-    let (status, headers, body) = http_request(&gw.url("/delay/3"), &[]);
+    let started = std::time::Instant::now();
+    let (status, headers, body) = http_request(&gw.url("/delay/2"), &[]);
     assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
     assert_eq!(
         headers.get("x-trellis-flags").map(String::as_str),
         Some("UT")

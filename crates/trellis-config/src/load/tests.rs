@@ -786,3 +786,50 @@ spec:
         );
     }
 }
+
+#[test]
+fn destination_policy_loads_and_is_validated() {
+    let ok = "\
+apiVersion: trellis.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  retryBudget: {retryPercent: 10, minRetriesPerSecond: 3}
+";
+    let loaded = load_ok(ok);
+    let p = &loaded.snapshot.destination_policies[0];
+    assert_eq!(p.spec.host, "reviews");
+    let budget = p.spec.retry_budget.as_ref().unwrap();
+    assert_eq!(
+        (budget.retry_percent, budget.min_retries_per_second),
+        (Some(10.0), Some(3))
+    );
+
+    let bad = "\
+apiVersion: trellis.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  retryBudget: {retryPrecent: 10, retryPercent: 150}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationPolicy
+metadata: {name: other}
+spec: {host: x}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: DestinationPolicie
+metadata: {name: third}
+";
+    let text = load_str("p.yaml", bad).unwrap_err().to_string();
+    for want in [
+        "p.yaml:4:1: error: DestinationPolicy default/reviews: spec.host: host is required",
+        "spec.retryBudget.retryPrecent: unknown field `retryPrecent`; did you mean `retryPercent`?",
+        "spec.retryBudget.retryPercent: retryPercent 150 out of range; use 0..=100",
+        "unsupported apiVersion `networking.istio.io/v1` for kind `DestinationPolicy`; use `trellis.dev/v1alpha1`",
+        "unknown kind `DestinationPolicie`; did you mean `DestinationPolicy`?",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}

@@ -18,6 +18,9 @@
 //! ```
 //!
 //! A `grpc` check applies only to HTTP2/GRPC ports (Envoy checks gRPC over HTTP/2).
+//!
+//! `DestinationPolicy`: per-destination retry budget (Linkerd's idea: retries may add a share
+//! of the requests plus a small per-second minimum, so retries cannot multiply an outage).
 
 use super::istio::config_struct;
 use super::{Duration, PortSelector};
@@ -50,5 +53,26 @@ config_struct! {
     /// `grpc.health.v1.Health/Check` for `serviceName` (empty: the whole server).
     pub struct GrpcHealthCheck {
         pub service_name: String,
+    }
+}
+
+config_struct! {
+    /// `DestinationPolicy.spec`: policies for the traffic sent to `host`.
+    pub struct DestinationPolicy {
+        /// Service host, resolved like a DestinationRule's (short names in the policy's
+        /// namespace).
+        pub host: String,
+        pub retry_budget: Option<RetryBudget>,
+    }
+}
+
+config_struct! {
+    /// `DestinationPolicy.spec.retryBudget`: retries per destination cluster stay at most
+    /// `retryPercent` % of its requests plus `minRetriesPerSecond` a second.
+    pub struct RetryBudget {
+        /// Default 20.
+        pub retry_percent: Option<f64>,
+        /// Default 10.
+        pub min_retries_per_second: Option<u32>,
     }
 }

@@ -1,9 +1,9 @@
-//! Retry rules: every `retryOn` condition is one Istio accepts (or an HTTP status code), and
+//! Retry rules and the `DestinationPolicy` kind: every `retryOn` condition is one Istio accepts (or an HTTP status code), and
 //! the Trellis retry annotation on a VirtualService is a boolean. Knows nothing of xDS.
 
 use super::Reporter;
 use crate::diag::did_you_mean;
-use crate::types::ObjectMeta;
+use crate::types::{DestinationPolicy, ObjectMeta};
 
 /// Annotation on a VirtualService: `"true"` lets its routes retry non-idempotent requests
 /// (POST, PATCH, …) on every `retryOn` condition, as Istio does. By default those are retried
@@ -63,6 +63,22 @@ pub(super) fn annotations(rep: &mut Reporter<'_>, meta: &ObjectMeta) {
         rep.error(
             &format!("metadata.annotations.{RETRY_NON_IDEMPOTENT}"),
             format!("annotation {RETRY_NON_IDEMPOTENT} must be \"true\" or \"false\", not {v:?}"),
+        );
+    }
+}
+
+/// `host` is required; `retryBudget.retryPercent` is a percentage.
+pub(super) fn destination_policy(rep: &mut Reporter<'_>, p: &DestinationPolicy) {
+    if p.host.is_empty() {
+        rep.error("spec.host", "host is required (the destination service)");
+    }
+    if let Some(b) = &p.retry_budget
+        && let Some(pct) = b.retry_percent
+        && !(pct.is_finite() && (0.0..=100.0).contains(&pct))
+    {
+        rep.error(
+            "spec.retryBudget.retryPercent",
+            format!("retryPercent {pct} out of range; use 0..=100"),
         );
     }
 }

@@ -48,6 +48,8 @@ pub(super) struct Attempts<'a> {
     pub policy: Option<&'a RetryPolicy>,
     /// The request may be repeated once it may have reached the upstream.
     pub repeatable: bool,
+    /// Set `x-envoy-attempt-count` (the virtual host's `include_request_attempt_count`).
+    pub attempt_count: bool,
     /// The route timeout (or stream idle timeout) all attempts share, for messages.
     pub wait: Duration,
     /// The request's hash for RING_HASH / MAGLEV clusters.
@@ -89,11 +91,16 @@ impl Attempts<'_> {
         let mut replay = None;
         let mut stream = Some(body);
         if resend && let Some(b) = stream.take_if(|b| fits_buffer(b)) {
-            replay = Some(self.buffer(b, timer, log).await?);
+            replay = Some(if b.is_end_stream() {
+                (Bytes::new(), None)
+            } else {
+                self.buffer(b, timer, log).await?
+            });
         }
         let mut attempt: u32 = 1;
         let mut tried = Tried::default();
         let mut moved = false;
+        let mut sent = false;
         let mut _retry_slot: Option<RetrySlot> = None;
         loop {
             let Some(index) = self.pick(attempt, &tried) else {
@@ -104,7 +111,7 @@ impl Attempts<'_> {
             tried.add(index);
             log.upstream = Some((Arc::clone(cluster), index));
             log.in_flight = Some(InFlight::new(&endpoint.state));
-            if self.policy.is_some() {
+            if self.attempt_count {
                 let v = ATTEMPT_VALUES.get(attempt as usize - 1).map_or_else(
                     || HeaderValue::from(attempt),
                     |s| HeaderValue::from_static(s),
@@ -120,11 +127,14 @@ impl Attempts<'_> {
             let stream_ref = &mut stream;
             let moved_ref = &mut moved;
             let tee_ref = &mut tee;
+            let sent_ref = &mut sent;
+            *sent_ref = false;
             let send = async move {
                 let conn = pool.connection().await.map_err(|e| match e {
                     UpstreamError::Overflow(why) => Failure::Overflow(why),
                     e => Failure::Connect(e),
                 })?;
+                *sent_ref = true;
                 let body = match replay_ref {
                     Some((data, trailers)) => {
                         RequestBody::buffered(data.clone(), trailers.clone(), Arc::clone(received))
@@ -220,7 +230,7 @@ impl Attempts<'_> {
                     Outcome::ConnectFailure,
                     self.failure(&e, endpoint.addr, "UF"),
                 ),
-                Err(Failure::PerTryTimeout) if !moved => {
+                Err(Failure::PerTryTimeout) if !sent => {
                     // Still connecting: nothing was sent.
                     let msg = format!(
                         "upstream connect to {} timed out (per-try timeout)\n",

@@ -58,8 +58,19 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     /// How many picks a retry makes to find an untried endpoint (Envoy's default is 1).
     pub host_selection_attempts: u32,
-    /// Requests that may be retried after reaching the upstream (`None`: every request).
-    retriable_requests: Option<Box<[HeaderMatch]>>,
+    /// Requests that may be retried after reaching the upstream.
+    retriable_requests: Retriable,
+}
+
+/// `retriable_request_headers`, compiled.
+#[derive(Debug)]
+enum Retriable {
+    /// None configured: every request.
+    All,
+    /// The one matcher the compiler emits, `:method` against a plain `A|B|C` alternation: a
+    /// list compare instead of a regex run per request.
+    Methods(Box<[http::Method]>),
+    Headers(Box<[HeaderMatch]>),
 }
 
 /// What happened to one attempt, as far as retrying goes.
@@ -125,7 +136,9 @@ impl RetryPolicy {
             .unwrap_or(base_interval * 10)
             .max(base_interval);
         let retriable_requests = if p.retriable_request_headers.is_empty() {
-            None
+            Retriable::All
+        } else if let Some(methods) = method_list(&p.retriable_request_headers) {
+            Retriable::Methods(methods)
         } else {
             let mut out = Vec::with_capacity(p.retriable_request_headers.len());
             for (i, h) in p.retriable_request_headers.iter().enumerate() {
@@ -134,7 +147,7 @@ impl RetryPolicy {
                         .map_err(|why| format!("retriable_request_headers[{i}]: {why}"))?,
                 );
             }
-            Some(out.into_boxed_slice())
+            Retriable::Headers(out.into_boxed_slice())
         };
         Ok(RetryPolicy {
             num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
@@ -162,8 +175,9 @@ impl RetryPolicy {
     /// `retriable_request_headers`: any one matcher matching is enough).
     pub fn may_repeat(&self, req: &RequestView<'_>) -> bool {
         match &self.retriable_requests {
-            None => true,
-            Some(m) => m.iter().any(|h| h.matches(req)),
+            Retriable::All => true,
+            Retriable::Methods(m) => m.contains(req.method),
+            Retriable::Headers(m) => m.iter().any(|h| h.matches(req)),
         }
     }
 
@@ -240,6 +254,33 @@ impl RetryPolicy {
     }
 }
 
+/// `[":method" safe_regex "GET|HEAD"]` (not inverted) → the methods; `None` for anything else.
+fn method_list(headers: &[xroute::HeaderMatcher]) -> Option<Box<[http::Method]>> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    use xroute::header_matcher::HeaderMatchSpecifier;
+    let [h] = headers else { return None };
+    if h.name != ":method" || h.invert_match {
+        return None;
+    }
+    let Some(HeaderMatchSpecifier::StringMatch(m)) = &h.header_match_specifier else {
+        return None;
+    };
+    let Some(MatchPattern::SafeRegex(re)) = &m.match_pattern else {
+        return None;
+    };
+    if m.ignore_case {
+        return None;
+    }
+    re.regex
+        .split('|')
+        .map(|t| {
+            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_uppercase()))
+                .then(|| http::Method::from_bytes(t.as_bytes()).ok())
+                .flatten()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +327,57 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn retriable_request_headers_select_repeatable_requests() {
+        use envoy_types::pb::envoy::r#type::matcher::v3::{
+            RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+        };
+        use xroute::header_matcher::HeaderMatchSpecifier;
+        let matcher = |name: &str, regex: &str| xroute::HeaderMatcher {
+            name: name.into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
+                    regex: regex.into(),
+                    ..Default::default()
+                })),
+                ignore_case: false,
+            })),
+            ..Default::default()
+        };
+        let compile = |headers| {
+            RetryPolicy::compile(&xroute::RetryPolicy {
+                retry_on: "5xx".into(),
+                retriable_request_headers: headers,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-idempotent", "yes".parse().unwrap());
+        let view = |method: &'static http::Method, headers: &'static HeaderMap| RequestView {
+            method,
+            authority: "a",
+            path: "/",
+            query: None,
+            scheme: "http",
+            headers,
+        };
+        let headers: &'static HeaderMap = Box::leak(Box::new(headers));
+        let empty: &'static HeaderMap = Box::leak(Box::new(HeaderMap::new()));
+        let methods = compile(vec![matcher(
+            ":method",
+            "GET|HEAD|OPTIONS|TRACE|PUT|DELETE",
+        )]);
+        assert!(matches!(methods.retriable_requests, Retriable::Methods(_)));
+        assert!(methods.may_repeat(&view(&http::Method::PUT, empty)));
+        assert!(!methods.may_repeat(&view(&http::Method::POST, empty)));
+        let general = compile(vec![matcher("x-idempotent", "y.s")]);
+        assert!(matches!(general.retriable_requests, Retriable::Headers(_)));
+        assert!(general.may_repeat(&view(&http::Method::POST, headers)));
+        assert!(!general.may_repeat(&view(&http::Method::GET, empty)));
+        assert!(compile(Vec::new()).may_repeat(&view(&http::Method::PATCH, empty)));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct RouteTable {
 pub struct VirtualHost {
     pub name: Arc<str>,
     pub routes: Vec<Route>,
+    /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
+    pub attempt_count: bool,
 }
 
 #[derive(Debug)]
@@ -207,6 +209,7 @@ impl RouteTable {
             table.virtual_hosts.push(VirtualHost {
                 name: vh.name.as_str().into(),
                 routes,
+                attempt_count: vh.include_request_attempt_count,
             });
         }
         // Longest suffix/prefix wins, as Envoy does.

@@ -48,6 +48,15 @@ pub async fn handle(identity: &Identity, req: Request<Incoming>) -> Response<Res
     }
     remember(&req);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["flaky", key, n] = segments.as_slice() {
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, MAX_BODY_BYTES)
+            .collect()
+            .await
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return flaky(identity, &Request::from_parts(parts, ()), key, n, body);
+    }
     if !matches!(segments.as_slice(), ["post"] | ["anything", ..]) {
         let (parts, body) = req.into_parts();
         super::drain(body).await;
@@ -140,7 +149,6 @@ async fn answer_without_body(
         }
         ["status", code] => status(identity, req, code),
         ["delay", seconds] => delay(identity, req, seconds).await,
-        ["flaky", key, n] => flaky(identity, req, key, n),
         ["ledger"] => ledger(identity, req),
         _ => error_response(
             identity,
@@ -214,7 +222,13 @@ async fn delay(identity: &Identity, req: &Request<()>, seconds: &str) -> Respons
     json_response(identity, StatusCode::OK, map)
 }
 
-fn flaky(identity: &Identity, req: &Request<()>, key: &str, n: &str) -> Response<ResponseBody> {
+fn flaky(
+    identity: &Identity,
+    req: &Request<()>,
+    key: &str,
+    n: &str,
+    body: String,
+) -> Response<ResponseBody> {
     let Ok(failures) = n.parse::<u64>() else {
         let message = format!("bad failure count {n:?}: use a number");
         return error_response(identity, StatusCode::BAD_REQUEST, &message);
@@ -222,6 +236,7 @@ fn flaky(identity: &Identity, req: &Request<()>, key: &str, n: &str) -> Response
     let seen = super::ledger::flaky_seen(key);
     let mut map = request_info(req);
     map.insert("attempt".into(), json!(seen + 1));
+    map.insert("body".into(), Value::String(body));
     if seen >= failures {
         return json_response(identity, StatusCode::OK, map);
     }
