@@ -36,7 +36,8 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 const INDEX: &str = "trellis-proxy admin\n\
 GET /ready             200 LIVE when the first configuration is applied, 503 before\n\
 GET /config_dump       the xDS resources being served, as JSON\n\
-GET /stats/prometheus  metrics, Prometheus text format (also /metrics)\n";
+GET /stats/prometheus  metrics, Prometheus text format (also /metrics)\n\
+GET /xds               the xDS client: connection, last applied and rejected version per type\n";
 
 /// What the admin server shows.
 #[derive(Clone)]
@@ -44,6 +45,8 @@ pub struct AdminState {
     pub telemetry: Arc<Telemetry>,
     pub resources: Arc<ArcSwap<EncodedResources>>,
     pub ready: Arc<AtomicBool>,
+    /// The xDS client's state (`/xds`), when the config comes from a control plane.
+    pub xds: Option<Arc<crate::xds_client::XdsStatus>>,
 }
 
 /// The xDS resources being served, kept protobuf-encoded (a tenth of the decoded size) and
@@ -154,6 +157,13 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             "PRE_INITIALIZING\n".to_owned(),
         ),
         "/config_dump" => config_dump(&state.resources.load()),
+        "/xds" => match &state.xds {
+            Some(xds) => json(&xds.to_json()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no xDS client: this proxy serves --config-dir\n".to_owned(),
+            ),
+        },
         "/stats/prometheus" | "/metrics" => {
             let mut response = text(StatusCode::OK, state.telemetry.encode_prometheus());
             response.headers_mut().insert(
@@ -167,6 +177,16 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             format!("no admin endpoint {path}; GET / lists them\n"),
         ),
     }
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn config_dump(encoded: &EncodedResources) -> Response<Full<Bytes>> {
@@ -277,6 +297,7 @@ mod tests {
             telemetry: Arc::new(Telemetry::with_access_log(&proxy, AccessLogSink::Off)),
             resources: Arc::new(ArcSwap::from_pointee(EncodedResources::from(&resources))),
             ready: Arc::new(AtomicBool::new(false)),
+            xds: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

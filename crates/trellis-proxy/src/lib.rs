@@ -2,7 +2,7 @@
 //!
 //! `runtime` turns xDS `Resources` into hot-path tables, `listeners` binds and serves them,
 //! `proxy` carries one request from downstream to upstream, `source` feeds the runtime from a
-//! directory, `memory` tunes malloc, and `app` wires everything together (the only place that
+//! directory and `xds_client` from a control plane, `memory` tunes malloc, and `app` wires everything together (the only place that
 //! does).
 
 pub mod admin;
@@ -13,3 +13,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;
+pub mod xds_client;

@@ -36,6 +36,8 @@ pub struct Telemetry {
     config_rejections: Counter,
     requests_active: Gauge,
     connections_active: Gauge,
+    /// The xDS client's connection gauge and update counters.
+    pub xds: crate::xds_client::XdsMetrics,
 }
 
 /// Everything telemetry needs to know about one finished request (borrowed from it).
@@ -153,7 +155,9 @@ impl Telemetry {
             "Requests left out of istio_* metrics because the label-set limit was reached",
             series_dropped,
         );
+        let xds = crate::xds_client::XdsMetrics::register(&mut registry);
         Telemetry {
+            xds,
             registry,
             istio,
             access_log,
