@@ -1,0 +1,640 @@
+//! The real `trellis-proxy` binary on `--xds-address`, against a small in-test ADS server (a test
+//! peer, not the product: Delta and SotW, resources compiled by `trellis_xds::compile` from
+//! YAML). Asserts what a user sees: which backend answers, that a pushed change takes effect,
+//! that an update the runtime rejects is NACKed while the old routing keeps serving, and that
+//! losing the control plane keeps traffic flowing and the proxy reconnects.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+use http_body_util::BodyExt;
+use support::{H1, h1};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use trellis_testkit::{Process, bin_path, free_port};
+use trellis_xds::{ProxyIdentity, Resources, Role};
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// The order a control plane pushes in (CDS, EDS, LDS, RDS).
+const ORDER: [&str; 4] = [CDS, EDS, LDS, RDS];
+const DEADLINE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- the test control plane
+
+/// A request the server received, as the test inspects it.
+#[derive(Debug, Clone)]
+struct Seen {
+    type_url: String,
+    nonce: String,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Store {
+    generation: u64,
+    /// type URL → name → packed resource.
+    resources: HashMap<&'static str, BTreeMap<String, Any>>,
+    seen: Vec<Seen>,
+    nodes: Vec<Node>,
+    next_nonce: u64,
+}
+
+/// The test's ADS server: serves whatever [`Ads::set`] last stored, to every stream.
+#[derive(Clone)]
+struct Ads {
+    store: Arc<Mutex<Store>>,
+    changed: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+struct Running {
+    handle: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Ads {
+    fn new() -> Ads {
+        Ads {
+            store: Arc::default(),
+            changed: watch::channel(0).0,
+            stop: watch::channel(false).0,
+        }
+    }
+
+    fn set(&self, res: &Resources) {
+        let mut s = self.store.lock().unwrap();
+        let mut put = |url, items: Vec<(String, Any)>| {
+            s.resources.insert(url, items.into_iter().collect());
+        };
+        put(
+            LDS,
+            res.listeners
+                .iter()
+                .map(|l| (l.name.clone(), pack_any(l.clone())))
+                .collect(),
+        );
+        put(
+            RDS,
+            res.routes
+                .iter()
+                .map(|r| (r.name.clone(), pack_any(r.clone())))
+                .collect(),
+        );
+        put(
+            CDS,
+            res.clusters
+                .iter()
+                .map(|c| (c.name.clone(), pack_any(c.clone())))
+                .collect(),
+        );
+        put(
+            EDS,
+            res.endpoints
+                .iter()
+                .map(|e| (e.cluster_name.clone(), pack_any(e.clone())))
+                .collect(),
+        );
+        s.generation += 1;
+        let g = s.generation;
+        drop(s);
+        self.changed.send_replace(g);
+    }
+
+    /// Serves on `port` (127.0.0.1) until [`Running::kill`].
+    async fn start(&self, port: u16) -> Running {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the test ADS server");
+        let (stop, mut stopped) = watch::channel(false);
+        let mut me = self.clone();
+        me.stop = stop.clone();
+        let svc = AggregatedDiscoveryServiceServer::new(me).max_decoding_message_size(64 << 20);
+        let handle = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .serve_with_incoming_shutdown(
+                    svc,
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+        });
+        Running { handle, stop }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.store.lock().unwrap().seen.clone()
+    }
+
+    fn nodes(&self) -> Vec<Node> {
+        self.store.lock().unwrap().nodes.clone()
+    }
+
+    fn record(&self, seen: Seen, node: Option<&Node>) {
+        let mut s = self.store.lock().unwrap();
+        s.seen.push(seen);
+        if let Some(n) = node {
+            s.nodes.push(n.clone());
+        }
+    }
+
+    /// The resources of `type_url` a subscription sees, each with a content version, and a nonce.
+    fn snapshot(
+        &self,
+        type_url: &str,
+        wildcard: bool,
+        names: &BTreeSet<String>,
+    ) -> (u64, u64, BTreeMap<String, (String, Any)>) {
+        let mut s = self.store.lock().unwrap();
+        s.next_nonce += 1;
+        let items = s
+            .resources
+            .get(type_url)
+            .into_iter()
+            .flatten()
+            .filter(|(n, _)| wildcard || names.contains(*n))
+            .map(|(n, a)| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                a.value.hash(&mut h);
+                (n.clone(), (format!("{:x}", h.finish()), a.clone()))
+            })
+            .collect();
+        (s.generation, s.next_nonce, items)
+    }
+}
+
+impl Running {
+    /// Ends every stream with UNAVAILABLE, closes the port and waits for the server to stop.
+    async fn kill(self) {
+        self.stop.send_replace(true);
+        let mut handle = self.handle;
+        if tokio::time::timeout(Duration::from_secs(5), &mut handle)
+            .await
+            .is_err()
+        {
+            handle.abort();
+        }
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == LDS || type_url == CDS
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(sotw_stream(self.clone(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(delta_stream(self.clone(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// SotW: answer a type when its subscription changes and every type on each push.
+async fn sotw_stream(
+    ads: Ads,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let mut subs: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut changed = ads.changed.subscribe();
+    let mut stop = ads.stop.subscribe();
+    let send = |type_url: &str, names: &BTreeSet<String>| {
+        let wildcard = is_wildcard_type(type_url);
+        if !wildcard && names.is_empty() {
+            return None;
+        }
+        let (generation, nonce, items) = ads.snapshot(type_url, wildcard, names);
+        Some(DiscoveryResponse {
+            version_info: generation.to_string(),
+            resources: items.into_values().map(|(_, a)| a).collect(),
+            type_url: type_url.to_owned(),
+            nonce: nonce.to_string(),
+            ..Default::default()
+        })
+    };
+    loop {
+        let out = tokio::select! {
+            r = requests.message() => {
+                let Ok(Some(req)) = r else { return };
+                ads.record(
+                    Seen {
+                        type_url: req.type_url.clone(),
+                        nonce: req.response_nonce.clone(),
+                        error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                    },
+                    req.node.as_ref(),
+                );
+                let names: BTreeSet<String> =
+                    req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
+                if subs.get(&req.type_url) == Some(&names) {
+                    continue; // an ACK or a NACK
+                }
+                subs.insert(req.type_url.clone(), names.clone());
+                send(&req.type_url, &names).into_iter().collect::<Vec<_>>()
+            }
+            _ = changed.changed() => ORDER
+                .iter()
+                .filter_map(|t| subs.get(*t).and_then(|n| send(t, n)))
+                .collect(),
+            () = stopped(&mut stop) => {
+                let _ = tx.send(Err(Status::unavailable("control plane stopping"))).await;
+                return;
+            }
+        };
+        for resp in out {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct DeltaSub {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client holds: name → version.
+    sent: BTreeMap<String, String>,
+}
+
+/// Delta: send what differs from what the client holds, on subscription changes and pushes.
+async fn delta_stream(
+    ads: Ads,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let mut subs: HashMap<String, DeltaSub> = HashMap::new();
+    let mut changed = ads.changed.subscribe();
+    let mut stop = ads.stop.subscribe();
+    let diff = |type_url: &str, sub: &mut DeltaSub| {
+        let (generation, nonce, items) = ads.snapshot(type_url, sub.wildcard, &sub.names);
+        let mut resources = Vec::new();
+        for (name, (version, any)) in &items {
+            if sub.sent.get(name) != Some(version) {
+                resources.push(Resource {
+                    name: name.clone(),
+                    version: version.clone(),
+                    resource: Some(any.clone()),
+                    ..Default::default()
+                });
+                sub.sent.insert(name.clone(), version.clone());
+            }
+        }
+        let removed: Vec<String> = sub
+            .sent
+            .keys()
+            .filter(|n| !items.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in &removed {
+            sub.sent.remove(n);
+        }
+        (!resources.is_empty() || !removed.is_empty()).then(|| DeltaDiscoveryResponse {
+            system_version_info: generation.to_string(),
+            resources,
+            type_url: type_url.to_owned(),
+            removed_resources: removed,
+            nonce: nonce.to_string(),
+            ..Default::default()
+        })
+    };
+    loop {
+        let out = tokio::select! {
+            r = requests.message() => {
+                let Ok(Some(req)) = r else { return };
+                ads.record(
+                    Seen {
+                        type_url: req.type_url.clone(),
+                        nonce: req.response_nonce.clone(),
+                        error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                    },
+                    req.node.as_ref(),
+                );
+                if req.resource_names_subscribe.is_empty()
+                    && req.resource_names_unsubscribe.is_empty()
+                    && subs.contains_key(&req.type_url)
+                {
+                    continue; // an ACK or a NACK
+                }
+                let sub = subs.entry(req.type_url.clone()).or_default();
+                for n in req.resource_names_subscribe {
+                    if n == "*" {
+                        sub.wildcard = true;
+                    } else {
+                        sub.names.insert(n);
+                    }
+                }
+                for n in &req.resource_names_unsubscribe {
+                    sub.names.remove(n);
+                    sub.sent.remove(n);
+                }
+                sub.sent.extend(req.initial_resource_versions);
+                diff(&req.type_url, sub).into_iter().collect::<Vec<_>>()
+            }
+            _ = changed.changed() => ORDER
+                .iter()
+                .filter_map(|t| subs.get_mut(*t).and_then(|s| diff(t, s)))
+                .collect(),
+            () = stopped(&mut stop) => {
+                let _ = tx.send(Err(Status::unavailable("control plane stopping"))).await;
+                return;
+            }
+        };
+        for resp in out {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the scenario
+
+fn identity() -> ProxyIdentity {
+    ProxyIdentity {
+        role: Role::Gateway,
+        labels: [("istio".to_owned(), "ingressgateway".to_owned())].into(),
+        bind_address: "127.0.0.1".into(),
+        ..ProxyIdentity::default()
+    }
+}
+
+/// A gateway on `port` routing every request to `target` (`a.example` or `b.example`), each
+/// backed by one endpoint.
+fn config(port: u16, target: &str, a: SocketAddr, b: SocketAddr) -> Resources {
+    let entry = |name: &str, addr: SocketAddr| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}.example]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n",
+            addr.port()
+        )
+    };
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n---\n{}---\n{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: edge}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http: [{{route: [{{destination: {{host: {target}}}}}]}}]\n",
+        entry("a", a),
+        entry("b", b),
+    );
+    let loaded = trellis_config::load_str("xds-test.yaml", &yaml).expect("test config loads");
+    trellis_xds::compile(&loaded.snapshot, &loaded.registry, &identity())
+}
+
+/// GET an admin path; status 0 while the admin port is not up yet.
+async fn admin_get(client: &H1, admin: u16, path: &str) -> (u16, String) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let req = support::get(addr, "localhost", path)
+        .body(Default::default())
+        .expect("request");
+    let fetch = async {
+        let resp = client.request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), fetch).await {
+        Ok(Some(got)) => got,
+        _ => (0, String::new()),
+    }
+}
+
+/// The backend that answers a request through the proxy, or why none did.
+async fn answered_by(client: &H1, port: u16) -> String {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let req = support::get(addr, "anything.example", "/")
+        .body(Default::default())
+        .expect("request");
+    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+        Ok(Ok(resp)) => resp
+            .headers()
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| format!("status {}", resp.status()), str::to_owned),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timeout".into(),
+    }
+}
+
+/// Polls `check` until it returns true or [`DEADLINE`] passes.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while tokio::time::Instant::now() < end {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scenario(mode: &str) {
+    let a = support::backend("a").await;
+    let b = support::backend("b").await;
+    let port = free_port();
+    let ads_port = free_port();
+    let dead_port = free_port();
+    let ads = Ads::new();
+    ads.set(&config(port, "a.example", a.addr, b.addr));
+    let server = ads.start(ads_port).await;
+
+    let admin = free_port();
+    // The first address refuses connections: the client must rotate to the second.
+    let addresses = format!("127.0.0.1:{dead_port},127.0.0.1:{ads_port}");
+    let admin_arg = admin.to_string();
+    let mut proxy = Process::spawn(
+        bin_path("trellis-proxy"),
+        [
+            "--xds-address",
+            &addresses,
+            "--xds-mode",
+            mode,
+            "--bind-address",
+            "127.0.0.1",
+            "--labels",
+            "istio=ingressgateway",
+            "--admin-port",
+            &admin_arg,
+        ],
+        &[("TRELLIS_ACCESS_LOG", "off")],
+    );
+    let client = h1();
+    let ready = async {
+        eventually("the proxy is ready", || async {
+            admin_get(&client, admin, "/ready").await.0 == 200
+        })
+        .await
+    };
+    if tokio::time::timeout(DEADLINE + Duration::from_secs(1), ready)
+        .await
+        .is_err()
+        || proxy.try_wait().is_some()
+    {
+        panic!("proxy not ready: {}", proxy.describe());
+    }
+
+    // 1. The pushed config routes traffic, and the node told the server who the proxy is.
+    assert_eq!(
+        answered_by(&client, port).await,
+        "a",
+        "{}",
+        proxy.describe()
+    );
+    let node = ads
+        .nodes()
+        .first()
+        .cloned()
+        .expect("the proxy sent its node");
+    let who = ProxyIdentity::from_node(&node).expect("node metadata parses");
+    assert_eq!(who.role, Role::Gateway);
+    assert_eq!(who.labels, identity().labels);
+    assert_eq!(who.bind_address, "127.0.0.1");
+    let (_, dump) = admin_get(&client, admin, "/config_dump").await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("config_dump is JSON");
+    assert_eq!(
+        dump["resources"]["listeners"][0]["name"],
+        format!("0.0.0.0_{port}")
+    );
+    let acked = |ads: &Ads, type_url: &str| {
+        ads.seen()
+            .iter()
+            .any(|s| s.type_url == type_url && !s.nonce.is_empty() && s.error.is_none())
+    };
+    for t in ORDER {
+        assert!(acked(&ads, t), "no ACK for {t}: {:?}", ads.seen());
+    }
+
+    // 2. A pushed route change takes effect.
+    ads.set(&config(port, "b.example", a.addr, b.addr));
+    eventually("traffic moves to b", || async {
+        answered_by(&client, port).await == "b"
+    })
+    .await;
+
+    // 3. An update the runtime rejects is NACKed with the runtime's reason; b keeps serving.
+    let mut bad = config(port, "b.example", a.addr, b.addr);
+    for c in &mut bad.clusters {
+        c.lb_policy = LbPolicy::Maglev as i32;
+    }
+    ads.set(&bad);
+    eventually("the CDS update is NACKed", || async {
+        ads.seen().iter().any(|s| {
+            s.type_url == CDS && s.error.as_deref().is_some_and(|e| e.contains("lb_policy"))
+        })
+    })
+    .await;
+    assert_eq!(answered_by(&client, port).await, "b");
+    let (status, xds) = admin_get(&client, admin, "/xds").await;
+    assert_eq!(status, 200);
+    let xds: serde_json::Value = serde_json::from_str(&xds).expect("/xds is JSON");
+    assert_eq!(xds["mode"], mode);
+    assert_eq!(xds["connected"], true);
+    let rejected = xds["types"]["cds"]["last_rejected"]["error"]
+        .as_str()
+        .unwrap_or("");
+    assert!(rejected.contains("lb_policy"), "{xds}");
+    assert!(
+        xds["types"]["rds"]["last_applied"]["nonce"].is_string(),
+        "{xds}"
+    );
+    let (_, metrics) = admin_get(&client, admin, "/stats/prometheus").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "trellis_proxy_xds_updates_rejected_total{type=\"cds\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "trellis_proxy_control_plane_connected"),
+        Some(1.0)
+    );
+
+    // 4. Control plane lost: traffic keeps flowing, the gauge drops to 0.
+    server.kill().await;
+    eventually("the gauge drops to 0", || async {
+        let (_, m) = admin_get(&client, admin, "/stats/prometheus").await;
+        metric(&m, "trellis_proxy_control_plane_connected") == Some(0.0)
+    })
+    .await;
+    assert_eq!(answered_by(&client, port).await, "b");
+    let (_, xds) = admin_get(&client, admin, "/xds").await;
+    assert!(xds.contains("\"connected\": false"), "{xds}");
+
+    // 5. Back on the same port (still serving the bad config): reconnects, and NACKs it again.
+    let before = ads.seen().len();
+    let server = ads.start(ads_port).await;
+    eventually("the proxy reconnects", || async {
+        let (_, m) = admin_get(&client, admin, "/stats/prometheus").await;
+        metric(&m, "trellis_proxy_control_plane_connected") == Some(1.0)
+    })
+    .await;
+    // A change pushed afterwards applies.
+    ads.set(&config(port, "a.example", a.addr, b.addr));
+    eventually("traffic moves back to a", || async {
+        answered_by(&client, port).await == "a"
+    })
+    .await;
+    assert!(ads.seen().len() > before);
+    assert!(proxy.is_running(), "{}", proxy.describe());
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_routes_applies_nacks_and_survives_control_plane_loss() {
+    scenario("delta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_routes_applies_nacks_and_survives_control_plane_loss() {
+    scenario("sotw").await;
+}
