@@ -242,3 +242,158 @@ fn slot(kind: Kind) -> usize {
         _ => 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType, LbPolicy,
+    };
+    use envoy_types::util::pack_any;
+    use trellis_xds::{Cluster, ClusterLoadAssignment};
+
+    /// Records what the engine sends.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl Outbox for Recorder {
+        fn open(&mut self, _: &Cache, named: &[(Kind, BTreeSet<String>)]) {
+            self.0.push(format!("open {named:?}"));
+        }
+        fn seen(&mut self, _: Kind, _: &str) {}
+        fn ack(&mut self, kind: Kind, version: &str, nonce: &str) {
+            self.0
+                .push(format!("ack {} {version} {nonce}", kind.short()));
+        }
+        fn nack(&mut self, kind: Kind, nonce: &str, error: &str) {
+            self.0
+                .push(format!("nack {} {nonce} {error}", kind.short()));
+        }
+        fn resubscribe(&mut self, kind: Kind, _: &BTreeSet<String>, new: &BTreeSet<String>) {
+            self.0.push(format!("sub {} {new:?}", kind.short()));
+        }
+    }
+
+    fn engine() -> Engine {
+        Engine::new(
+            Duration::from_secs(2),
+            Arc::default(),
+            XdsMetrics::default(),
+        )
+    }
+
+    fn clusters(nonce: &str, lb: LbPolicy) -> Update {
+        let c = Cluster {
+            name: "c".into(),
+            lb_policy: lb as i32,
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Default::default()
+        };
+        Update {
+            kind: Kind::Cluster,
+            version: format!("v{nonce}"),
+            nonce: nonce.into(),
+            change: Change::Replace(vec![
+                Kind::Cluster.decode(0, &pack_any(c), None, "1").unwrap(),
+            ]),
+        }
+    }
+
+    fn endpoints(nonce: &str) -> Update {
+        let cla = ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            ..Default::default()
+        };
+        Update {
+            kind: Kind::Endpoint,
+            version: format!("v{nonce}"),
+            nonce: nonce.into(),
+            change: Change::Upsert {
+                entries: vec![Kind::Endpoint.decode(0, &pack_any(cla), None, "1").unwrap()],
+                removed: Vec::new(),
+            },
+        }
+    }
+
+    fn listeners(nonce: &str) -> Update {
+        Update {
+            kind: Kind::Listener,
+            version: format!("v{nonce}"),
+            nonce: nonce.into(),
+            change: Change::Replace(Vec::new()),
+        }
+    }
+
+    /// Counts applies; fails those whose clusters use MAGLEV (as the runtime does).
+    fn applier(
+        applied: &mut Vec<usize>,
+    ) -> impl FnMut(Resources) -> Result<(), String> + Send + '_ {
+        move |res: Resources| {
+            if res
+                .clusters
+                .iter()
+                .any(|c| c.lb_policy == LbPolicy::Maglev as i32)
+            {
+                return Err("cluster \"c\": lb_policy: not supported".into());
+            }
+            applied.push(res.clusters.len());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eds_waits_for_cds_and_both_are_acked_after_one_apply() {
+        let (mut e, mut out, mut applied) = (engine(), Recorder::default(), Vec::new());
+        let mut apply = applier(&mut applied);
+        e.on_update(listeners("1"), &mut out, &mut apply);
+        e.on_update(clusters("2", LbPolicy::RoundRobin), &mut out, &mut apply);
+        assert_eq!(
+            out.0,
+            ["sub eds {\"c\"}"],
+            "EDS requested, nothing ACKed yet"
+        );
+        e.on_update(endpoints("3"), &mut out, &mut apply);
+        assert_eq!(out.0[1..], ["ack lds v1 1", "ack cds v2 2", "ack eds v3 3"]);
+        drop(apply);
+        assert_eq!(applied, [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_eds_is_applied_without_after_the_warming_timeout() {
+        let (mut e, mut out, mut applied) = (engine(), Recorder::default(), Vec::new());
+        let mut apply = applier(&mut applied);
+        e.on_update(listeners("1"), &mut out, &mut apply);
+        e.on_update(clusters("2", LbPolicy::RoundRobin), &mut out, &mut apply);
+        let deadline = e.deadline().expect("warming");
+        assert_eq!(deadline - Instant::now(), Duration::from_secs(2));
+        tokio::time::sleep_until(deadline).await;
+        e.on_deadline(&mut out, &mut apply);
+        assert_eq!(out.0[1..], ["ack lds v1 1", "ack cds v2 2"]);
+        assert_eq!(e.deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_update_is_nacked_and_rolled_back() {
+        let (mut e, mut out, mut applied) = (engine(), Recorder::default(), Vec::new());
+        let mut apply = applier(&mut applied);
+        e.on_update(listeners("1"), &mut out, &mut apply);
+        e.on_update(clusters("2", LbPolicy::RoundRobin), &mut out, &mut apply);
+        e.on_update(endpoints("3"), &mut out, &mut apply);
+        let good = e.cache.version();
+        out.0.clear();
+        e.on_update(clusters("4", LbPolicy::Maglev), &mut out, &mut apply);
+        assert_eq!(
+            out.0,
+            ["nack cds 4 cluster \"c\": lb_policy: not supported"]
+        );
+        assert_eq!(e.cache.version(), good, "rolled back to what serves");
+        // The next good update applies on top of the last good state.
+        e.on_update(clusters("5", LbPolicy::Random), &mut out, &mut apply);
+        assert_eq!(out.0[1..], ["ack cds v5 5"]);
+        let status = e.status.to_json();
+        assert_eq!(status["types"]["cds"]["last_applied"]["version"], "v5");
+        assert_eq!(status["types"]["cds"]["last_rejected"]["nonce"], "4");
+        drop(apply);
+        assert_eq!(applied, [1, 1]);
+    }
+}
