@@ -87,6 +87,8 @@ struct StatusInner {
     servers: Vec<String>,
     connected: Option<String>,
     last_error: Option<String>,
+    /// How long the last successful apply took (decode, compile, bind, swap).
+    last_apply: Option<Duration>,
     types: BTreeMap<&'static str, TypeStatus>,
 }
 
@@ -179,6 +181,10 @@ impl XdsStatus {
         ));
     }
 
+    fn apply_took(&self, took: Duration) {
+        self.lock().last_apply = Some(took);
+    }
+
     fn connection(&self, server: Option<&str>, error: Option<String>) {
         let mut s = self.lock();
         s.connected = server.map(str::to_owned);
@@ -187,7 +193,8 @@ impl XdsStatus {
         }
     }
 
-    /// `{"mode", "servers", "connected", "server", "last_error", "types": {"cds": {...}}}`.
+    /// `{"mode", "servers", "connected", "server", "last_error", "last_apply_ms",
+    /// "types": {"cds": {"last_applied", "resources", "last_rejected"}, ...}}`.
     pub fn to_json(&self) -> serde_json::Value {
         let s = self.lock();
         let time = |t: &SystemTime| {
@@ -220,6 +227,7 @@ impl XdsStatus {
             "connected": s.connected.is_some(),
             "server": s.connected,
             "last_error": s.last_error,
+            "last_apply_ms": s.last_apply.map(|d| d.as_secs_f64() * 1000.0),
             "types": types,
         })
     }

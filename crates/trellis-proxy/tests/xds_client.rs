@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -47,6 +47,7 @@ struct Seen {
     type_url: String,
     nonce: String,
     error: Option<String>,
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -55,6 +56,8 @@ struct Store {
     /// type URL → name → packed resource.
     resources: HashMap<&'static str, BTreeMap<String, Any>>,
     seen: Vec<Seen>,
+    /// Nonces of the responses sent, in order.
+    sent: Vec<String>,
     nodes: Vec<Node>,
     next_nonce: u64,
 }
@@ -262,6 +265,7 @@ async fn sotw_stream(
                         type_url: req.type_url.clone(),
                         nonce: req.response_nonce.clone(),
                         error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                        at: Instant::now(),
                     },
                     req.node.as_ref(),
                 );
@@ -283,6 +287,7 @@ async fn sotw_stream(
             }
         };
         for resp in out {
+            ads.store.lock().unwrap().sent.push(resp.nonce.clone());
             if tx.send(Ok(resp)).await.is_err() {
                 return;
             }
@@ -348,6 +353,7 @@ async fn delta_stream(
                         type_url: req.type_url.clone(),
                         nonce: req.response_nonce.clone(),
                         error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                        at: Instant::now(),
                     },
                     req.node.as_ref(),
                 );
@@ -382,6 +388,7 @@ async fn delta_stream(
             }
         };
         for resp in out {
+            ads.store.lock().unwrap().sent.push(resp.nonce.clone());
             if tx.send(Ok(resp)).await.is_err() {
                 return;
             }
@@ -476,25 +483,16 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn scenario(mode: &str) {
-    let a = support::backend("a").await;
-    let b = support::backend("b").await;
-    let port = free_port();
-    let ads_port = free_port();
-    let dead_port = free_port();
-    let ads = Ads::new();
-    ads.set(&config(port, "a.example", a.addr, b.addr));
-    let server = ads.start(ads_port).await;
-
+/// Starts `trellis-proxy --xds-address ADDRESSES --xds-mode MODE` as a gateway and waits until it
+/// is ready; returns it and its admin port.
+async fn start_proxy(client: &H1, addresses: &str, mode: &str) -> (Process, u16) {
     let admin = free_port();
-    // The first address refuses connections: the client must rotate to the second.
-    let addresses = format!("127.0.0.1:{dead_port},127.0.0.1:{ads_port}");
     let admin_arg = admin.to_string();
     let mut proxy = Process::spawn(
         bin_path("trellis-proxy"),
         [
             "--xds-address",
-            &addresses,
+            addresses,
             "--xds-mode",
             mode,
             "--bind-address",
@@ -506,10 +504,9 @@ async fn scenario(mode: &str) {
         ],
         &[("TRELLIS_ACCESS_LOG", "off")],
     );
-    let client = h1();
     let ready = async {
         eventually("the proxy is ready", || async {
-            admin_get(&client, admin, "/ready").await.0 == 200
+            admin_get(client, admin, "/ready").await.0 == 200
         })
         .await
     };
@@ -520,6 +517,23 @@ async fn scenario(mode: &str) {
     {
         panic!("proxy not ready: {}", proxy.describe());
     }
+    (proxy, admin)
+}
+
+async fn scenario(mode: &str) {
+    let a = support::backend("a").await;
+    let b = support::backend("b").await;
+    let port = free_port();
+    let ads_port = free_port();
+    let dead_port = free_port();
+    let ads = Ads::new();
+    ads.set(&config(port, "a.example", a.addr, b.addr));
+    let server = ads.start(ads_port).await;
+
+    // The first address refuses connections: the client must rotate to the second.
+    let addresses = format!("127.0.0.1:{dead_port},127.0.0.1:{ads_port}");
+    let client = h1();
+    let (mut proxy, admin) = start_proxy(&client, &addresses, mode).await;
 
     // 1. The pushed config routes traffic, and the node told the server who the proxy is.
     assert_eq!(
@@ -637,4 +651,124 @@ async fn delta_routes_applies_nacks_and_survives_control_plane_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_routes_applies_nacks_and_survives_control_plane_loss() {
     scenario("sotw").await;
+}
+
+// ---------------------------------------------------------------- measurement (ignored)
+
+/// The shape of `bench/gen_services.py`: a gateway on `port`, `n` STATIC ServiceEntries with 5
+/// endpoints each and one VirtualService per service, compiled for the test gateway.
+fn services(port: u16, n: usize, generation: usize) -> Resources {
+    let mut yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n"
+    );
+    for i in 0..n {
+        let eps: String = (0..5)
+            .map(|j| {
+                let k = i * 5 + j;
+                format!(
+                    "  - address: 127.{generation}.{}.{}\n    labels: {{version: v{}}}\n",
+                    k / 250,
+                    k % 250 + 1,
+                    j % 2 + 1
+                )
+            })
+            .collect();
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc{i}}}\nspec:\n  hosts: [svc{i}.bench.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 8080, name: http, protocol: HTTP}}\n  endpoints:\n{eps}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc{i}}}\nspec:\n  hosts: [svc{i}.bench.local]\n  gateways: [gw]\n  http:\n  - match: [{{uri: {{prefix: /api}}}}]\n    route: [{{destination: {{host: svc{i}.bench.local, port: {{number: 8080}}}}}}]\n"
+        ));
+    }
+    let loaded = trellis_config::load_str("services.yaml", &yaml).expect("generated config loads");
+    trellis_xds::compile(&loaded.snapshot, &loaded.registry, &identity())
+}
+
+/// `VmRSS` and `VmHWM` of a process, in kB.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Push → every response the push caused ACKed, as the control plane sees it.
+async fn push_and_wait_for_acks(ads: &Ads, res: &Resources, proxy: &mut Process) -> Duration {
+    let (seen_before, sent_before) = {
+        let s = ads.store.lock().unwrap();
+        (s.seen.len(), s.sent.len())
+    };
+    let start = Instant::now();
+    ads.set(res);
+    let end = start + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < end, "no ACK: {}", proxy.describe());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let s = ads.store.lock().unwrap();
+        let answers = &s.seen[seen_before..];
+        if let Some(nack) = answers.iter().find(|a| a.error.is_some()) {
+            panic!("NACK: {nack:?}");
+        }
+        let sent = &s.sent[sent_before..];
+        let mut last = None;
+        for nonce in sent {
+            last = answers.iter().find(|a| &a.nonce == nonce).map(|a| a.at);
+            if last.is_none() {
+                break;
+            }
+        }
+        if let (false, Some(at)) = (sent.is_empty(), last) {
+            return at - start;
+        }
+    }
+}
+
+/// Applying a 5,000-cluster update: push → ACK time, the proxy's own apply time, and RSS per
+/// cluster. Prints numbers, asserts none. Run with
+/// `cargo test --release -p trellis-proxy --test xds_client -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release with --nocapture"]
+async fn measure_a_5000_cluster_update() {
+    const N: usize = 5000;
+    for mode in ["delta", "sotw"] {
+        let port = free_port();
+        let ads_port = free_port();
+        let ads = Ads::new();
+        ads.set(&services(port, 1, 1));
+        let server = ads.start(ads_port).await;
+        let client = h1();
+        let (mut proxy, admin) = start_proxy(&client, &format!("127.0.0.1:{ads_port}"), mode).await;
+        let (base, _) = rss_kb(proxy.pid());
+        let compile_start = Instant::now();
+        let first = services(port, N, 1);
+        let second = services(port, N, 2);
+        let compile = compile_start.elapsed() / 2;
+        let clusters = first.clusters.len();
+        let t1 = push_and_wait_for_acks(&ads, &first, &mut proxy).await;
+        let apply1 = admin_get(&client, admin, "/xds").await.1;
+        let (after, peak) = rss_kb(proxy.pid());
+        // Every endpoint changes: a full second update over a populated proxy.
+        let t2 = push_and_wait_for_acks(&ads, &second, &mut proxy).await;
+        let apply2 = admin_get(&client, admin, "/xds").await.1;
+        let (after2, peak2) = rss_kb(proxy.pid());
+        let ms = |x: &str| -> f64 {
+            let v: serde_json::Value = serde_json::from_str(x).unwrap_or_default();
+            v["last_apply_ms"].as_f64().unwrap_or(f64::NAN)
+        };
+        println!(
+            "{mode}: clusters={clusters} (compile from YAML in the test {compile:?} each)\n\
+             {mode}:   first update  push->ACK {t1:?}, proxy apply {:.1} ms\n\
+             {mode}:   second update push->ACK {t2:?}, proxy apply {:.1} ms\n\
+             {mode}:   RSS base {base} kB, after {after} kB (peak {peak} kB), after second {after2} kB (peak {peak2} kB)\n\
+             {mode}:   per cluster: {:.2} kB steady, {:.2} kB peak",
+            ms(&apply1),
+            ms(&apply2),
+            (after2.saturating_sub(base)) as f64 / clusters as f64,
+            (peak2.saturating_sub(base)) as f64 / clusters as f64,
+        );
+        drop(proxy);
+        server.kill().await;
+    }
 }

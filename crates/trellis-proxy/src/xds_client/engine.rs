@@ -206,15 +206,18 @@ impl Engine {
         }
         self.warming_since = None;
         let pending = std::mem::take(&mut self.pending);
+        let started = std::time::Instant::now();
         let result = self.cache.assemble().and_then(|res| {
             let version = res.version.clone();
             apply(res).map(|()| version)
         });
+        let took = started.elapsed();
         match result {
             Ok(version) => {
                 self.cache.commit();
                 self.applied_once = true;
-                tracing::info!(%version, updates = pending.len(), "applied xDS configuration");
+                self.status.apply_took(took);
+                tracing::info!(%version, updates = pending.len(), ?took, "applied xDS configuration");
                 for p in &pending {
                     out.ack(p.kind, &p.version, &p.nonce);
                     let held = self.cache.get(p.kind).len();
