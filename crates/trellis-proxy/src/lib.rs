@@ -2,8 +2,8 @@
 //!
 //! `runtime` turns xDS `Resources` into hot-path tables, `listeners` binds and serves them,
 //! `proxy` carries one request from downstream to upstream, `source` feeds the runtime from a
-//! directory and `xds_client` from a control plane, `memory` tunes malloc, and `app` wires everything together (the only place that
-//! does).
+//! directory and `xds_client` from a control plane, `memory` tunes malloc, and `app` wires
+//! everything together (the only place that does).
 
 pub mod admin;
 pub mod app;
