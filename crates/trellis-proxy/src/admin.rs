@@ -54,10 +54,10 @@ pub struct AdminState {
 #[derive(Debug, Default)]
 pub struct EncodedResources {
     pub version: String,
-    listeners: Vec<u8>,
-    routes: Vec<u8>,
-    clusters: Vec<u8>,
-    endpoints: Vec<u8>,
+    listeners: Bytes,
+    routes: Bytes,
+    clusters: Bytes,
+    endpoints: Bytes,
 }
 
 impl EncodedResources {
@@ -73,14 +73,34 @@ impl EncodedResources {
     }
 }
 
+impl EncodedResources {
+    /// From messages already encoded, each type's length-delimited back to back in name order
+    /// (the xDS client keeps its resources this way and shares the buffers).
+    pub fn from_encoded(
+        version: String,
+        listeners: Bytes,
+        routes: Bytes,
+        clusters: Bytes,
+        endpoints: Bytes,
+    ) -> EncodedResources {
+        EncodedResources {
+            version,
+            listeners,
+            routes,
+            clusters,
+            endpoints,
+        }
+    }
+}
+
 impl From<&trellis_xds::Resources> for EncodedResources {
     fn from(r: &trellis_xds::Resources) -> EncodedResources {
         EncodedResources {
             version: r.version.clone(),
-            listeners: encode_all(&r.listeners),
-            routes: encode_all(&r.routes),
-            clusters: encode_all(&r.clusters),
-            endpoints: encode_all(&r.endpoints),
+            listeners: encode_all(&r.listeners).into(),
+            routes: encode_all(&r.routes).into(),
+            clusters: encode_all(&r.clusters).into(),
+            endpoints: encode_all(&r.endpoints).into(),
         }
     }
 }

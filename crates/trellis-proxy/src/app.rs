@@ -249,8 +249,7 @@ async fn run_xds(
         xds: Some(client.status()),
     };
     let admin_task = tokio::spawn(admin::serve(admin_addr, state));
-    let subscription = client.run(move |res| {
-        let encoded = EncodedResources::from(&res);
+    let subscription = client.run(move |res, encoded| {
         listeners.apply(res).map_err(|e| e.to_string())?;
         resources.store(Arc::new(encoded));
         memory::trim();

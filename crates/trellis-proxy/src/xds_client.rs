@@ -29,6 +29,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use trellis_xds::Resources;
 
+use crate::admin::EncodedResources;
+
 use cache::Kind;
 use engine::{Apply, Engine, Outbox};
 
@@ -276,7 +278,11 @@ impl XdsClient {
     }
 
     /// Subscribes and applies updates with `apply` forever, reconnecting when the stream ends.
-    pub async fn run(mut self, mut apply: impl FnMut(Resources) -> Result<(), String> + Send) {
+    /// `apply` gets each snapshot and its `/config_dump` copy (to publish once applied).
+    pub async fn run(
+        mut self,
+        mut apply: impl FnMut(Resources, EncodedResources) -> Result<(), String> + Send,
+    ) {
         let mut backoff = Backoff::default();
         let mut attempt = 0usize;
         loop {

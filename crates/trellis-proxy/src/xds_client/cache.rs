@@ -7,15 +7,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::Bytes;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use bytes::{Bytes, BytesMut};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use trellis_xds::{Cluster, ClusterLoadAssignment, Listener, Resources, RouteConfiguration};
+use trellis_xds::{Listener, Resources};
 
 /// The four resource types the proxy subscribes to, in the order Envoy applies them
 /// (CDS, then EDS, then LDS, then RDS).
@@ -144,27 +144,21 @@ impl Kind {
             reason: e.to_string(),
         };
         let body = any.value.as_slice();
+        // Only what the client needs now (name, dependencies) is decoded here; the whole message
+        // is decoded, and checked, once, when the snapshot is assembled for the runtime.
         let (inner, needs) = match self {
             Kind::Cluster => {
-                let c = Cluster::decode(body).map_err(bad)?;
-                let needs = eds_dependency(&c).into_iter().collect();
+                let c = ClusterHead::decode(body).map_err(bad)?;
+                let needs = c.eds_dependency().into_iter().collect();
                 (c.name, needs)
             }
-            Kind::Endpoint => (
-                ClusterLoadAssignment::decode(body)
-                    .map_err(bad)?
-                    .cluster_name,
-                Vec::new(),
-            ),
+            Kind::Endpoint => (NameHead::decode(body).map_err(bad)?.name, Vec::new()),
             Kind::Listener => {
                 let l = Listener::decode(body).map_err(bad)?;
                 let needs = rds_dependencies(&l);
                 (l.name, needs)
             }
-            Kind::Route => (
-                RouteConfiguration::decode(body).map_err(bad)?.name,
-                Vec::new(),
-            ),
+            Kind::Route => (NameHead::decode(body).map_err(bad)?.name, Vec::new()),
         };
         if inner.is_empty() {
             return Err(DecodeError::Unnamed { index });
@@ -287,6 +281,33 @@ impl Cache {
         format!("{h:016x}")
     }
 
+    /// Each type's resources length-delimited back to back in name order (the `/config_dump`
+    /// encoding), in `Kind::ALL` order. The held entries are re-pointed into these buffers, so
+    /// the bytes are held once, and the per-response buffers they came from are freed.
+    pub fn pack(&mut self) -> [Bytes; 4] {
+        Kind::ALL.map(|kind| {
+            let map = &mut self.current[kind.index()];
+            let len: usize = map
+                .values()
+                .map(|e| e.body.len() + prost::length_delimiter_len(e.body.len()))
+                .sum();
+            let mut buf = BytesMut::with_capacity(len);
+            let mut spans = Vec::with_capacity(map.len());
+            for e in map.values() {
+                // Cannot fail: the buffer grows as needed.
+                let _ = prost::encode_length_delimiter(e.body.len(), &mut buf);
+                let start = buf.len();
+                buf.extend_from_slice(&e.body);
+                spans.push(start..buf.len());
+            }
+            let packed = buf.freeze();
+            for (e, span) in map.values_mut().zip(spans) {
+                e.body = packed.slice(span);
+            }
+            packed
+        })
+    }
+
     /// The current state was applied: it becomes the state to roll back to.
     pub fn commit(&mut self) {
         self.applied.clone_from(&self.current);
@@ -321,30 +342,56 @@ fn rds_dependencies(l: &Listener) -> Vec<String> {
     out
 }
 
-/// The EDS name an EDS cluster reads (`eds_cluster_config.service_name`, else its name).
-fn eds_dependency(c: &Cluster) -> Option<String> {
-    let eds = matches!(
-        c.cluster_discovery_type,
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
-    );
-    if !eds {
-        return None;
+/// The fields of a `Cluster` the client reads on receipt (prost skips the others).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterHead {
+    #[prost(string, tag = "1")]
+    name: String,
+    /// `cluster_discovery_type.type`.
+    #[prost(int32, optional, tag = "2")]
+    r#type: Option<i32>,
+    #[prost(message, optional, tag = "3")]
+    eds_cluster_config: Option<EdsHead>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EdsHead {
+    #[prost(string, tag = "2")]
+    service_name: String,
+}
+
+/// Field 1 of `ClusterLoadAssignment` (`cluster_name`) and `RouteConfiguration` (`name`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct NameHead {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+impl ClusterHead {
+    /// The EDS name an EDS cluster reads (`eds_cluster_config.service_name`, else its name).
+    fn eds_dependency(&self) -> Option<String> {
+        if self.r#type != Some(DiscoveryType::Eds as i32) {
+            return None;
+        }
+        let service = self
+            .eds_cluster_config
+            .as_ref()
+            .map(|e| e.service_name.as_str())
+            .filter(|s| !s.is_empty());
+        Some(service.unwrap_or(&self.name).to_owned())
     }
-    let service = c
-        .eds_cluster_config
-        .as_ref()
-        .map(|e| e.service_name.as_str())
-        .filter(|s| !s.is_empty());
-    Some(service.unwrap_or(&c.name).to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, EdsClusterConfig,
+    };
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
     use envoy_types::util::pack_any;
+    use trellis_xds::{Cluster, ClusterLoadAssignment};
 
     fn eds_cluster(name: &str, service: &str) -> Any {
         pack_any(Cluster {

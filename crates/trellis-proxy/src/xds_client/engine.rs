@@ -14,6 +14,7 @@ use trellis_xds::Resources;
 
 use super::cache::{Cache, Entry, Kind};
 use super::{XdsMetrics, XdsStatus};
+use crate::admin::EncodedResources;
 
 /// Encodes what the engine decides into the protocol's requests.
 pub(crate) trait Outbox {
@@ -75,7 +76,9 @@ pub(crate) struct Engine {
     metrics: XdsMetrics,
 }
 
-pub(crate) type Apply<'a> = dyn FnMut(Resources) -> Result<(), String> + Send + 'a;
+/// Applies a snapshot; the second argument is its `/config_dump` copy, to publish on success.
+pub(crate) type Apply<'a> =
+    dyn FnMut(Resources, EncodedResources) -> Result<(), String> + Send + 'a;
 
 impl Engine {
     pub fn new(warming_timeout: Duration, status: Arc<XdsStatus>, metrics: XdsMetrics) -> Engine {
@@ -207,9 +210,17 @@ impl Engine {
         self.warming_since = None;
         let pending = std::mem::take(&mut self.pending);
         let started = std::time::Instant::now();
+        let [clusters, endpoints, listeners, routes] = self.cache.pack();
         let result = self.cache.assemble().and_then(|res| {
             let version = res.version.clone();
-            apply(res).map(|()| version)
+            let dump = EncodedResources::from_encoded(
+                version.clone(),
+                listeners,
+                routes,
+                clusters,
+                endpoints,
+            );
+            apply(res, dump).map(|()| version)
         });
         let took = started.elapsed();
         match result {
@@ -330,8 +341,13 @@ mod tests {
     /// Counts applies; fails those whose clusters use MAGLEV (as the runtime does).
     fn applier(
         applied: &mut Vec<usize>,
-    ) -> impl FnMut(Resources) -> Result<(), String> + Send + '_ {
-        move |res: Resources| {
+    ) -> impl FnMut(Resources, EncodedResources) -> Result<(), String> + Send + '_ {
+        move |res: Resources, dump: EncodedResources| {
+            assert_eq!(
+                dump.decode().unwrap(),
+                res,
+                "the dump shows what is applied"
+            );
             if res
                 .clusters
                 .iter()
