@@ -434,6 +434,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn metrics_expose_the_gauge_and_per_type_counters_and_pass_promtool() {
+        let mut registry = Registry::default();
+        let m = XdsMetrics::register(&mut registry);
+        m.set_connected(true);
+        m.applied(Kind::Cluster);
+        m.applied(Kind::Cluster);
+        m.rejected(Kind::Listener);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "trellis_proxy_control_plane_connected 1",
+            "trellis_proxy_xds_updates_applied_total{type=\"cds\"} 2",
+            "trellis_proxy_xds_updates_rejected_total{type=\"lds\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("promtool not found; skipping (apt-get install prometheus)");
+            return;
+        };
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
         let mut b = Backoff::default();
         let mut upper = BACKOFF_BASE;

@@ -485,23 +485,25 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 /// Starts `trellis-proxy --xds-address ADDRESSES --xds-mode MODE` as a gateway and waits until it
 /// is ready; returns it and its admin port.
-async fn start_proxy(client: &H1, addresses: &str, mode: &str) -> (Process, u16) {
+async fn start_proxy(client: &H1, addresses: &str, mode: &str, extra: &[&str]) -> (Process, u16) {
     let admin = free_port();
     let admin_arg = admin.to_string();
+    let mut args = vec![
+        "--xds-address",
+        addresses,
+        "--xds-mode",
+        mode,
+        "--bind-address",
+        "127.0.0.1",
+        "--labels",
+        "istio=ingressgateway",
+        "--admin-port",
+        &admin_arg,
+    ];
+    args.extend_from_slice(extra);
     let mut proxy = Process::spawn(
         bin_path("trellis-proxy"),
-        [
-            "--xds-address",
-            addresses,
-            "--xds-mode",
-            mode,
-            "--bind-address",
-            "127.0.0.1",
-            "--labels",
-            "istio=ingressgateway",
-            "--admin-port",
-            &admin_arg,
-        ],
+        args,
         &[("TRELLIS_ACCESS_LOG", "off")],
     );
     let ready = async {
@@ -533,7 +535,7 @@ async fn scenario(mode: &str) {
     // The first address refuses connections: the client must rotate to the second.
     let addresses = format!("127.0.0.1:{dead_port},127.0.0.1:{ads_port}");
     let client = h1();
-    let (mut proxy, admin) = start_proxy(&client, &addresses, mode).await;
+    let (mut proxy, admin) = start_proxy(&client, &addresses, mode, &[]).await;
 
     // 1. The pushed config routes traffic, and the node told the server who the proxy is.
     assert_eq!(
@@ -734,49 +736,44 @@ async fn push_and_wait_for_acks(ads: &Ads, res: &Resources, proxy: &mut Process)
     }
 }
 
-/// Applying a 5,000-cluster update: push → ACK time, the proxy's own apply time, and RSS per
-/// cluster. Prints numbers, asserts none. Run with
-/// `cargo test --release -p trellis-proxy --test xds_client -- --ignored --nocapture`.
+/// Applying a 5,000-cluster update to a `--concurrency 1` proxy (as `bench/rss.sh`): push → ACK
+/// time, the proxy's own apply time (`/xds` `last_apply_ms`), and RSS per cluster over four
+/// updates (every endpoint address changes each time). Prints numbers, asserts none. Run with
+/// `cargo test --release -p trellis-proxy --test xds_client measure -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run in release with --nocapture"]
 async fn measure_a_5000_cluster_update() {
     const N: usize = 5000;
+    let configs_port = free_port();
+    let configs = [1, 2].map(|g| services(configs_port, N, g));
     for mode in ["delta", "sotw"] {
-        let port = free_port();
         let ads_port = free_port();
         let ads = Ads::new();
-        ads.set(&services(port, 1, 1));
+        ads.set(&services(configs_port, 1, 1));
         let server = ads.start(ads_port).await;
         let client = h1();
-        let (mut proxy, admin) = start_proxy(&client, &format!("127.0.0.1:{ads_port}"), mode).await;
+        let (mut proxy, admin) = start_proxy(
+            &client,
+            &format!("127.0.0.1:{ads_port}"),
+            mode,
+            &["--concurrency", "1"],
+        )
+        .await;
         let (base, _) = rss_kb(proxy.pid());
-        let compile_start = Instant::now();
-        let first = services(port, N, 1);
-        let second = services(port, N, 2);
-        let compile = compile_start.elapsed() / 2;
-        let clusters = first.clusters.len();
-        let t1 = push_and_wait_for_acks(&ads, &first, &mut proxy).await;
-        let apply1 = admin_get(&client, admin, "/xds").await.1;
-        let (after, peak) = rss_kb(proxy.pid());
-        // Every endpoint changes: a full second update over a populated proxy.
-        let t2 = push_and_wait_for_acks(&ads, &second, &mut proxy).await;
-        let apply2 = admin_get(&client, admin, "/xds").await.1;
-        let (after2, peak2) = rss_kb(proxy.pid());
-        let ms = |x: &str| -> f64 {
-            let v: serde_json::Value = serde_json::from_str(x).unwrap_or_default();
-            v["last_apply_ms"].as_f64().unwrap_or(f64::NAN)
-        };
-        println!(
-            "{mode}: clusters={clusters} (compile from YAML in the test {compile:?} each)\n\
-             {mode}:   first update  push->ACK {t1:?}, proxy apply {:.1} ms\n\
-             {mode}:   second update push->ACK {t2:?}, proxy apply {:.1} ms\n\
-             {mode}:   RSS base {base} kB, after {after} kB (peak {peak} kB), after second {after2} kB (peak {peak2} kB)\n\
-             {mode}:   per cluster: {:.2} kB steady, {:.2} kB peak",
-            ms(&apply1),
-            ms(&apply2),
-            (after2.saturating_sub(base)) as f64 / clusters as f64,
-            (peak2.saturating_sub(base)) as f64 / clusters as f64,
-        );
+        println!("{mode}: base RSS {base} kB (1 cluster)");
+        for round in 0..4 {
+            let push = push_and_wait_for_acks(&ads, &configs[round % 2], &mut proxy).await;
+            let (_, xds) = admin_get(&client, admin, "/xds").await;
+            let xds: serde_json::Value = serde_json::from_str(&xds).unwrap_or_default();
+            let apply = xds["last_apply_ms"].as_f64().unwrap_or(f64::NAN);
+            let (rss, peak) = rss_kb(proxy.pid());
+            println!(
+                "{mode}: update {round}: clusters={N} push->ACK {:.0} ms, proxy apply {apply:.0} ms, \
+                 RSS {rss} kB (peak {peak} kB) = {:.2} kB per cluster above base",
+                push.as_secs_f64() * 1e3,
+                rss.saturating_sub(base) as f64 / N as f64
+            );
+        }
         drop(proxy);
         server.kill().await;
     }
