@@ -228,6 +228,13 @@ async fn run_xds(
         !addresses.is_empty(),
         "--xds-address is empty; give host:port of the control plane"
     );
+    for a in &addresses {
+        let port = a.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        anyhow::ensure!(
+            matches!(port, Some(Ok(p)) if p != 0),
+            "--xds-address {a:?} is not host:port (e.g. istiod.istio-system.svc:15010)"
+        );
+    }
     let client = XdsClient::new(
         XdsConfig {
             addresses,

@@ -47,6 +47,8 @@ struct Seen {
     type_url: String,
     nonce: String,
     error: Option<String>,
+    /// Delta: how many `initial_resource_versions` the request carried.
+    initial_versions: usize,
     at: Instant,
 }
 
@@ -265,6 +267,7 @@ async fn sotw_stream(
                         type_url: req.type_url.clone(),
                         nonce: req.response_nonce.clone(),
                         error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                        initial_versions: 0,
                         at: Instant::now(),
                     },
                     req.node.as_ref(),
@@ -353,6 +356,7 @@ async fn delta_stream(
                         type_url: req.type_url.clone(),
                         nonce: req.response_nonce.clone(),
                         error: req.error_detail.as_ref().map(|e| e.message.clone()),
+                        initial_versions: req.initial_resource_versions.len(),
                         at: Instant::now(),
                     },
                     req.node.as_ref(),
@@ -643,6 +647,14 @@ async fn scenario(mode: &str) {
         metric(&m, "trellis_proxy_control_plane_connected") == Some(1.0)
     })
     .await;
+    if mode == "delta" {
+        // The new stream told the server what the proxy holds (the applied CDS: one cluster).
+        let resubscribed = ads.seen()[before..]
+            .iter()
+            .find(|s| s.type_url == CDS)
+            .map(|s| s.initial_versions);
+        assert_eq!(resubscribed, Some(1), "{:?}", ads.seen());
+    }
     // A change pushed afterwards applies.
     ads.set(&config(port, "a.example", a.addr, b.addr));
     eventually("traffic moves back to a", || async {
