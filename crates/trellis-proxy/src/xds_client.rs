@@ -339,47 +339,54 @@ impl XdsClient {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let mut out = delta::DeltaOutbox::new(tx, node);
                 self.engine.open(&mut out);
-                let mut stream = client
+                let stream = client
                     .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
                     .await
                     .map_err(|s| status_text(&s))?
                     .into_inner();
                 self.connected(address);
-                loop {
-                    let message = tokio::select! {
-                        m = stream.message() => m,
-                        () = sleep_until(self.engine.deadline()) => {
-                            self.engine.on_deadline(&mut out, apply);
-                            continue;
-                        }
-                    };
-                    let response = message.map_err(|s| status_text(&s))?.ok_or(CLOSED)?;
-                    *progressed = true;
-                    self.dispatch(delta::decode(response), &mut out, apply);
-                }
+                self.pump(stream, delta::decode, &mut out, apply, progressed)
+                    .await
             }
             XdsMode::Sotw => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let mut out = sotw::SotwOutbox::new(tx, node, &self.engine.cache);
                 self.engine.open(&mut out);
-                let mut stream = client
+                let stream = client
                     .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
                     .await
                     .map_err(|s| status_text(&s))?
                     .into_inner();
                 self.connected(address);
-                loop {
-                    let message = tokio::select! {
-                        m = stream.message() => m,
-                        () = sleep_until(self.engine.deadline()) => {
-                            self.engine.on_deadline(&mut out, apply);
-                            continue;
-                        }
-                    };
-                    let response = message.map_err(|s| status_text(&s))?.ok_or(CLOSED)?;
-                    *progressed = true;
-                    self.dispatch(sotw::decode(response), &mut out, apply);
+                self.pump(stream, sotw::decode, &mut out, apply, progressed)
+                    .await
+            }
+        }
+    }
+
+    /// Feeds each response of an open stream to the engine (and the warming deadline when it
+    /// passes) until the stream fails.
+    async fn pump<R>(
+        &mut self,
+        mut stream: tonic::Streaming<R>,
+        decode: fn(R) -> Result<engine::Update, engine::Undecodable>,
+        out: &mut dyn Outbox,
+        apply: &mut Apply<'_>,
+        progressed: &mut bool,
+    ) -> Result<std::convert::Infallible, String> {
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                () = sleep_until(self.engine.deadline()) => {
+                    self.engine.on_deadline(out, apply);
+                    continue;
                 }
+            };
+            let response = message.map_err(|s| status_text(&s))?.ok_or(CLOSED)?;
+            *progressed = true;
+            match decode(response) {
+                Ok(update) => self.engine.on_update(update, out, apply),
+                Err(bad) => self.engine.on_undecodable(bad, out),
             }
         }
     }
@@ -388,18 +395,6 @@ impl XdsClient {
         tracing::info!(server = %address, mode = ?self.config.mode, "xDS stream open");
         self.metrics.set_connected(true);
         self.status.connection(Some(address), None);
-    }
-
-    fn dispatch(
-        &mut self,
-        decoded: Result<engine::Update, engine::Undecodable>,
-        out: &mut dyn Outbox,
-        apply: &mut Apply<'_>,
-    ) {
-        match decoded {
-            Ok(update) => self.engine.on_update(update, out, apply),
-            Err(bad) => self.engine.on_undecodable(bad, out),
-        }
     }
 }
 
