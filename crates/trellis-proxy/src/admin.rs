@@ -37,7 +37,8 @@ const INDEX: &str = "trellis-proxy admin\n\
 GET /ready             200 LIVE when the first configuration is applied, 503 before\n\
 GET /config_dump       the xDS resources being served, as JSON\n\
 GET /clusters          upstream endpoints with health (healthy, ejected, failed_active_hc)\n\
-GET /stats/prometheus  metrics, Prometheus text format (also /metrics)\n";
+GET /stats/prometheus  metrics, Prometheus text format (also /metrics)\n\
+GET /xds               the xDS client: connection, last applied and rejected version per type\n";
 
 /// What the admin server shows.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct AdminState {
     pub telemetry: Arc<Telemetry>,
     pub resources: Arc<ArcSwap<EncodedResources>>,
     pub ready: Arc<AtomicBool>,
+    /// The xDS client's state (`/xds`), when the config comes from a control plane.
+    pub xds: Option<Arc<crate::xds_client::XdsStatus>>,
 }
 
 /// The xDS resources being served, kept protobuf-encoded (a tenth of the decoded size) and
@@ -52,10 +55,10 @@ pub struct AdminState {
 #[derive(Debug, Default)]
 pub struct EncodedResources {
     pub version: String,
-    listeners: Vec<u8>,
-    routes: Vec<u8>,
-    clusters: Vec<u8>,
-    endpoints: Vec<u8>,
+    listeners: Bytes,
+    routes: Bytes,
+    clusters: Bytes,
+    endpoints: Bytes,
 }
 
 impl EncodedResources {
@@ -71,14 +74,34 @@ impl EncodedResources {
     }
 }
 
+impl EncodedResources {
+    /// From messages already encoded, each type's length-delimited back to back in name order
+    /// (the xDS client keeps its resources this way and shares the buffers).
+    pub fn from_encoded(
+        version: String,
+        listeners: Bytes,
+        routes: Bytes,
+        clusters: Bytes,
+        endpoints: Bytes,
+    ) -> EncodedResources {
+        EncodedResources {
+            version,
+            listeners,
+            routes,
+            clusters,
+            endpoints,
+        }
+    }
+}
+
 impl From<&trellis_xds::Resources> for EncodedResources {
     fn from(r: &trellis_xds::Resources) -> EncodedResources {
         EncodedResources {
             version: r.version.clone(),
-            listeners: encode_all(&r.listeners),
-            routes: encode_all(&r.routes),
-            clusters: encode_all(&r.clusters),
-            endpoints: encode_all(&r.endpoints),
+            listeners: encode_all(&r.listeners).into(),
+            routes: encode_all(&r.routes).into(),
+            clusters: encode_all(&r.clusters).into(),
+            endpoints: encode_all(&r.endpoints).into(),
         }
     }
 }
@@ -156,6 +179,13 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         ),
         "/config_dump" => config_dump(&state.resources.load()),
         "/clusters" => text(StatusCode::OK, state.telemetry.upstream.clusters_text()),
+        "/xds" => match &state.xds {
+            Some(xds) => json(&xds.to_json()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no xDS client: this proxy serves --config-dir\n".to_owned(),
+            ),
+        },
         "/stats/prometheus" | "/metrics" => {
             let mut response = text(StatusCode::OK, state.telemetry.encode_prometheus());
             response.headers_mut().insert(
@@ -169,6 +199,16 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             format!("no admin endpoint {path}; GET / lists them\n"),
         ),
     }
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn config_dump(encoded: &EncodedResources) -> Response<Full<Bytes>> {
@@ -279,6 +319,7 @@ mod tests {
             telemetry: Arc::new(Telemetry::with_access_log(&proxy, AccessLogSink::Off)),
             resources: Arc::new(ArcSwap::from_pointee(EncodedResources::from(&resources))),
             ready: Arc::new(AtomicBool::new(false)),
+            xds: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -19,17 +19,25 @@ use crate::runtime::Runtime;
 use crate::runtime::health::HealthCheckers;
 use crate::source::DirSource;
 use crate::telemetry::Telemetry;
+use crate::xds_client::{WARMING_TIMEOUT, XdsClient, XdsConfig, XdsMode};
 
 /// Command-line flags (each with an environment fallback).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "trellis-proxy",
-    about = "Trellis data plane: sidecar and gateway proxy"
+    about = "Trellis data plane: sidecar and gateway proxy",
+    group(clap::ArgGroup::new("source").required(true).args(["config_dir", "xds_address"]))
 )]
 pub struct Args {
     /// Directory of YAML configuration to serve (standalone mode).
     #[arg(long, env = "TRELLIS_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    /// Control plane(s) to subscribe to over ADS, `host:port[,host:port…]`, tried in turn.
+    #[arg(long, env = "TRELLIS_XDS_ADDRESS", value_delimiter = ',')]
+    pub xds_address: Vec<String>,
+    /// ADS variant: incremental (delta) or state of the world (sotw).
+    #[arg(long, env = "TRELLIS_XDS_MODE", value_enum, default_value = "delta")]
+    pub xds_mode: XdsMode,
     /// gateway | sidecar
     #[arg(long, env = "TRELLIS_ROLE", default_value = "gateway")]
     pub role: String,
@@ -132,8 +140,11 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let identity = args.identity()?;
     let telemetry = Arc::new(Telemetry::new(&identity));
+    let Some(config_dir) = args.config_dir.clone() else {
+        return run_xds(args, identity, telemetry).await;
+    };
     let source = DirSource {
-        dir: args.config_dir.clone(),
+        dir: config_dir.clone(),
         identity,
     };
     let fingerprint = source.fingerprint();
@@ -149,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             anyhow::bail!(
                 "config {} has {} error(s); nothing to serve",
-                args.config_dir.display(),
+                config_dir.display(),
                 errors.len()
             );
         }
@@ -174,6 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         telemetry,
         resources: Arc::clone(&resources),
         ready: Arc::clone(&ready),
+        xds: None,
     };
     let admin_task = tokio::spawn(admin::serve(admin_addr, state));
     let mut bound: Vec<String> = listeners
@@ -197,6 +209,83 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     tokio::select! {
         _ = watcher => Ok(()),
+        r = admin_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("admin {admin_addr}: {e}; is another proxy running?")),
+            Err(e) => Err(e.into()),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// Control-plane mode: serve admin at once (not ready), subscribe over ADS, apply each complete
+/// update; ready once the first one is serving. Returns on Ctrl-C.
+async fn run_xds(
+    args: Args,
+    identity: ProxyIdentity,
+    telemetry: Arc<Telemetry>,
+) -> anyhow::Result<()> {
+    let addresses: Vec<String> = args
+        .xds_address
+        .iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    anyhow::ensure!(
+        !addresses.is_empty(),
+        "--xds-address is empty; give host:port of the control plane"
+    );
+    for a in &addresses {
+        let port = a.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        anyhow::ensure!(
+            matches!(port, Some(Ok(p)) if p != 0),
+            "--xds-address {a:?} is not host:port (e.g. istiod.istio-system.svc:15010)"
+        );
+    }
+    let client = XdsClient::new(
+        XdsConfig {
+            addresses,
+            mode: args.xds_mode,
+            node: identity.to_node(),
+            warming_timeout: WARMING_TIMEOUT,
+        },
+        telemetry.xds.clone(),
+    );
+    let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    let mut listeners = Listeners::new(proxy);
+    let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::default()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
+    let state = AdminState {
+        telemetry,
+        resources: Arc::clone(&resources),
+        ready: Arc::clone(&ready),
+        xds: Some(client.status()),
+    };
+    let admin_task = tokio::spawn(admin::serve(admin_addr, state));
+    let subscription = client.run(move |res, encoded| {
+        listeners.apply(res).map_err(|e| e.to_string())?;
+        resources.store(Arc::new(encoded));
+        memory::trim();
+        if !ready.swap(true, Ordering::AcqRel) {
+            let mut bound: Vec<String> = listeners
+                .bound()
+                .into_iter()
+                .map(|(n, a)| format!("{n}={a}"))
+                .collect();
+            bound.sort();
+            eprintln!(
+                "trellis-proxy ready: listeners [{}] admin {admin_addr}",
+                bound.join(", ")
+            );
+        }
+        Ok(())
+    });
+    tokio::select! {
+        () = subscription => Ok(()),
         r = admin_task => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(anyhow::anyhow!("admin {admin_addr}: {e}; is another proxy running?")),

@@ -1,9 +1,9 @@
 //! Trellis data plane: sidecar and gateway proxy.
 //!
 //! `runtime` turns xDS `Resources` into hot-path tables, `listeners` binds and serves them,
-//! `proxy` carries one request from downstream to upstream, `tcp_proxy` one L4 connection, `source` feeds the runtime from a
-//! directory, `memory` tunes malloc, and `app` wires everything together (the only place that
-//! does).
+//! `proxy` carries one request from downstream to upstream, `tcp_proxy` one L4 connection,
+//! `source` feeds the runtime from a directory and `xds_client` from a control plane, `memory`
+//! tunes malloc, and `app` wires everything together (the only place that does).
 
 pub mod admin;
 pub mod app;
@@ -14,3 +14,4 @@ pub mod runtime;
 pub mod source;
 pub mod tcp_proxy;
 pub mod telemetry;
+pub mod xds_client;

@@ -47,6 +47,8 @@ pub struct Telemetry {
     connections_active: Gauge,
     /// Upstream clusters' health (outlier ejections), read at scrape time.
     pub upstream: UpstreamHealth,
+    /// The xDS client's connection gauge and update counters.
+    pub xds: crate::xds_client::XdsMetrics,
 }
 
 /// Everything telemetry needs to know about one finished request (borrowed from it).
@@ -192,7 +194,9 @@ impl Telemetry {
             "Requests and TCP connections left out of istio_* metrics because the label-set limit was reached",
             series_dropped,
         );
+        let xds = crate::xds_client::XdsMetrics::register(&mut registry);
         Telemetry {
+            xds,
             registry,
             istio,
             tcp,
