@@ -89,6 +89,11 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
     timeout: 3s
     rewrite: {{authority: back}}
     route: [{{destination: {hop}}}]
+  - name: front-retry
+    match: [{{authority: {{prefix: retrying}}}}]
+    retries: {{attempts: 1, perTryTimeout: 3s, retryOn: gateway-error}}
+    rewrite: {{authority: back}}
+    route: [{{destination: {hop}}}]
   - name: others
     route: [{{destination: {v1}}}]
 "#,
@@ -179,6 +184,29 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
         Some("UT")
     );
     assert!(took >= Duration::from_secs(3), "{took:?}");
+    // Istio's task: the caller has a 3 s timeout and one retry, so jason's request fails after
+    // two 3 s tries (~6 s), each cut off while the 7 s delay runs.
+    let start = Instant::now();
+    let (status, headers, body) = http_request(
+        &gw.url("/get"),
+        &[
+            "-H",
+            "Host: retrying",
+            "-H",
+            "end-user: jason",
+            "--max-time",
+            "30",
+        ],
+    );
+    let took = start.elapsed();
+    assert_eq!(status, 504, "{body}");
+    let flags = headers.get("x-trellis-flags").map(String::as_str);
+    assert_eq!(flags, Some("UT,URX"), "{headers:?}");
+    assert!(
+        took >= Duration::from_secs(6),
+        "two 3 s tries took {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
     // Without jason the same hop answers.
     let (status, headers, body) = http_request(&gw.url("/get"), &["-H", "Host: front"]);
     assert_eq!(status, 200, "{body}");
