@@ -680,3 +680,58 @@ spec:
     let (_, dump) = gw.admin_get("/config_dump");
     assert!(dump.contains("STRICT_DNS"), "{dump}");
 }
+
+/// Istio's traffic-shifting task: 50/50 between v1 and v3 (within ±5 points over 1000 requests),
+/// then, by a live edit of the configuration, 100% to v3.
+#[test]
+fn traffic_shifting_50_50_then_all_to_v3() {
+    let port = gateway_port();
+    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v3")]);
+    let base = vec![
+        gateway_yaml(port),
+        service_entry_yaml(
+            "reviews",
+            REVIEWS,
+            9080,
+            "HTTP",
+            &[
+                ep(apps.port("reviews/v1"), "v1"),
+                ep(apps.port("reviews/v3"), "v3"),
+            ],
+        ),
+        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v3"]),
+    ];
+    let split = |w1: u32, w3: u32| {
+        let http = format!(
+            "  - route:\n    - {{destination: {}, weight: {w1}}}\n    - {{destination: {}, weight: {w3}}}\n",
+            dest(REVIEWS, Some("v1"), 9080),
+            dest(REVIEWS, Some("v3"), 9080)
+        );
+        let mut parts = base.clone();
+        parts.push(virtual_service_yaml("reviews", &["*"], &http));
+        docs(&parts)
+    };
+    let mut gw = Gateway::start(port, &split(50, 50));
+    let counts = tally(&mut gw.client(), "reviews.local", "/reviews", &[], 1000);
+    let v1 = counts.get("reviews/v1").copied().unwrap_or(0);
+    let v3 = counts.get("reviews/v3").copied().unwrap_or(0);
+    assert_eq!(v1 + v3, 1000, "only v1 and v3, all 200: {counts:?}");
+    // ±5 points: v3 in 450..=550 (Binomial(1000, 0.5) has sd 15.8).
+    assert!((450..=550).contains(&v3), "50/50 ± 5 points: {counts:?}");
+
+    write_atomic(gw.dir.path(), "mesh.yaml", &split(0, 100));
+    let moved = trellis_testkit::wait_until(std::time::Duration::from_secs(15), || {
+        tally(&mut gw.client(), "reviews.local", "/reviews", &[], 20).get("reviews/v3") == Some(&20)
+    });
+    assert!(
+        moved,
+        "the edit to 100% v3 never took effect\n{}",
+        gw.proxy.describe()
+    );
+    let counts = tally(&mut gw.client(), "reviews.local", "/reviews", &[], 200);
+    assert_eq!(
+        counts.get("reviews/v3"),
+        Some(&200),
+        "all to v3: {counts:?}"
+    );
+}
