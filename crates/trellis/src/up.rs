@@ -272,13 +272,9 @@ fn print_apply_help(dir: &Path, api: &str, store: &Path) {
             "  sed 's/subset: v2/subset: v3/' {} > /tmp/jason-v3.yaml",
             vs.display()
         );
-        println!(
-            "  {trellis} apply -f /tmp/jason-v3.yaml               # jason now gets reviews v3"
-        );
+        println!("  {trellis} apply -f /tmp/jason-v3.yaml   # jason now gets reviews v3");
     } else {
         println!("  {trellis} apply -f FILE.yaml");
     }
-    println!(
-        "  {trellis} proxy-status                               # the gateway: SYNCED per type"
-    );
+    println!("  {trellis} proxy-status   # the gateway: SYNCED per type");
 }

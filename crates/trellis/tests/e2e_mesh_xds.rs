@@ -514,6 +514,14 @@ fn proxy_fails_over_between_control_plane_replicas_on_etcd() {
         .unwrap_or_else(|| panic!("/xds names no replica: {xds:#}"));
     let survivor_api = [api_a, api_b][1 - dead];
     wait_cli_synced([api_a, api_b][dead], &lit, PROXY_ID);
+    let run = trellis(&["proxy-status"], survivor_api, &lit);
+    assert!(
+        json(&run.stdout)["proxies"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().all(|p| p["id"] != PROXY_ID)),
+        "the other replica already serves the proxy: {}",
+        run.stdout
+    );
 
     // Kill it under a steady load: no request fails, and the proxy moves to the survivor.
     let load = SteadyLoad::start(proxy.client());
