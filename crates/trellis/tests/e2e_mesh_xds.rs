@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use control_support::*;
@@ -433,40 +433,57 @@ impl Replica {
 }
 
 /// Requests through the gateway every 20 ms on another thread until stopped; the failures
-/// (I/O errors or statuses other than 200) and the count are returned by `stop`.
+/// (I/O errors or statuses other than 200) are returned by `stop`.
 struct SteadyLoad {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+    sent: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl SteadyLoad {
     fn start(mut client: H1Client) -> SteadyLoad {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&sent));
         let thread = std::thread::spawn(move || {
-            let (mut sent, mut failures) = (0, Vec::new());
+            let mut failures = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                sent += 1;
                 match client.get("reviews.local", "/reviews", &[]) {
                     Ok(r) if r.status == 200 => {}
                     Ok(r) => failures.push(format!("{} {}", r.status, r.body.trim())),
                     Err(e) => failures.push(e.to_string()),
                 }
+                count.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
-            (sent, failures)
+            failures
         });
-        SteadyLoad { stop, thread }
+        SteadyLoad { stop, sent, thread }
+    }
+
+    /// Requests answered (or failed) so far.
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
     }
 
     fn stop(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("load thread")
+        let failures = self.thread.join().expect("load thread");
+        (self.sent.load(Ordering::Relaxed), failures)
     }
 }
 
 #[test]
-fn proxy_fails_over_between_control_plane_replicas_on_etcd() {
+fn delta_proxy_fails_over_between_control_plane_replicas_on_etcd() {
+    failover_case("delta");
+}
+
+#[test]
+fn sotw_proxy_fails_over_between_control_plane_replicas_on_etcd() {
+    failover_case("sotw");
+}
+
+fn failover_case(mode: &str) {
     let etcd = Etcd::start();
     let token = "replicas-test-token";
     let a = Replica::start(&etcd, token);
@@ -494,7 +511,7 @@ fn proxy_fails_over_between_control_plane_replicas_on_etcd() {
         .map(|r| r.as_ref().unwrap().address())
         .collect::<Vec<_>>()
         .join(",");
-    let mut proxy = XdsProxy::start(&servers, "delta", port);
+    let mut proxy = XdsProxy::start(&servers, mode, port);
     let mut client = proxy.client();
     assert_eq!(
         answers(&mut client, true, 5),
@@ -525,8 +542,11 @@ fn proxy_fails_over_between_control_plane_replicas_on_etcd() {
 
     // Kill it under a steady load: no request fails, and the proxy moves to the survivor.
     let load = SteadyLoad::start(proxy.client());
-    std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || load.sent() >= 20),
+        "the load did not start"
+    );
+    let (started, sent_at_kill) = (Instant::now(), load.sent());
     let mut killed = replicas[dead].take().unwrap();
     killed.process.signal(trellis_testkit::SIGKILL);
     assert!(
@@ -535,6 +555,15 @@ fn proxy_fails_over_between_control_plane_replicas_on_etcd() {
             .wait_timeout(Duration::from_secs(10))
             .is_some(),
         "replica did not die"
+    );
+    // A change through the survivor while the proxy is (or is about to be) reconnecting:
+    // jason -> v1, everyone else -> v2. The proxy converges to it once on the survivor.
+    apply(
+        work.path(),
+        "during.yaml",
+        &reviews_vs("v1", 0, 100),
+        survivor_api,
+        &lit,
     );
     let survivor = replicas[1 - dead].as_ref().unwrap().address();
     let mut last = Value::Null;
@@ -554,31 +583,38 @@ fn proxy_fails_over_between_control_plane_replicas_on_etcd() {
         "{m}"
     );
     wait_cli_synced(survivor_api, &lit, PROXY_ID);
-    // Keep the load going for at least three seconds after the kill.
-    if let Some(rest) = Duration::from_secs(3).checked_sub(started.elapsed()) {
-        std::thread::sleep(rest);
-    }
+    wait_answered_by(&mut client, true, "reviews/v1", "jason after the failover");
+    wait_answered_by(
+        &mut client,
+        false,
+        "reviews/v2",
+        "others after the failover",
+    );
+    // Keep the load going for at least three seconds and 100 requests after the kill.
+    let enough = wait_until(Duration::from_secs(30), || {
+        started.elapsed() >= Duration::from_secs(3) && load.sent() - sent_at_kill >= 100
+    });
+    assert!(enough, "the load stalled: {} requests", load.sent());
     let (sent, failures) = load.stop();
-    assert!(sent >= 100, "only {sent} requests in the load");
     assert!(
         failures.is_empty(),
         "{} of {sent} requests failed across the failover: {failures:?}",
         failures.len()
     );
 
-    // A change through the surviving replica takes effect.
+    // A change through the surviving replica, now that the proxy is on it, takes effect.
     apply(
         work.path(),
         "changed.yaml",
-        &reviews_vs("v1", 0, 100),
+        &reviews_vs("v2", 100, 0),
         survivor_api,
         &lit,
     );
-    wait_answered_by(&mut client, true, "reviews/v1", "jason after the failover");
+    wait_answered_by(&mut client, true, "reviews/v2", "jason after the failover");
     wait_answered_by(
         &mut client,
         false,
-        "reviews/v2",
+        "reviews/v1",
         "others after the failover",
     );
     wait_cli_synced(survivor_api, &lit, PROXY_ID);
