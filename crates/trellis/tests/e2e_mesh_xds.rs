@@ -2,9 +2,9 @@
 //! etcd shared by two replicas) and `trellis-proxy --role gateway --xds-address …` routes
 //! traffic to sample apps as the VirtualService says. Changes go through the CLI
 //! (`trellis apply`) and take effect live; an invalid apply is refused with 400 while the proxy
-//! keeps serving; an endpoint-only change is an EDS-only push; `trellis proxy-status` shows the
-//! proxy SYNCED; a proxy whose control plane dies reconnects to another replica without
-//! failing a request.
+//! keeps serving; an endpoint-only change is an EDS-only push; `trellis delete` removes routes
+//! and listeners from the proxy; `trellis proxy-status` shows the proxy SYNCED; a proxy whose
+//! control plane dies reconnects to another replica without failing a request.
 
 mod control_support;
 mod e2e_support;
@@ -625,4 +625,78 @@ fn failover_case(mode: &str) {
             "{t} rejected: {xds:#}"
         );
     }
+}
+
+/// `trellis delete`: resources removed from the store are removed from the proxy (delta
+/// `removed_resources`, or their absence from a SotW response): the VirtualService's routes go
+/// (404, `NR`), then the Gateway's listener is closed; applying them again restores both.
+fn delete_case(mode: &str) {
+    let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
+    let control = Control::start(&mesh(&base, "v2", 100, 0));
+    let token = Token::File(control.dir.path().join(".trellis-token"));
+    let work = TempDir::new().expect("temp dir");
+    let mut proxy = XdsProxy::start(&format!("127.0.0.1:{}", control.xds), mode, port);
+    let mut client = proxy.client();
+    assert_eq!(
+        answers(&mut client, true, 5),
+        BTreeMap::from([("reviews/v2".to_string(), 5)])
+    );
+
+    let run = trellis(
+        &["delete", "virtualservice", "reviews"],
+        control.api,
+        &token,
+    );
+    assert!(run.ok, "trellis delete: {}{}", run.stdout, run.stderr);
+    let mut last = None;
+    let gone = wait_until(Duration::from_secs(20), || {
+        last = client.get("reviews.local", "/reviews", &[]).ok();
+        last.as_ref().is_some_and(|r| r.status == 404)
+    });
+    assert!(gone, "routes not removed: {last:?}");
+    let r = last.unwrap();
+    assert_eq!(
+        r.headers.get("x-trellis-flags").map(String::as_str),
+        Some("NR"),
+        "{r:?}"
+    );
+    wait_cli_synced(control.api, &token, PROXY_ID);
+
+    let run = trellis(&["delete", "gateway", "gw"], control.api, &token);
+    assert!(run.ok, "trellis delete: {}{}", run.stdout, run.stderr);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let closed = wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+    });
+    assert!(
+        closed,
+        "the gateway listener {addr} is still open after the Gateway was deleted: {:#}\n{}",
+        proxy.xds(),
+        proxy.process.describe()
+    );
+    wait_cli_synced(control.api, &token, PROXY_ID);
+
+    // Both back: the listener is bound again and routes per the VirtualService.
+    let both = docs(&[base[0].clone(), reviews_vs("v1", 0, 100)]);
+    apply(work.path(), "back.yaml", &both, control.api, &token);
+    assert!(
+        wait_for_port(addr, Duration::from_secs(20)),
+        "the listener did not come back: {}",
+        proxy.process.describe()
+    );
+    let mut client = proxy.client();
+    wait_answered_by(&mut client, true, "reviews/v1", "jason after re-applying");
+    wait_answered_by(&mut client, false, "reviews/v2", "others after re-applying");
+    wait_cli_synced(control.api, &token, PROXY_ID);
+}
+
+#[test]
+fn delta_proxy_follows_trellis_delete() {
+    delete_case("delta");
+}
+
+#[test]
+fn sotw_proxy_follows_trellis_delete() {
+    delete_case("sotw");
 }
