@@ -163,6 +163,13 @@ pub struct UpArgs {
     /// Admin port of the gateway proxy.
     #[arg(long, default_value_t = 15000)]
     pub admin_port: u16,
+    /// xDS port of the control plane `trellis up` starts.
+    #[arg(long, default_value_t = 15010)]
+    pub xds_port: u16,
+    /// Management API port of that control plane (`trellis apply --server`; not 8080, where
+    /// the quickstart's gateway listens).
+    #[arg(long, default_value_t = 18080)]
+    pub api_port: u16,
     /// How long to wait for the gateway to become ready, in seconds.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout: u64,

@@ -1,14 +1,18 @@
 //! `trellis up`: a whole local mesh from one directory of Istio YAML.
 //!
 //! Loads the directory, starts one `trellis sample-app` per static
-//! 127.0.0.1 endpoint ([`plan`]), then one `trellis-proxy` as the ingress
-//! gateway, waits until everything serves ([`probe`]), prints what to try,
-//! and supervises the children ([`supervisor`]) until Ctrl-C/SIGTERM (exit 0)
-//! or until one of them dies (its stderr is printed, exit 1). This module only
-//! sequences those steps; it never leaves a child running behind it.
+//! 127.0.0.1 endpoint ([`plan`]), `trellis control` on a fresh store directory
+//! seeded with a copy of the YAML ([`seed`]), then one `trellis-proxy` as the
+//! ingress gateway subscribed to it over xDS, waits until everything serves
+//! ([`probe`]), prints what to try (curl, `trellis apply`, `trellis
+//! proxy-status`), and supervises the children ([`supervisor`]) until
+//! Ctrl-C/SIGTERM (exit 0) or until one of them dies (its stderr is printed,
+//! exit 1). This module only sequences those steps; it never leaves a child
+//! running behind it.
 
 mod plan;
 mod probe;
+mod seed;
 mod supervisor;
 
 use std::net::SocketAddr;
@@ -28,6 +32,8 @@ use supervisor::{Children, Exited};
 pub struct UpConfig {
     pub dir: PathBuf,
     pub admin_port: u16,
+    pub xds_port: u16,
+    pub api_port: u16,
     pub ready_timeout: Duration,
 }
 
@@ -43,6 +49,8 @@ impl From<UpArgs> for UpConfig {
         UpConfig {
             dir: args.dir,
             admin_port: args.admin_port,
+            xds_port: args.xds_port,
+            api_port: args.api_port,
             ready_timeout: Duration::from_secs(args.ready_timeout),
         }
     }
@@ -80,20 +88,24 @@ pub async fn run(config: UpConfig) -> anyhow::Result<ExitCode> {
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
 
+    // Dropped (and deleted) after every child has stopped, at the end of this function.
+    let store = seed::seeded_store(&dir)?;
     let mut children = Children::new()?;
     let trellis = std::env::current_exe().context("locate the trellis executable")?;
     for app in &plan.apps {
         children.spawn(&app.label(), &trellis, &app.args())?;
     }
+    children.spawn("control", &trellis, &control_args(store.path(), &config))?;
     let proxy = proxy_path(&trellis);
-    children.spawn("gateway", &proxy, &proxy_args(&dir, config.admin_port))?;
+    children.spawn("gateway", &proxy, &proxy_args(&config))?;
 
     let app_addrs: Vec<SocketAddr> = plan.apps.iter().map(|a| a.addr()).collect();
     let admin = SocketAddr::from(([127, 0, 0, 1], config.admin_port));
+    let api = SocketAddr::from(([127, 0, 0, 1], config.api_port));
     let stop = tokio::select! {
-        ready = probe::wait_ready(&app_addrs, admin, config.ready_timeout) => match ready {
+        ready = probe::wait_ready(&app_addrs, api, admin, config.ready_timeout) => match ready {
             Ok(()) => {
-                print_banner(&plan, &dir, config.admin_port, children.log_dir());
+                print_banner(&plan, &dir, &config, store.path(), children.log_dir());
                 tokio::select! {
                     exited = children.first_exit() => Stop::ChildDied(exited),
                     _ = sigint.recv() => Stop::Signal("SIGINT"),
@@ -138,6 +150,8 @@ pub async fn run(config: UpConfig) -> anyhow::Result<ExitCode> {
                 config.ready_timeout
             );
             eprintln!("{}", children.stderr_of("gateway"));
+            eprintln!("trellis up: control plane stderr:");
+            eprintln!("{}", children.stderr_of("control"));
             ExitCode::FAILURE
         }
     };
@@ -154,12 +168,32 @@ fn proxy_path(trellis: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("trellis-proxy"))
 }
 
-fn proxy_args(dir: &Path, admin_port: u16) -> Vec<String> {
-    let admin = admin_port.to_string();
-    let dir = dir.to_string_lossy().into_owned();
+/// `trellis control` on `store`, loopback only.
+fn control_args(store: &Path, config: &UpConfig) -> Vec<String> {
+    let store = store.to_string_lossy().into_owned();
+    let (xds, api) = (config.xds_port.to_string(), config.api_port.to_string());
     [
-        "--config-dir",
-        &dir,
+        "control",
+        "--store",
+        &store,
+        "--address",
+        "127.0.0.1",
+        "--xds-port",
+        &xds,
+        "--api-port",
+        &api,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The ingress gateway, subscribed to the control plane over ADS.
+fn proxy_args(config: &UpConfig) -> Vec<String> {
+    let admin = config.admin_port.to_string();
+    let xds = format!("127.0.0.1:{}", config.xds_port);
+    [
+        "--xds-address",
+        &xds,
         "--role",
         "gateway",
         "--labels",
@@ -175,7 +209,9 @@ fn proxy_args(dir: &Path, admin_port: u16) -> Vec<String> {
     .to_vec()
 }
 
-fn print_banner(plan: &Plan, dir: &Path, admin_port: u16, logs: &Path) {
+fn print_banner(plan: &Plan, dir: &Path, config: &UpConfig, store: &Path, logs: &Path) {
+    let admin_port = config.admin_port;
+    let api = format!("http://127.0.0.1:{}", config.api_port);
     let gateway = plan.gateway_ports.first().copied().unwrap_or(8080);
     let base = format!("http://127.0.0.1:{gateway}");
     println!("trellis up: mesh from {} is ready", dir.display());
@@ -187,7 +223,13 @@ fn print_banner(plan: &Plan, dir: &Path, admin_port: u16, logs: &Path) {
         );
     }
     println!(
-        "  {:<28}{base}  (admin http://127.0.0.1:{admin_port})",
+        "  {:<28}api {api}  xds 127.0.0.1:{}  store {}",
+        "control plane",
+        config.xds_port,
+        store.display()
+    );
+    println!(
+        "  {:<28}{base}  (admin http://127.0.0.1:{admin_port}, config over xDS)",
         "gateway"
     );
     println!("  {:<28}{}", "logs", logs.display());
@@ -203,6 +245,36 @@ fn print_banner(plan: &Plan, dir: &Path, admin_port: u16, logs: &Path) {
     println!("  curl http://127.0.0.1:{admin_port}/ready");
     println!("  curl http://127.0.0.1:{admin_port}/config_dump");
     println!("  curl http://127.0.0.1:{admin_port}/stats/prometheus");
+    print_apply_help(dir, &api, store);
     println!();
     println!("Press Ctrl-C to stop.");
+}
+
+/// How to change the configuration live: `trellis apply` (and `get`, `proxy-status`) against
+/// this control plane, with its address and token file.
+fn print_apply_help(dir: &Path, api: &str, store: &Path) {
+    // As the user invoked us (e.g. `./target/release/trellis`), so the lines can be pasted.
+    let trellis = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "trellis".into());
+    println!();
+    println!("Change the configuration live through the control plane:");
+    println!(
+        "  export TRELLIS_SERVER={api} TRELLIS_TOKEN_FILE={}",
+        store.join(".trellis-token").display()
+    );
+    println!("  {trellis} get virtualservices");
+    let vs = dir.join("virtual-service.yaml");
+    let jason_v2 = std::fs::read_to_string(&vs).is_ok_and(|t| t.contains("subset: v2"));
+    if jason_v2 {
+        println!(
+            "  sed 's/subset: v2/subset: v3/' {} > /tmp/jason-v3.yaml",
+            vs.display()
+        );
+        println!("  {trellis} apply -f /tmp/jason-v3.yaml   # jason now gets reviews v3");
+    } else {
+        println!("  {trellis} apply -f FILE.yaml");
+    }
+    println!("  {trellis} proxy-status   # the gateway: SYNCED per type");
 }

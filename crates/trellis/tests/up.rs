@@ -1,7 +1,8 @@
 //! End-to-end tests of `trellis up` and `trellis validate` on a copy of
 //! `examples/quickstart` with every port rewritten to a free one: the real
-//! `trellis` and `trellis-proxy` binaries, curl through the gateway, then
-//! SIGINT and check that nothing is left listening.
+//! `trellis` and `trellis-proxy` binaries (the gateway on `trellis control`
+//! over xDS), curl through the gateway, a `trellis apply` of a changed route
+//! as the banner says, then SIGINT and check that nothing is left listening.
 //!
 //! Needs `trellis-proxy` built next to `trellis`: `cargo build --workspace --bins`
 //! (`cargo test --workspace` does it).
@@ -20,6 +21,8 @@ const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/qu
 struct Ports {
     gateway: u16,
     admin: u16,
+    xds: u16,
+    api: u16,
     apps: BTreeMap<&'static str, u16>,
 }
 
@@ -29,6 +32,8 @@ fn quickstart_copy() -> (TempDir, Ports) {
     let mut ports = Ports {
         gateway: free_port(),
         admin: free_port(),
+        xds: free_port(),
+        api: free_port(),
         apps: BTreeMap::new(),
     };
     for app in ["9081", "9082", "9083", "9091"] {
@@ -50,13 +55,21 @@ fn quickstart_copy() -> (TempDir, Ports) {
     (dir, ports)
 }
 
-fn start_up(dir: &Path, admin: u16) -> Process {
-    let admin = admin.to_string();
+fn start_up(dir: &Path, ports: &Ports) -> Process {
+    let (admin, xds, api) = (
+        ports.admin.to_string(),
+        ports.xds.to_string(),
+        ports.api.to_string(),
+    );
     let args = [
         "up".as_ref(),
         dir.as_os_str(),
         "--admin-port".as_ref(),
         admin.as_ref(),
+        "--xds-port".as_ref(),
+        xds.as_ref(),
+        "--api-port".as_ref(),
+        api.as_ref(),
     ];
     Process::spawn(env!("CARGO_BIN_EXE_trellis"), args, &[])
 }
@@ -80,7 +93,7 @@ fn is_listening(port: u16) -> bool {
 fn up_routes_through_gateway_and_stops_on_sigint() {
     bin_path("trellis-proxy"); // clear message when the proxy was not built
     let (dir, ports) = quickstart_copy();
-    let mut up = start_up(dir.path(), ports.admin);
+    let mut up = start_up(dir.path(), &ports);
     let ready = wait_until(Duration::from_secs(60), || {
         up.stdout_text().contains("Press Ctrl-C") || up.try_wait().is_some()
     });
@@ -124,6 +137,8 @@ fn up_routes_through_gateway_and_stops_on_sigint() {
         "productpage/v1"
     );
 
+    apply_as_the_banner_says(&stdout, dir.path(), &reviews, &mut up);
+
     up.signal(SIGINT);
     let status = up.wait_timeout(Duration::from_secs(15));
     assert!(
@@ -131,12 +146,78 @@ fn up_routes_through_gateway_and_stops_on_sigint() {
         "exit after SIGINT: {}",
         up.describe()
     );
-    for port in ports.apps.values().chain([&ports.gateway, &ports.admin]) {
+    let others = [&ports.gateway, &ports.admin, &ports.xds, &ports.api];
+    for port in ports.apps.values().chain(others) {
         assert!(
             !is_listening(*port),
             "port {port} still open after trellis up stopped"
         );
     }
+}
+
+/// Follows the banner: `export TRELLIS_SERVER=… TRELLIS_TOKEN_FILE=…`, the `sed` that sends
+/// jason to v3, `trellis apply -f`, then `trellis proxy-status`.
+fn apply_as_the_banner_says(stdout: &str, dir: &Path, reviews: &str, up: &mut Process) {
+    let export = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export "))
+        .unwrap_or_else(|| panic!("no export line in the banner: {stdout}"));
+    let env: Vec<(&str, &str)> = export
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+    assert_eq!(names, ["TRELLIS_SERVER", "TRELLIS_TOKEN_FILE"], "{export}");
+    assert!(
+        stdout.contains("sed 's/subset: v2/subset: v3/'") && stdout.contains(" apply -f "),
+        "{stdout}"
+    );
+    let vs = std::fs::read_to_string(dir.join("virtual-service.yaml")).expect("read vs");
+    let changed = dir.join("jason-v3.yaml.changed");
+    std::fs::write(&changed, vs.replace("subset: v2", "subset: v3")).expect("write change");
+    let trellis = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(args)
+            .env_remove("TRELLIS_TOKEN")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run trellis");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = trellis(&["apply", "-f", changed.to_str().unwrap()]);
+    assert!(ok && text.contains("configured"), "trellis apply: {text}");
+    let mut last = String::new();
+    let moved = wait_until(Duration::from_secs(20), || {
+        last = served_by(reviews, &["-H", "end-user: jason"]);
+        last == "reviews/v3"
+    });
+    assert!(
+        moved,
+        "jason still served by {last} after the apply: {}",
+        up.describe()
+    );
+    for _ in 0..10 {
+        assert_eq!(served_by(reviews, &["-H", "end-user: jason"]), "reviews/v3");
+    }
+    let mut status = serde_json::Value::Null;
+    let synced = wait_until(Duration::from_secs(20), || {
+        let (ok, text) = trellis(&["proxy-status"]);
+        assert!(ok, "trellis proxy-status: {text}");
+        status = serde_json::from_str(&text).unwrap_or_default();
+        status["proxies"].as_array().is_some_and(|ps| {
+            ps.len() == 1
+                && ps[0]["role"] == "gateway"
+                && ["cds", "eds", "lds", "rds"]
+                    .iter()
+                    .all(|t| ps[0]["types"][t]["state"] == "SYNCED")
+        })
+    });
+    assert!(synced, "the gateway is not SYNCED: {status:#}");
 }
 
 #[test]
@@ -145,7 +226,7 @@ fn up_exits_non_zero_with_stderr_when_a_child_dies() {
     // Occupy the port of reviews v2 so that its sample app cannot bind.
     let taken = ports.apps["9082"];
     let _blocker = TcpListener::bind(("127.0.0.1", taken)).expect("occupy a port");
-    let mut up = start_up(dir.path(), ports.admin);
+    let mut up = start_up(dir.path(), &ports);
     let status = up.wait_timeout(Duration::from_secs(30));
     let stderr = up.stderr_text();
     assert!(

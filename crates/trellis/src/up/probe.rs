@@ -12,10 +12,13 @@ use tokio::time::{Instant, sleep, timeout};
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Waits until every app port accepts connections and the admin `/ready`
-/// answers 200; on timeout names what was not ready.
+/// Waits until every app port accepts connections, the control plane's API
+/// answers `/api/v1/status` with 200 and the gateway admin `/ready` answers
+/// 200 (the gateway got its first config over xDS and serves it); on timeout
+/// names what was not ready.
 pub async fn wait_ready(
     apps: &[SocketAddr],
+    api: SocketAddr,
     admin: SocketAddr,
     limit: Duration,
 ) -> Result<(), String> {
@@ -27,6 +30,12 @@ pub async fn wait_ready(
             }
             sleep(POLL_INTERVAL).await;
         }
+    }
+    while http_status(api, "/api/v1/status").await != Some(200) {
+        if Instant::now() >= deadline {
+            return Err(format!("control plane API http://{api}/api/v1/status"));
+        }
+        sleep(POLL_INTERVAL).await;
     }
     while http_status(admin, "/ready").await != Some(200) {
         if Instant::now() >= deadline {
