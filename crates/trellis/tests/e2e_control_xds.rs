@@ -303,6 +303,41 @@ fn proxyless_grpc_clients_resolve_xds_targets_and_follow_the_virtual_service() {
         last["responses"][0]["version"] == "v2"
     });
     assert!(moved, "proxyless client did not follow the edit: {last}");
+
+    // A weighted split: gRPC's own xDS client picks the version per call.
+    const ECHO: &str = "echo.default.svc.cluster.local";
+    let split = echo_mesh(&apps, "v1").replace(
+        &format!("route: [{{destination: {}}}]", dest(ECHO, Some("v1"), 7070)),
+        &format!(
+            "route: [{{destination: {}, weight: 50}}, {{destination: {}, weight: 50}}]",
+            dest(ECHO, Some("v1"), 7070),
+            dest(ECHO, Some("v2"), 7070)
+        ),
+    );
+    assert_ne!(split, echo_mesh(&apps, "v1"), "the split was not written");
+    control.write(&split);
+    let mut counts = std::collections::BTreeMap::new();
+    let split_seen = wait_until(Duration::from_secs(20), || {
+        last = grpc_xds(
+            &bootstrap,
+            &format!("xds:///{ECHO}:7070"),
+            &["echo-many", "w", "40"],
+        );
+        counts.clear();
+        for r in last["responses"].as_array().into_iter().flatten() {
+            *counts
+                .entry(r["version"].as_str().unwrap_or("?").to_string())
+                .or_insert(0) += 1;
+        }
+        counts.len() == 2
+    });
+    assert!(split_seen, "no split seen: {counts:?} {last}");
+    assert_eq!(counts.values().sum::<i32>(), 40, "{last}");
+    // Binomial(40, 0.5): each side below 8 has probability ~1e-5.
+    assert!(
+        counts.values().all(|&n| n >= 8),
+        "50/50 over 40 calls: {counts:?}"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ Protobuf messages are hand-encoded (no protoc, no generated modules), so the
 only dependency is `grpcio`. Usage:
 
     grpc_client.py ADDR echo MESSAGE [STATUS_CODE]
+    grpc_client.py ADDR echo-many MESSAGE COUNT      (COUNT unary calls on one channel)
     grpc_client.py ADDR stream MESSAGE COUNT [STATUS_CODE]
     grpc_client.py ADDR health [SERVICE]
     grpc_client.py ADDR unknown
@@ -92,6 +93,12 @@ def main():
                 resp, c = call.with_call(echo_request(args[0], 0, status), timeout=10)
                 result["responses"].append(resp)
                 result["trailers"] = dict(c.trailing_metadata() or ())
+            elif verb == "echo-many":
+                call = channel.unary_unary("/trellis.sample.v1.Echo/Echo",
+                                           request_serializer=identity,
+                                           response_deserializer=echo_response)
+                for _ in range(int(args[1])):
+                    result["responses"].append(call(echo_request(args[0]), timeout=10))
             elif verb == "stream":
                 call = channel.unary_stream("/trellis.sample.v1.Echo/EchoStream",
                                             request_serializer=identity,
