@@ -481,25 +481,36 @@ fn with_urx(mut local: Local) -> Local {
     local
 }
 
-/// Poll `fut` against the shared route timer and an optional per-try timeout.
+/// Poll `fut` against the shared route timer and an optional per-try timeout. One timer serves
+/// both: for the attempt it is moved to the per-try deadline when that comes first, then put
+/// back, so an attempt costs no timer of its own (a fresh `Sleep` per attempt showed up in the
+/// per-request cost).
 async fn race<F: Future>(
     fut: F,
     timer: &mut Pin<Box<tokio::time::Sleep>>,
     per_try: Option<Duration>,
 ) -> Raced<F::Output> {
     tokio::pin!(fut);
-    let mut per_try = per_try.map(|d| Box::pin(tokio::time::sleep(d)));
+    let global = timer.deadline();
+    let per_try = per_try
+        .map(|d| tokio::time::Instant::now() + d)
+        .filter(|d| *d < global);
+    if let Some(d) = per_try {
+        timer.as_mut().reset(d);
+    }
     let mut registered = false;
-    std::future::poll_fn(|cx| {
+    let raced = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = fut.as_mut().poll(cx) {
             return Poll::Ready(Raced::Done(r));
         }
-        if let Some(t) = per_try.as_mut()
-            && t.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Raced::PerTry);
-        }
-        poll_registered(timer.as_mut(), &mut registered, cx).map(|()| Raced::Global)
+        poll_registered(timer.as_mut(), &mut registered, cx).map(|()| match per_try {
+            Some(_) => Raced::PerTry,
+            None => Raced::Global,
+        })
     })
-    .await
+    .await;
+    if per_try.is_some() {
+        timer.as_mut().reset(global);
+    }
+    raced
 }
