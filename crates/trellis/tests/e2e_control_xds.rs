@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use control_support::*;
 use e2e_support::*;
-use trellis_testkit::{free_port, wait_for_port, wait_until};
+use trellis_testkit::{free_port, promtool_check, wait_for_port, wait_until};
 
 #[test]
 fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e_support::*;
-use trellis_testkit::{TempDir, http_get, proxy, wait_until};
+use trellis_testkit::{TempDir, http_get, promtool_check, proxy, wait_until};
 
 const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
 
@@ -113,40 +113,6 @@ fn send(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
     counts
 }
 
-/// `promtool check metrics` output for `lines` (the exposition lines to check), when installed.
-fn promtool_problems(lines: &str) -> Option<String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("run promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(if out.status.success() {
-        String::new()
-    } else {
-        text
-    })
-}
-
 fn only(counts: &BTreeMap<String, usize>, who: &str) -> bool {
     counts.len() == 1 && counts.contains_key(who)
 }
@@ -215,9 +181,7 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
         .filter(|l| l.contains("trellis_outlier_"))
         .map(|l| format!("{l}\n"))
         .collect();
-    if let Some(problems) = promtool_problems(&ours) {
-        assert!(problems.is_empty(), "promtool: {problems}\n{ours}");
-    }
+    promtool_check(&ours);
     let v1 = format!("127.0.0.1:{}", apps.port("reviews/v1"));
     let flags = health_flags(&gw);
     assert_eq!(

@@ -120,38 +120,6 @@ impl Control {
     }
 }
 
-/// `promtool check metrics` accepts `text` (skipped when promtool is not installed).
-pub fn promtool_check(text: &str) {
-    use std::io::Write as _;
-    use std::process::Stdio;
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("note: promtool not installed; skipping `promtool check metrics`");
-            return;
-        }
-        other => other.expect("run promtool"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 pub fn envoy_available() -> bool {
     Command::new("envoy")
         .arg("--version")
