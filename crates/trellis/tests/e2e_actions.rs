@@ -11,24 +11,9 @@ use std::time::{Duration, Instant};
 use e2e_support::*;
 use trellis_testkit::{Headers, free_port, http_get, http_request, wait_until};
 
-/// reviews v1 + v2 behind a gateway on `port`, with subsets, plus `extra` documents.
-fn reviews_mesh(apps: &Apps, port: u16, extra: &[String]) -> String {
-    let mut parts = vec![
-        gateway_yaml(port),
-        service_entry_yaml(
-            "reviews",
-            REVIEWS,
-            9080,
-            "HTTP",
-            &[
-                ep(apps.port("reviews/v1"), "v1"),
-                ep(apps.port("reviews/v2"), "v2"),
-            ],
-        ),
-        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
-    ];
-    parts.extend_from_slice(extra);
-    docs(&parts)
+/// `base` (reviews v1 + v2 behind the gateway, from [`reviews_v1_v2`]) plus `extra` documents.
+fn reviews_mesh(base: &[String], extra: &[String]) -> String {
+    docs(&[base, extra].concat())
 }
 
 fn v(subset: &str) -> String {
@@ -81,8 +66,8 @@ fn recent_with_length(port: u16) -> Vec<(String, String, String, String)> {
 
 #[test]
 fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
     // The caller is a second hop through the same gateway: `front` has a 3 s timeout and
     // forwards (authority rewritten to `back`) to the gateway itself, where `back` injects the
     // delay for jason, as in Istio's fault-injection task.
@@ -115,8 +100,7 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
         empty = dest("empty.default.svc.cluster.local", None, 80),
     );
     let yaml = reviews_mesh(
-        &apps,
-        port,
+        &base,
         &[
             service_entry_yaml("gateway-self", hop, 80, "HTTP", &[ep(port, "v1")]),
             reviews_vs(&http),
@@ -193,8 +177,8 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
 
 #[test]
 fn fault_abort_answers_at_once_with_fi_and_percentages_hold() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (apps, base) = reviews_v1_v2(port);
     let http = format!(
         r#"  - name: always
     match: [{{uri: {{prefix: /reviews/always}}}}]
@@ -207,7 +191,7 @@ fn fault_abort_answers_at_once_with_fi_and_percentages_hold() {
 "#,
         v1 = v("v1"),
     );
-    let yaml = reviews_mesh(&apps, port, &[reviews_vs(&http)]);
+    let yaml = reviews_mesh(&base, &[reviews_vs(&http)]);
     let gw = Gateway::start(port, &yaml);
 
     let (status, headers, body) = http_get(&gw.url("/reviews/always"));
@@ -290,8 +274,8 @@ fn grpc_abort_returns_the_grpc_status() {
 
 #[test]
 fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_only() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (apps, base) = reviews_v1_v2(port);
     // A mirror target that accepts connections and never answers, and one that is down.
     let slow = std::net::TcpListener::bind("127.0.0.1:0").expect("bind slow mirror");
     let slow_port = slow.local_addr().expect("addr").port();
@@ -318,8 +302,7 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
         down = dest(down_host, None, 80),
     );
     let yaml = reviews_mesh(
-        &apps,
-        port,
+        &base,
         &[
             service_entry_yaml("slow", slow_host, 80, "HTTP", &[ep(slow_port, "v1")]),
             service_entry_yaml("down", down_host, 80, "HTTP", &[ep(down_port, "v1")]),
@@ -442,8 +425,8 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
 
 #[test]
 fn rewrite_redirect_direct_response_and_headers() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (apps, base) = reviews_v1_v2(port);
     let http = format!(
         r#"  - name: api
     match: [{{uri: {{prefix: /api/}}}}]
@@ -492,7 +475,7 @@ fn rewrite_redirect_direct_response_and_headers() {
         v1 = v("v1"),
         v2 = v("v2"),
     );
-    let yaml = reviews_mesh(&apps, port, &[reviews_vs(&http)]);
+    let yaml = reviews_mesh(&base, &[reviews_vs(&http)]);
     let gw = Gateway::start(port, &yaml);
 
     // Prefix + authority rewrite and request/response headers, route and destination level.
@@ -616,8 +599,8 @@ fn rewrite_redirect_direct_response_and_headers() {
 
 #[test]
 fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
     let cors = |unmatched: &str| {
         format!(
             r#"  - corsPolicy:
@@ -633,8 +616,7 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
         )
     };
     let yaml = reviews_mesh(
-        &apps,
-        port,
+        &base,
         &[
             virtual_service_yaml("forwarding", &["api.example.com"], &cors("")),
             virtual_service_yaml(
@@ -763,10 +745,10 @@ fn read_head(s: &mut std::net::TcpStream) -> String {
 #[test]
 fn websocket_upgrade_tunnels_bytes_both_ways() {
     use std::io::{Read, Write};
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
     let http = format!("  - route: [{{destination: {}}}]\n", v("v1"));
-    let yaml = reviews_mesh(&apps, port, &[reviews_vs(&http)]);
+    let yaml = reviews_mesh(&base, &[reviews_vs(&http)]);
     let gw = Gateway::start(port, &yaml);
 
     let mut s = connect(&gw);
