@@ -120,6 +120,29 @@ impl Control {
     }
 }
 
+/// Asserts that between two readings of [`Control::pushes`] only the `pushed` type was sent
+/// again; `change` names the change (`an endpoint-only change`) in the failure message.
+pub fn assert_only_pushed(
+    before: &BTreeMap<&str, f64>,
+    after: &BTreeMap<&str, f64>,
+    pushed: &str,
+    change: &str,
+) {
+    assert!(
+        after[pushed] > before[pushed],
+        "{pushed} not pushed for {change}: {before:?} -> {after:?}"
+    );
+    for t in ["cds", "eds", "lds", "rds"]
+        .into_iter()
+        .filter(|t| *t != pushed)
+    {
+        assert_eq!(
+            after[t], before[t],
+            "{t} pushed for {change}: {before:?} -> {after:?}"
+        );
+    }
+}
+
 pub fn envoy_available() -> bool {
     Command::new("envoy")
         .arg("--version")
