@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use e2e_support::*;
 use trellis_testkit::{
-    Process, TempDir, bin_path, free_port, promtool_run, wait_for_port, wait_until,
+    Process, TempDir, bin_path, free_port, promtool_run, sample_app_on, wait_for_port, wait_until,
 };
 
 const ECHO: &str = "tcp-echo.default.svc.cluster.local";
@@ -24,25 +24,7 @@ const ECHO: &str = "tcp-echo.default.svc.cluster.local";
 /// A `trellis sample-app --tcp-echo` answering `name/version <line>`.
 fn tcp_echo(name: &str, version: &str) -> (Process, u16) {
     let port = free_port();
-    let args = [
-        "sample-app",
-        "--name",
-        name,
-        "--version",
-        version,
-        "--port",
-        &port.to_string(),
-        "--tcp-echo",
-    ]
-    .map(String::from);
-    let mut p = Process::spawn(bin_path("trellis"), &args, &[]);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(
-        wait_for_port(addr, Duration::from_secs(20)),
-        "tcp-echo {name}/{version} did not listen: {}",
-        p.describe()
-    );
-    (p, port)
+    (sample_app_on(port, name, version, &["--tcp-echo"]), port)
 }
 
 /// A Gateway `gw` with one server per `(port, protocol, tls passthrough, hosts)`.
