@@ -118,17 +118,3 @@ pub(crate) fn applied(checked: &change::Checked, revision: u64) -> Applied {
         warnings: checked.loaded.warnings.clone(),
     }
 }
-
-/// Shared by every backend: the listing of a snapshot.
-pub(crate) fn list_snapshot(
-    snapshot: &served::Snapshot,
-    filter: &ListFilter,
-) -> (u64, Vec<Object>) {
-    let objects = snapshot
-        .objects
-        .values()
-        .filter(|o| filter.matches(o))
-        .cloned()
-        .collect();
-    (snapshot.revision, objects)
-}

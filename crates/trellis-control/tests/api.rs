@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use trellis_control::ControlStatus;
 use trellis_control::api::{self, Token};
 use trellis_control::store::{self, Store};
-use trellis_testkit::{TempDir, http_request};
+use trellis_testkit::{TempDir, http_request, promtool_check};
 
 /// A stand-in for the xDS server's status: fixed values the tests look for.
 struct FixedStatus;
@@ -97,38 +97,6 @@ impl Control {
     fn data(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
     }
-}
-
-/// `promtool check metrics` when promtool is installed (CI installs it).
-fn promtool_check(metrics: &str) {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("note: promtool not installed; skipping `promtool check metrics`");
-            return;
-        }
-        other => other.expect("run promtool"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(metrics.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{metrics}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn parse(body: &str) -> Value {

@@ -28,6 +28,26 @@ fn write(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// Writes the ServiceEntries reviews (on `reviews_port`) and ratings (9082) into one file.
+fn write_reviews_and_ratings(path: &std::path::Path, reviews_port: u16) {
+    write(
+        path,
+        &format!(
+            "{}---\n{}",
+            service_entry("reviews", reviews_port),
+            service_entry("ratings", 9082)
+        ),
+    );
+}
+
+/// Waits (up to 10 s) for the store to publish a new configuration; `what` names the change.
+async fn changed(watch: &mut trellis_control::ConfigWatch, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .unwrap_or_else(|_| panic!("{what} not picked up within 10 s"))
+        .expect("the store is gone");
+}
+
 fn endpoint_port(loaded: &trellis_config::Loaded, name: &str) -> Option<u32> {
     let se = loaded
         .snapshot
@@ -43,14 +63,7 @@ async fn external_edits_are_picked_up_and_broken_ones_refused() {
     // A user's own layout: two objects in one file, one in a subfolder.
     std::fs::create_dir_all(dir.path().join("team")).unwrap();
     let mesh = dir.path().join("mesh.yaml");
-    write(
-        &mesh,
-        &format!(
-            "{}---\n{}",
-            service_entry("reviews", 9081),
-            service_entry("ratings", 9082)
-        ),
-    );
+    write_reviews_and_ratings(&mesh, 9081);
     write(
         &dir.path().join("team/details.yml"),
         &service_entry("details", 9083),
@@ -66,18 +79,8 @@ async fn external_edits_are_picked_up_and_broken_ones_refused() {
     let rv = store.get(&reviews).expect("reviews").resource_version;
 
     // An external edit of one object: served, and only that object gets a new version.
-    write(
-        &mesh,
-        &format!(
-            "{}---\n{}",
-            service_entry("reviews", 9091),
-            service_entry("ratings", 9082)
-        ),
-    );
-    tokio::time::timeout(Duration::from_secs(10), watch.changed())
-        .await
-        .expect("edit picked up")
-        .unwrap();
+    write_reviews_and_ratings(&mesh, 9091);
+    changed(&mut watch, "the edit").await;
     let second = watch.borrow_and_update().clone();
     assert!(second.revision > first.revision);
     assert_eq!(endpoint_port(&second.loaded, "reviews"), Some(9091));
@@ -126,27 +129,14 @@ async fn external_edits_are_picked_up_and_broken_ones_refused() {
     );
 
     // Fixed: served again and the error is gone.
-    write(
-        &mesh,
-        &format!(
-            "{}---\n{}",
-            service_entry("reviews", 9095),
-            service_entry("ratings", 9082)
-        ),
-    );
-    tokio::time::timeout(Duration::from_secs(10), watch.changed())
-        .await
-        .expect("fix picked up")
-        .unwrap();
+    write_reviews_and_ratings(&mesh, 9095);
+    changed(&mut watch, "the fix").await;
     assert_eq!(endpoint_port(&watch.borrow().loaded, "reviews"), Some(9095));
     assert!(store.status().errors.is_empty());
 
     // Deleting a file removes its objects.
     std::fs::remove_file(dir.path().join("team/details.yml")).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), watch.changed())
-        .await
-        .expect("delete picked up")
-        .unwrap();
+    changed(&mut watch, "the delete").await;
     assert_eq!(watch.borrow().loaded.snapshot.service_entries.len(), 2);
 }
 
@@ -154,14 +144,7 @@ async fn external_edits_are_picked_up_and_broken_ones_refused() {
 async fn api_writes_keep_the_users_layout() {
     let dir = TempDir::new().expect("temp dir");
     let mesh = dir.path().join("mesh.yaml");
-    write(
-        &mesh,
-        &format!(
-            "{}---\n{}",
-            service_entry("reviews", 9081),
-            service_entry("ratings", 9082)
-        ),
-    );
+    write_reviews_and_ratings(&mesh, 9081);
     let store = store::open(&dir.path().display().to_string())
         .await
         .expect("open");

@@ -9,53 +9,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use trellis_control::store::{self, Change, ObjectKey, Store, StoreError, kind_info};
-use trellis_testkit::{Process, TempDir, free_port, http_request, wait_until};
-
-struct Etcd {
-    endpoint: String,
-    _process: Process,
-    _dir: TempDir,
-}
-
-fn etcd() -> Etcd {
-    let dir = TempDir::new().expect("temp dir");
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let data = dir.path().join("data");
-    let cluster = format!("default={peer_url}");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen-client-urls",
-        &client_url,
-        "--advertise-client-urls",
-        &client_url,
-        "--listen-peer-urls",
-        &peer_url,
-        "--initial-advertise-peer-urls",
-        &peer_url,
-        "--initial-cluster",
-        &cluster,
-    ];
-    let mut process = Process::spawn("etcd", args, &[]);
-    let healthy = wait_until(Duration::from_secs(20), || {
-        http_request(&format!("{client_url}/health"), &[])
-            .2
-            .contains("true")
-            || process.try_wait().is_some()
-    });
-    assert!(
-        healthy && process.try_wait().is_none(),
-        "etcd did not start: {}",
-        process.describe()
-    );
-    Etcd {
-        endpoint: format!("etcd://127.0.0.1:{client}"),
-        _process: process,
-        _dir: dir,
-    }
-}
+use trellis_testkit::etcd::Etcd;
+use trellis_testkit::{http_request, wait_until};
 
 fn service_entry(name: &str, port: u16, resource_version: Option<u64>) -> String {
     let rv = resource_version.map_or(String::new(), |v| format!(", resourceVersion: \"{v}\""));
@@ -89,7 +44,7 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_on_one_etcd_converge() {
-    let etcd = etcd();
+    let etcd = Etcd::start();
     let a = store::open(&etcd.endpoint).await.expect("open a");
     let b = store::open(&etcd.endpoint).await.expect("open b");
     let se = kind_info("se").unwrap();
@@ -175,7 +130,7 @@ async fn two_stores_on_one_etcd_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_value_written_into_etcd_is_refused() {
-    let etcd = etcd();
+    let etcd = Etcd::start();
     let store = store::open(&etcd.endpoint).await.expect("open");
     store
         .apply(Change::parse("request", &service_entry("reviews", 9081, None)).unwrap())
@@ -268,7 +223,7 @@ fn two_control_plane_apis_on_one_etcd() {
         fn encode_metrics(&self, _out: &mut String) {}
     }
 
-    let etcd = etcd();
+    let etcd = Etcd::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,7 +1,8 @@
 //! Test-only harness for Trellis end-to-end tests: find the real binaries,
 //! spawn them as [`Process`]es that are killed (with their whole process
 //! group) on drop, pick free loopback ports, poll with deadlines instead of
-//! sleeping, and make HTTP requests through `curl`.
+//! sleeping, and make HTTP requests through `curl`. Also the external tools
+//! several crates' tests share: a real [`etcd::Etcd`] and `promtool check metrics`.
 //!
 //! It must stay small, std-only (plus `tempfile`), and never be used by
 //! production code. Binaries must be built first: `cargo build --workspace --bins`.
@@ -15,13 +16,16 @@
 //! assert!(body.contains("\"version\": \"v2\""));
 //! ```
 
+pub mod etcd;
 mod http;
 mod mesh;
 mod net;
 mod process;
+mod promtool;
 
 pub use http::{Headers, http_get, http_request};
-pub use mesh::{proxy, sample_app};
+pub use mesh::{proxy, sample_app, sample_app_on};
 pub use net::{free_port, wait_for_port, wait_until};
 pub use process::{Process, SIGINT, SIGKILL, SIGTERM, bin_path};
+pub use promtool::{PromtoolReport, promtool_check, promtool_run};
 pub use tempfile::TempDir;

@@ -15,8 +15,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// and waits until it accepts connections.
 pub fn sample_app(name: &str, version: &str) -> (Process, u16) {
     let port = free_port();
+    (sample_app_on(port, name, version, &[]), port)
+}
+
+/// Starts `trellis sample-app --name NAME --version VERSION --port PORT EXTRA…` (e.g.
+/// `--tcp-echo`, or the port of an app that was killed) and waits until it accepts connections.
+pub fn sample_app_on(port: u16, name: &str, version: &str, extra: &[&str]) -> Process {
     let port_arg = port.to_string();
-    let args = [
+    let mut args = vec![
         "sample-app",
         "--name",
         name,
@@ -25,6 +31,7 @@ pub fn sample_app(name: &str, version: &str) -> (Process, u16) {
         "--port",
         &port_arg,
     ];
+    args.extend_from_slice(extra);
     let mut process = Process::spawn(bin_path("trellis"), args, &[]);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     if !wait_for_port(addr, START_TIMEOUT) {
@@ -33,7 +40,7 @@ pub fn sample_app(name: &str, version: &str) -> (Process, u16) {
             process.describe()
         );
     }
-    (process, port)
+    process
 }
 
 /// Starts `trellis-proxy --config-dir DIR --bind-address 127.0.0.1

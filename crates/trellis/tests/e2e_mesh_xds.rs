@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use control_support::*;
 use e2e_support::*;
 use serde_json::Value;
+use trellis_testkit::etcd::Etcd;
 use trellis_testkit::{
     Process, TempDir, bin_path, free_port, http_get, http_request, sample_app, wait_for_port,
     wait_until,
@@ -218,10 +219,7 @@ fn directory_store_case(mode: &str) {
     wait_answered_by(&mut client, false, "reviews/v2", "others after the apply");
     wait_cli_synced(control.api, &token, PROXY_ID);
     let after = control.pushes();
-    assert!(after["rds"] > before["rds"], "{before:?} -> {after:?}");
-    for t in ["cds", "eds", "lds"] {
-        assert_eq!(after[t], before[t], "{t} pushed for a route change");
-    }
+    assert_only_pushed(&before, &after, "rds", "a route change");
     let now = proxy.versions();
     assert_ne!(
         now["rds"], versions["rds"],
@@ -304,13 +302,7 @@ fn directory_store_case(mode: &str) {
     );
     wait_cli_synced(control.api, &token, PROXY_ID);
     let after = control.pushes();
-    assert!(after["eds"] > before["eds"], "{before:?} -> {after:?}");
-    for t in ["cds", "lds", "rds"] {
-        assert_eq!(
-            after[t], before[t],
-            "{t} pushed for an endpoint-only change: {before:?} -> {after:?}"
-        );
-    }
+    assert_only_pushed(&before, &after, "eds", "an endpoint-only change");
     let now = proxy.versions();
     assert_ne!(now["eds"], versions["eds"], "{versions:?} -> {now:?}");
     for t in ["cds", "lds", "rds"] {
@@ -342,55 +334,6 @@ fn proxy_on_delta_ads_follows_trellis_apply() {
 #[test]
 fn proxy_on_sotw_ads_follows_trellis_apply() {
     directory_store_case("sotw");
-}
-
-/// A real etcd (Debian's `etcd-server`) on free loopback ports with a temp data dir.
-struct Etcd {
-    endpoint: String,
-    _process: Process,
-    _dir: TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = TempDir::new().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let data = dir.path().join("data");
-        let cluster = format!("default={peer_url}");
-        let args = [
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &cluster,
-        ];
-        let mut process = Process::spawn("etcd", args, &[]);
-        let healthy = wait_until(Duration::from_secs(20), || {
-            http_request(&format!("{client_url}/health"), &[])
-                .2
-                .contains("true")
-                || process.try_wait().is_some()
-        });
-        assert!(
-            healthy && process.try_wait().is_none(),
-            "etcd did not start (is etcd-server installed?): {}",
-            process.describe()
-        );
-        Etcd {
-            endpoint: format!("etcd://127.0.0.1:{client}"),
-            _process: process,
-            _dir: dir,
-        }
-    }
 }
 
 /// One `trellis control` replica on etcd.

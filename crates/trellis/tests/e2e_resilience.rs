@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_support::*;
-use trellis_testkit::{Process, bin_path, free_port, wait_for_port};
+use trellis_testkit::{free_port, sample_app_on};
 
 const SVC: &str = "shop.default.svc.cluster.local";
 const CLUSTER: &str = "outbound|8080||shop.default.svc.cluster.local";
@@ -345,7 +345,7 @@ fn killing_an_endpoint_under_load_fails_no_get_and_repeats_no_post() {
     apps.procs[1].signal(9);
     let _ = apps.procs[1].wait_timeout(Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(2));
-    apps.procs[1] = restart("shop", "b", killed);
+    apps.procs[1] = sample_app_on(killed, "shop", "b", &[]);
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let mut total_gets = 0;
@@ -374,29 +374,6 @@ fn killing_an_endpoint_under_load_fails_no_get_and_repeats_no_post() {
     );
     // Requests in flight to (or sent towards) the killed endpoint were retried elsewhere.
     assert!(counter(&gw, "trellis_upstream_rq_retry_total") >= 1.0);
-}
-
-/// `trellis sample-app` on a given port (after a kill, on the same one).
-fn restart(name: &str, version: &str, port: u16) -> Process {
-    let port_arg = port.to_string();
-    let args = [
-        "sample-app",
-        "--name",
-        name,
-        "--version",
-        version,
-        "--port",
-        &port_arg,
-    ];
-    let process = Process::spawn(bin_path("trellis"), args, &[]);
-    assert!(
-        wait_for_port(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(20)
-        ),
-        "sample app did not come back on port {port}"
-    );
-    process
 }
 
 /// The ledger of the sample app on `port`: POSTed ids and how often each was executed.

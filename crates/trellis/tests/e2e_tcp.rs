@@ -11,36 +11,20 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e_support::*;
-use trellis_testkit::{Process, TempDir, bin_path, free_port, wait_for_port, wait_until};
+use trellis_testkit::{
+    Process, TempDir, bin_path, free_port, promtool_run, sample_app_on, wait_for_port, wait_until,
+};
 
 const ECHO: &str = "tcp-echo.default.svc.cluster.local";
 
 /// A `trellis sample-app --tcp-echo` answering `name/version <line>`.
 fn tcp_echo(name: &str, version: &str) -> (Process, u16) {
     let port = free_port();
-    let args = [
-        "sample-app",
-        "--name",
-        name,
-        "--version",
-        version,
-        "--port",
-        &port.to_string(),
-        "--tcp-echo",
-    ]
-    .map(String::from);
-    let mut p = Process::spawn(bin_path("trellis"), &args, &[]);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(
-        wait_for_port(addr, Duration::from_secs(20)),
-        "tcp-echo {name}/{version} did not listen: {}",
-        p.describe()
-    );
-    (p, port)
+    (sample_app_on(port, name, version, &["--tcp-echo"]), port)
 }
 
 /// A Gateway `gw` with one server per `(port, protocol, tls passthrough, hosts)`.
@@ -135,38 +119,22 @@ fn wait_metric(gw: &Gateway, name: &str, want: &[(&str, &str)], value: f64) -> S
 /// `promtool check metrics` on `text` when promtool is installed; the one lint accepted is
 /// the unit of Istio's fixed name `istio_request_duration_milliseconds`.
 fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("note: promtool not installed; skipping `promtool check metrics`");
-            return;
-        }
-        other => other.expect("run promtool"),
+    let Some(report) = promtool_run(text) else {
+        return;
     };
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(text.as_bytes())
-        .expect("write metrics to promtool");
-    drop(stdin);
-    let out = child.wait_with_output().expect("promtool output");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let only_unit_lint = out.status.code() == Some(3)
-        && report.lines().filter(|l| !l.trim().is_empty()).all(|l| {
-            l.starts_with("istio_request_duration_milliseconds ") && l.contains("base unit")
-        });
+    let only_unit_lint = report.status.code() == Some(3)
+        && report
+            .output
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| {
+                l.starts_with("istio_request_duration_milliseconds ") && l.contains("base unit")
+            });
     assert!(
-        out.status.success() || only_unit_lint,
-        "promtool check metrics ({:?}): {report}\n{text}",
-        out.status.code()
+        report.status.success() || only_unit_lint,
+        "promtool check metrics ({:?}): {}\n{text}",
+        report.status.code(),
+        report.output
     );
 }
 

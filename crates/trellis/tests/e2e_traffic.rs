@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e_support::*;
-use trellis_testkit::{TempDir, http_get, proxy, wait_until};
+use trellis_testkit::{TempDir, http_get, promtool_check, proxy, wait_until};
 
 const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
 
@@ -34,6 +34,24 @@ fn gateway_with(port: u16, yaml: &str, extra: &[&str]) -> Gateway {
     gw
 }
 
+/// The sample apps `service/VERSION` of `apps` as endpoints labelled with their version.
+fn endpoints<'a>(apps: &Apps, service: &str, versions: &[&'a str]) -> Vec<Ep<'a>> {
+    versions
+        .iter()
+        .map(|v| ep(apps.port(&format!("{service}/{v}")), v))
+        .collect()
+}
+
+/// The gateway on `port`, reviews on `eps` with `traffic_policy`, every request to reviews.
+fn reviews_config(port: u16, eps: &[Ep], traffic_policy: &str) -> String {
+    docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", eps),
+        destination_rule(traffic_policy),
+        route_all_to_reviews(),
+    ])
+}
+
 /// Turns the `/fault` switch of the sample app on `port` (status 0 clears it).
 fn fault(port: u16, status: u16) {
     let path = if status == 0 {
@@ -43,6 +61,20 @@ fn fault(port: u16, status: u16) {
     };
     let (code, _, body) = http_get(&format!("http://127.0.0.1:{port}{path}"));
     assert_eq!(code, 200, "{path}: {body}");
+}
+
+/// Makes the sample app on `port` answer its health checks with `status`.
+fn health_fault(port: u16, status: u16) {
+    let (code, _, body) = http_get(&format!("http://127.0.0.1:{port}/fault/health/{status}"));
+    assert_eq!(code, 200, "/fault/health/{status}: {body}");
+}
+
+/// Makes the sample app on `port` answer 500 and checks that the next `n` requests reach it
+/// and fail (the ones that eject it).
+fn fail_next(gw: &Gateway, port: u16, n: usize) {
+    fault(port, 500);
+    let counts = send(gw, n);
+    assert_eq!(counts.get("ERR 500").copied(), Some(n), "{counts:?}");
 }
 
 /// A ServiceEntry for reviews whose endpoints carry a `locality`; `eps` = (port, version,
@@ -113,50 +145,21 @@ fn send(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
     counts
 }
 
-/// `promtool check metrics` output for `lines` (the exposition lines to check), when installed.
-fn promtool_problems(lines: &str) -> Option<String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("run promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(if out.status.success() {
-        String::new()
-    } else {
-        text
-    })
-}
-
 fn only(counts: &BTreeMap<String, usize>, who: &str) -> bool {
     counts.len() == 1 && counts.contains_key(who)
 }
 
-/// The `health_flags` of every endpoint on the admin `/clusters` page, by address.
+/// The `health_flags` of every reviews endpoint on the admin `/clusters` page, by address.
 fn health_flags(gw: &Gateway) -> BTreeMap<String, String> {
+    health_flags_of(gw, CLUSTER)
+}
+
+/// The `health_flags` of every endpoint of `cluster` on the admin `/clusters` page, by address.
+fn health_flags_of(gw: &Gateway, cluster: &str) -> BTreeMap<String, String> {
     let (status, body) = gw.admin_get("/clusters");
     assert_eq!(status, 200, "/clusters: {body}");
     body.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{CLUSTER}::")))
+        .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
         .filter_map(|l| l.split_once("::health_flags::"))
         .map(|(addr, flag)| (addr.to_string(), flag.to_string()))
         .collect()
@@ -166,10 +169,7 @@ fn health_flags(gw: &Gateway) -> BTreeMap<String, String> {
 fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
     let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]);
     let port = gateway_port();
-    let eps: Vec<Ep> = ["v1", "v2", "v3"]
-        .iter()
-        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
-        .collect();
+    let eps = endpoints(&apps, "reviews", &["v1", "v2", "v3"]);
     // 3 endpoints, at most 34% ejected: one at a time.
     let policy = "    loadBalancer: {simple: ROUND_ROBIN}
     outlierDetection:
@@ -178,12 +178,7 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
       baseEjectionTime: 3s
       maxEjectionPercent: 34
 ";
-    let yaml = docs(&[
-        gateway_yaml(port),
-        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
-        destination_rule(policy),
-        route_all_to_reviews(),
-    ]);
+    let yaml = reviews_config(port, &eps, policy);
     let gw = gateway_with(port, &yaml, &[]);
     let counts = send(&gw, 30);
     assert_eq!(counts.len(), 3, "all three serve: {counts:?}");
@@ -215,9 +210,7 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
         .filter(|l| l.contains("trellis_outlier_"))
         .map(|l| format!("{l}\n"))
         .collect();
-    if let Some(problems) = promtool_problems(&ours) {
-        assert!(problems.is_empty(), "promtool: {problems}\n{ours}");
-    }
+    promtool_check(&ours);
     let v1 = format!("127.0.0.1:{}", apps.port("reviews/v1"));
     let flags = health_flags(&gw);
     assert_eq!(
@@ -302,18 +295,14 @@ fn locality_failover_prefers_zone_then_region_then_the_failover_region() {
         "same zone first: {counts:?}"
     );
 
-    fault(p("zone1"), 500);
-    let counts = send(&gw, 2);
-    assert_eq!(counts.get("ERR 500").copied(), Some(2), "{counts:?}");
+    fail_next(&gw, p("zone1"), 2);
     let counts = send(&gw, 40);
     assert!(
         only(&counts, "reviews/zone2"),
         "then the same region: {counts:?}"
     );
 
-    fault(p("zone2"), 500);
-    let counts = send(&gw, 2);
-    assert_eq!(counts.get("ERR 500").copied(), Some(2), "{counts:?}");
+    fail_next(&gw, p("zone2"), 2);
     let counts = send(&gw, 40);
     assert!(
         only(&counts, "reviews/r3"),
@@ -369,10 +358,7 @@ fn locality_distribute_splits_by_weight() {
 fn consistent_hash_on_header_and_generated_cookie() {
     let list = [("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")];
     let apps = Apps::start(&list);
-    let eps: Vec<Ep> = ["v1", "v2", "v3"]
-        .iter()
-        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
-        .collect();
+    let eps = endpoints(&apps, "reviews", &["v1", "v2", "v3"]);
     let port = gateway_port();
     let dr = format!(
         r#"apiVersion: networking.istio.io/v1
@@ -507,10 +493,7 @@ fn active_health_check_drains_an_endpoint_without_failing_requests() {
         ("reviews", "v4"),
     ];
     let mut apps = Apps::start(&list);
-    let eps: Vec<Ep> = ["v1", "v2", "v3", "v4"]
-        .iter()
-        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
-        .collect();
+    let eps = endpoints(&apps, "reviews", &["v1", "v2", "v3", "v4"]);
     let port = gateway_port();
     let yaml = docs(&[
         gateway_yaml(port),
@@ -541,11 +524,7 @@ fn active_health_check_drains_an_endpoint_without_failing_requests() {
 
     // v1 starts draining: its health check fails, its requests still succeed.
     fault(apps.port("reviews/v1"), 0);
-    let (code, _, _) = http_get(&format!(
-        "http://127.0.0.1:{}/fault/health/503",
-        apps.port("reviews/v1")
-    ));
-    assert_eq!(code, 200);
+    health_fault(apps.port("reviews/v1"), 503);
     let drained = wait_until(Duration::from_secs(10), || {
         record(send(&gw, 5));
         health_flags(&gw).get(&v1).map(String::as_str) == Some("failed_active_hc")
@@ -566,11 +545,7 @@ fn active_health_check_drains_an_endpoint_without_failing_requests() {
     record(counts);
 
     // v2 fails its check and passes again: out, then back in.
-    let (code, _, _) = http_get(&format!(
-        "http://127.0.0.1:{}/fault/health/500",
-        apps.port("reviews/v2")
-    ));
-    assert_eq!(code, 200);
+    health_fault(apps.port("reviews/v2"), 500);
     let out = wait_until(Duration::from_secs(10), || {
         health_flags(&gw).get(&v2).map(String::as_str) == Some("failed_active_hc")
     });
@@ -597,10 +572,7 @@ fn active_health_check_drains_an_endpoint_without_failing_requests() {
 fn grpc_health_check_follows_the_serving_status() {
     let apps = Apps::start(&[("pricing", "v1"), ("pricing", "v2")]);
     let host = "pricing.default.svc.cluster.local";
-    let eps: Vec<Ep> = ["v1", "v2"]
-        .iter()
-        .map(|v| ep(apps.port(&format!("pricing/{v}")), v))
-        .collect();
+    let eps = endpoints(&apps, "pricing", &["v1", "v2"]);
     let port = gateway_port();
     let yaml = docs(&[
         gateway_yaml(port),
@@ -621,21 +593,10 @@ fn grpc_health_check_follows_the_serving_status() {
     ]);
     let gw = gateway_with(port, &yaml, &[]);
     let cluster = format!("outbound|9090||{host}");
-    let flags = |gw: &Gateway| -> BTreeMap<String, String> {
-        let body = gw.admin_get("/clusters").1;
-        body.lines()
-            .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
-            .filter_map(|l| l.split_once("::health_flags::"))
-            .map(|(a, f)| (a.to_string(), f.to_string()))
-            .collect()
-    };
+    let flags = |gw: &Gateway| health_flags_of(gw, &cluster);
     let v1 = format!("127.0.0.1:{}", apps.port("pricing/v1"));
     assert_eq!(flags(&gw).len(), 2, "{}", gw.admin_get("/clusters").1);
-    let (code, _, _) = http_get(&format!(
-        "http://127.0.0.1:{}/fault/health/503",
-        apps.port("pricing/v1")
-    ));
-    assert_eq!(code, 200);
+    health_fault(apps.port("pricing/v1"), 503);
     let marked = wait_until(Duration::from_secs(10), || {
         flags(&gw).get(&v1).map(String::as_str) == Some("failed_active_hc")
     });
@@ -656,14 +617,7 @@ fn warmup_ramps_a_new_endpoint_up_slowly() {
     let port = gateway_port();
     let window = Duration::from_secs(5);
     let policy = "    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 5s}\n";
-    let config = |eps: &[Ep]| {
-        docs(&[
-            gateway_yaml(port),
-            service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", eps),
-            destination_rule(policy),
-            route_all_to_reviews(),
-        ])
-    };
+    let config = |eps: &[Ep]| reviews_config(port, eps, policy);
     let started = Instant::now();
     let gw = gateway_with(port, &config(&[ep_of("v1"), ep_of("v2")]), &[]);
     let counts = send(&gw, 40);
@@ -709,10 +663,7 @@ fn warmup_ramps_a_new_endpoint_up_slowly() {
 #[test]
 fn connect_failures_eject_as_local_origin_errors() {
     let mut apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]);
-    let eps: Vec<Ep> = ["v1", "v2", "v3"]
-        .iter()
-        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
-        .collect();
+    let eps = endpoints(&apps, "reviews", &["v1", "v2", "v3"]);
     let port = gateway_port();
     let policy = "    loadBalancer: {simple: ROUND_ROBIN}
     outlierDetection:
@@ -722,12 +673,7 @@ fn connect_failures_eject_as_local_origin_errors() {
       baseEjectionTime: 60s
       maxEjectionPercent: 50
 ";
-    let yaml = docs(&[
-        gateway_yaml(port),
-        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
-        destination_rule(policy),
-        route_all_to_reviews(),
-    ]);
+    let yaml = reviews_config(port, &eps, policy);
     let gw = gateway_with(port, &yaml, &[]);
     assert_eq!(send(&gw, 30).len(), 3);
     // v1 goes away: two local-origin failures in a row (connect failure, or a reset if a pooled
@@ -755,10 +701,7 @@ fn connect_failures_eject_as_local_origin_errors() {
 #[test]
 fn below_min_health_percent_ejections_are_ignored() {
     let apps = Apps::start(&[("reviews", "v1"), ("reviews", "v2")]);
-    let eps: Vec<Ep> = ["v1", "v2"]
-        .iter()
-        .map(|v| ep(apps.port(&format!("reviews/{v}")), v))
-        .collect();
+    let eps = endpoints(&apps, "reviews", &["v1", "v2"]);
     let port = gateway_port();
     // One of two ejected leaves 50% healthy, under minHealthPercent 60: panic mode.
     let policy = "    loadBalancer: {simple: ROUND_ROBIN}
@@ -768,12 +711,7 @@ fn below_min_health_percent_ejections_are_ignored() {
       maxEjectionPercent: 100
       minHealthPercent: 60
 ";
-    let yaml = docs(&[
-        gateway_yaml(port),
-        service_entry_yaml("reviews", REVIEWS, 9080, "HTTP", &eps),
-        destination_rule(policy),
-        route_all_to_reviews(),
-    ]);
+    let yaml = reviews_config(port, &eps, policy);
     let gw = gateway_with(port, &yaml, &[]);
     // 500, not 503: Istio's default retries would hide a 503 behind the other endpoint.
     fault(apps.port("reviews/v1"), 500);

@@ -10,7 +10,7 @@ use serde_json::Value;
 use trellis_config::{Diagnostic, Diagnostics, Loaded, Loader};
 
 use super::StoreError;
-use super::object::{Object, ObjectKey, check_names, normalize};
+use super::object::{Object, ObjectKey, check_names, list_items, normalize};
 use super::yaml;
 
 /// Objects to create or update, and objects to delete, applied together or not at all.
@@ -71,14 +71,7 @@ impl Change {
         let mut puts = Vec::new();
         let mut errors = Vec::new();
         for doc in docs {
-            let items = match doc.value.get("kind").and_then(Value::as_str) {
-                Some("List") => match doc.value.get("items") {
-                    Some(Value::Array(items)) => items.clone(),
-                    _ => Vec::new(),
-                },
-                _ => vec![doc.value],
-            };
-            for mut value in items {
+            for mut value in list_items(doc.value) {
                 match ObjectKey::of(&value).and_then(|k| check_names(&k).map(|()| k)) {
                     Ok(key) => {
                         let resource_version = normalize(&mut value, &key.namespace);

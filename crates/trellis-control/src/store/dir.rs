@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use trellis_config::{Diagnostic, Loader};
 
-use super::object::{Object, ObjectKey, normalize};
+use super::object::{Object, ObjectKey, list_items, normalize};
 use super::served::{Served, Snapshot};
 use super::{Applied, BoxFuture, Change, ListFilter, Store, StoreError, StoreStatus, yaml};
 use crate::ConfigWatch;
@@ -202,16 +202,15 @@ impl Store for DirStore {
     }
 
     fn get(&self, key: &ObjectKey) -> Option<Object> {
-        self.served.current().objects.get(key).cloned()
+        self.served.get(key)
     }
 
     fn list(&self, filter: &ListFilter) -> (u64, Vec<Object>) {
-        super::list_snapshot(&self.served.current(), filter)
+        self.served.list(filter)
     }
 
     fn validate(&self, change: &Change) -> Result<super::change::Checked, StoreError> {
-        let current = self.served.current();
-        change.check(&current.objects, current.revision + 1)
+        self.served.validate(change)
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'_, Result<Applied, StoreError>> {
@@ -220,14 +219,8 @@ impl Store for DirStore {
     }
 
     fn status(&self) -> StoreStatus {
-        let current = self.served.current();
-        StoreStatus {
-            backend: format!("directory {}", self.dir.display()),
-            revision: current.revision,
-            objects: current.objects.len(),
-            errors: self.served.rejected(),
-            warnings: current.loaded.warnings.clone(),
-        }
+        self.served
+            .status(format!("directory {}", self.dir.display()))
     }
 
     fn encode_metrics(&self, out: &mut String) {
@@ -271,14 +264,7 @@ fn scan(dir: &Path) -> Result<Scan, Vec<Diagnostic>> {
             continue;
         };
         for doc in docs {
-            let items = match doc.value.get("kind").and_then(Value::as_str) {
-                Some("List") => match doc.value.get("items") {
-                    Some(Value::Array(items)) => items.clone(),
-                    _ => Vec::new(),
-                },
-                _ => vec![doc.value],
-            };
-            for mut value in items {
+            for mut value in list_items(doc.value) {
                 // Objects without a key are reported by the loader.
                 if let Ok(key) = ObjectKey::of(&value) {
                     normalize(&mut value, &key.namespace);

@@ -278,16 +278,15 @@ impl Store for EtcdStore {
     }
 
     fn get(&self, key: &ObjectKey) -> Option<Object> {
-        self.served.current().objects.get(key).cloned()
+        self.served.get(key)
     }
 
     fn list(&self, filter: &ListFilter) -> (u64, Vec<Object>) {
-        super::list_snapshot(&self.served.current(), filter)
+        self.served.list(filter)
     }
 
     fn validate(&self, change: &Change) -> Result<super::change::Checked, StoreError> {
-        let current = self.served.current();
-        change.check(&current.objects, current.revision + 1)
+        self.served.validate(change)
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'_, Result<Applied, StoreError>> {
@@ -295,14 +294,7 @@ impl Store for EtcdStore {
     }
 
     fn status(&self) -> StoreStatus {
-        let current = self.served.current();
-        StoreStatus {
-            backend: format!("etcd {}", self.endpoint),
-            revision: current.revision,
-            objects: current.objects.len(),
-            errors: self.served.rejected(),
-            warnings: current.loaded.warnings.clone(),
-        }
+        self.served.status(format!("etcd {}", self.endpoint))
     }
 
     fn encode_metrics(&self, out: &mut String) {

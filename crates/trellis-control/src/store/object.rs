@@ -251,6 +251,18 @@ impl Object {
     }
 }
 
+/// The objects of one document: the `items` of a `kind: List` (none when it has no array of
+/// them), else the document itself.
+pub fn list_items(mut value: Value) -> Vec<Value> {
+    if value.get("kind").and_then(Value::as_str) != Some("List") {
+        return vec![value];
+    }
+    match value.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    }
+}
+
 /// The document as stored: `metadata.namespace` filled in, `metadata.resourceVersion` and
 /// `status` removed. Returns the `resourceVersion` the writer sent, if any.
 pub fn normalize(value: &mut Value, namespace: &str) -> Option<String> {
@@ -315,6 +327,19 @@ impl ListFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_gives_its_items_and_any_other_document_itself() {
+        let se = serde_json::json!({"kind": "ServiceEntry", "metadata": {"name": "a"}});
+        let list = serde_json::json!({"kind": "List", "items": [se, {"kind": "Gateway"}]});
+        assert_eq!(
+            list_items(list.clone()),
+            vec![se.clone(), serde_json::json!({"kind": "Gateway"})]
+        );
+        assert_eq!(list_items(se.clone()), vec![se]);
+        assert!(list_items(serde_json::json!({"kind": "List", "items": "none"})).is_empty());
+        assert!(list_items(serde_json::json!({"kind": "List"})).is_empty());
+    }
 
     #[test]
     fn kinds_resolve_from_any_spelling() {

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 use trellis_config::{Diagnostic, Loaded};
 
-use super::object::{Object, ObjectKey};
+use super::change::{Change, Checked};
+use super::object::{ListFilter, Object, ObjectKey};
+use super::{StoreError, StoreStatus};
 use crate::{ConfigState, ConfigWatch};
 
 /// One accepted configuration.
@@ -56,6 +58,41 @@ impl Served {
 
     pub fn watch(&self) -> ConfigWatch {
         self.tx.subscribe()
+    }
+
+    /// One object of the configuration being served.
+    pub fn get(&self, key: &ObjectKey) -> Option<Object> {
+        self.current().objects.get(key).cloned()
+    }
+
+    /// The revision being served and the objects `filter` selects, sorted by key.
+    pub fn list(&self, filter: &ListFilter) -> (u64, Vec<Object>) {
+        let snapshot = self.current();
+        let objects = snapshot
+            .objects
+            .values()
+            .filter(|o| filter.matches(o))
+            .cloned()
+            .collect();
+        (snapshot.revision, objects)
+    }
+
+    /// Checks `change` against the configuration being served, as its next revision.
+    pub fn validate(&self, change: &Change) -> Result<Checked, StoreError> {
+        let current = self.current();
+        change.check(&current.objects, current.revision + 1)
+    }
+
+    /// What the store reports about itself; `backend` names it (`directory ./data`).
+    pub fn status(&self, backend: String) -> StoreStatus {
+        let current = self.current();
+        StoreStatus {
+            backend,
+            revision: current.revision,
+            objects: current.objects.len(),
+            errors: self.rejected(),
+            warnings: current.loaded.warnings.clone(),
+        }
     }
 
     /// Serves `snapshot` from now on and tells every watcher.

@@ -120,36 +120,27 @@ impl Control {
     }
 }
 
-/// `promtool check metrics` accepts `text` (skipped when promtool is not installed).
-pub fn promtool_check(text: &str) {
-    use std::io::Write as _;
-    use std::process::Stdio;
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("note: promtool not installed; skipping `promtool check metrics`");
-            return;
-        }
-        other => other.expect("run promtool"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics to promtool");
-    let out = child.wait_with_output().expect("promtool output");
+/// Asserts that between two readings of [`Control::pushes`] only the `pushed` type was sent
+/// again; `change` names the change (`an endpoint-only change`) in the failure message.
+pub fn assert_only_pushed(
+    before: &BTreeMap<&str, f64>,
+    after: &BTreeMap<&str, f64>,
+    pushed: &str,
+    change: &str,
+) {
     assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        after[pushed] > before[pushed],
+        "{pushed} not pushed for {change}: {before:?} -> {after:?}"
     );
+    for t in ["cds", "eds", "lds", "rds"]
+        .into_iter()
+        .filter(|t| *t != pushed)
+    {
+        assert_eq!(
+            after[t], before[t],
+            "{t} pushed for {change}: {before:?} -> {after:?}"
+        );
+    }
 }
 
 pub fn envoy_available() -> bool {
