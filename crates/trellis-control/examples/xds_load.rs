@@ -85,13 +85,16 @@ struct Armed {
     start: Instant,
 }
 
+/// When a change reached one client: (received, ACKed), since the change started.
+type Mark = (Duration, Duration);
+
 /// What the clients report to the main task.
 struct Shared {
     synced: AtomicUsize,
     failed: AtomicUsize,
     received_bytes: AtomicU64,
     /// Per change, per client: (received, ACKed) since the change started.
-    marks: Mutex<Vec<Vec<Option<(Duration, Duration)>>>>,
+    marks: Mutex<Vec<Vec<Option<Mark>>>>,
     armed: watch::Receiver<Option<Arc<Armed>>>,
 }
 
@@ -145,10 +148,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (shared, delta) = (shared.clone(), args.delta);
         tokio::spawn(async move {
             let result = client(i, channel, node, delta, shared.clone(), permit).await;
-            if let Err(e) = result {
-                if shared.failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("client {i}: {e}");
-                }
+            if let Err(e) = result
+                && shared.failed.fetch_add(1, Ordering::Relaxed) < 5
+            {
+                eprintln!("client {i}: {e}");
             }
         });
     }
