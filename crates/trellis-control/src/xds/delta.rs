@@ -18,7 +18,7 @@ use tonic::{Status, Streaming};
 use trellis_xds::ProxyIdentity;
 
 use super::XdsServer;
-use super::snapshot::{Kind, ProxySnapshot, resource_version};
+use super::snapshot::{Entry, Kind, ProxySnapshot, resource_version};
 use super::status::Sent;
 use super::subscription::{Force, Received, Subscription};
 
@@ -33,6 +33,10 @@ pub struct DeltaType {
     /// waiting for them.
     absent: BTreeSet<String>,
     nonce: String,
+    /// The snapshot `held` was last brought up to date with, while the subscription has not
+    /// changed since: the next build then only looks at the names that snapshot's successor
+    /// changed.
+    base: Option<u64>,
 }
 
 /// A delta response: resources to add or update, names to remove, and the names whose
@@ -69,16 +73,23 @@ impl DeltaType {
                 self.absent.insert(name.clone());
             }
         }
+        let mut narrowed = false;
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
+                narrowed |= self.subscription.wildcard;
                 self.subscription.wildcard = false;
             } else {
-                self.subscription.names.remove(name);
+                narrowed |= self.subscription.names.remove(name);
                 self.absent.remove(name);
             }
         }
-        let subscription = &self.subscription;
-        self.held.retain(|name, _| subscription.wants(name));
+        if first || narrowed {
+            let subscription = &self.subscription;
+            self.held.retain(|name, _| subscription.wants(name));
+        }
+        if first || added || narrowed {
+            self.base = None;
+        }
         let received = if first {
             Received::Initial
         } else if req.response_nonce.is_empty() {
@@ -115,8 +126,10 @@ impl DeltaType {
         }
         let mut resources = Vec::new();
         let mut changed = BTreeSet::new();
-        for (name, entry) in self.subscription.existing(kind, snapshot) {
-            let differs = self.held.get(name) != Some(&entry.hash);
+        let existing = snapshot.resources(kind);
+        let mut removed: Vec<String> = Vec::new();
+        let mut offer = |held: &mut BTreeMap<String, u64>, name: &String, entry: &Entry| {
+            let differs = held.get(name) != Some(&entry.hash);
             if differs || force.covers(name) {
                 if differs {
                     changed.insert(name.clone());
@@ -127,19 +140,48 @@ impl DeltaType {
                     resource: Some(entry.any.clone()),
                     ..Default::default()
                 });
-                self.held.insert(name.clone(), entry.hash);
+                held.insert(name.clone(), entry.hash);
+            }
+        };
+        let since_base = snapshot.changed_since(self.base, kind);
+        match (since_base, force) {
+            // Only the names changed since the snapshot `held` reflects (and forced ones)
+            // can differ: O(changes) rather than O(resources) per stream and push.
+            (Some(names), Force::None | Force::Names(_)) => {
+                let mut candidates: BTreeSet<&String> = names.iter().collect();
+                if let Force::Names(forced) = force {
+                    candidates.extend(forced);
+                }
+                for name in candidates {
+                    match existing.get_key_value(name) {
+                        Some((name, entry)) if self.subscription.wants(name) => {
+                            offer(&mut self.held, name, entry)
+                        }
+                        Some(_) => {}
+                        None => {
+                            if self.held.remove(name).is_some() {
+                                removed.push(name.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                for (name, entry) in self.subscription.existing(kind, snapshot) {
+                    offer(&mut self.held, name, entry);
+                }
+                removed = self
+                    .held
+                    .keys()
+                    .filter(|name| !existing.contains_key(*name))
+                    .cloned()
+                    .collect();
+                for name in &removed {
+                    self.held.remove(name);
+                }
             }
         }
-        let existing = snapshot.resources(kind);
-        let mut removed: Vec<String> = self
-            .held
-            .keys()
-            .filter(|name| !existing.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in &removed {
-            self.held.remove(name);
-        }
+        self.base = Some(snapshot.id());
         for name in std::mem::take(&mut self.absent) {
             if !existing.contains_key(&name) && !removed.contains(&name) {
                 removed.push(name);
@@ -360,6 +402,45 @@ mod tests {
             t.build(Kind::Endpoint, &snapshot(&[("b", 8)]), &Force::None, false)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_push_after_a_diffed_revision_sends_what_a_full_scan_would() {
+        let mut t = DeltaType::default();
+        t.on_request(Kind::Endpoint, &req(&["a", "b", "c"], &[], ""));
+        let s1 = snapshot(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+        t.build(Kind::Endpoint, &s1, &Force::None, true).unwrap();
+        t.set_nonce("n1".into());
+        t.on_request(Kind::Endpoint, &req(&[], &[], "n1"));
+        // `b` changes, `c` goes away, `d` (not subscribed) changes.
+        let mut s2 = snapshot(&[("a", 1), ("b", 7), ("d", 8)]);
+        s2.diff_from(&s1);
+        assert_eq!(
+            s2.changed_since(Some(s1.id()), Kind::Endpoint),
+            Some(&["b".to_string(), "c".to_string(), "d".to_string()][..])
+        );
+        let built = t.build(Kind::Endpoint, &s2, &Force::None, false).unwrap();
+        assert_eq!(names(&built), ["b"]);
+        assert_eq!(built.removed, ["c"]);
+        // A forced name goes again although unchanged.
+        let mut s3 = snapshot(&[("a", 1), ("b", 7), ("d", 8)]);
+        s3.diff_from(&s2);
+        let force = Force::Names(BTreeSet::from(["a".to_string()]));
+        let built = t.build(Kind::Endpoint, &s3, &force, false).unwrap();
+        assert_eq!(names(&built), ["a"]);
+        assert!(built.changed.is_empty());
+        // A new subscription falls back to a full scan: `d` did not change in s4, yet is sent.
+        t.set_nonce("n2".into());
+        let (_, respond) = t.on_request(Kind::Endpoint, &req(&["d"], &[], "n2"));
+        assert!(respond);
+        let mut s4 = snapshot(&[("a", 1), ("b", 7), ("d", 8)]);
+        s4.diff_from(&s3);
+        let built = t.build(Kind::Endpoint, &s4, &Force::None, false).unwrap();
+        assert_eq!(names(&built), ["d"]);
+        // Nothing changed and nothing new: nothing to send.
+        let mut s5 = snapshot(&[("a", 1), ("b", 7), ("d", 8)]);
+        s5.diff_from(&s4);
+        assert!(t.build(Kind::Endpoint, &s5, &Force::None, false).is_none());
     }
 
     #[test]

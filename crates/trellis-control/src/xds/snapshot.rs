@@ -5,6 +5,7 @@
 //! Must not know about streams: the SotW and delta bookkeeping only read [`ProxySnapshot`]s.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::google::protobuf::Any;
@@ -35,8 +36,20 @@ pub struct Entry {
 /// Every resource of one proxy, by type and name, with one version per type.
 #[derive(Debug, Default)]
 pub struct ProxySnapshot {
+    /// Unique per snapshot built by [`ProxySnapshot::new`] (0 for an empty default one).
+    id: u64,
     resources: [BTreeMap<String, Entry>; 4],
     versions: [String; 4],
+    /// What changed since the previous revision's snapshot of the same identity, so a push
+    /// to a stream that holds that snapshot looks only at these names, not at every resource.
+    changes: Option<Changes>,
+}
+
+/// The names (per type) added, changed or removed since the snapshot `since`.
+#[derive(Debug)]
+pub struct Changes {
+    pub since: u64,
+    names: [Vec<String>; 4],
 }
 
 /// Compiled snapshots of the current revision, keyed by the proxy identity without its id.
@@ -49,7 +62,11 @@ pub struct CompileCache {
 struct CacheInner {
     revision: u64,
     entries: HashMap<ProxyIdentity, Arc<tokio::sync::OnceCell<Arc<ProxySnapshot>>>>,
+    /// The previous revision's entries, which new snapshots are diffed against.
+    previous: HashMap<ProxyIdentity, Arc<tokio::sync::OnceCell<Arc<ProxySnapshot>>>>,
 }
+
+static NEXT_SNAPSHOT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
@@ -91,7 +108,10 @@ impl Kind {
 impl ProxySnapshot {
     /// Packs and hashes every resource once.
     pub fn new(resources: Resources) -> ProxySnapshot {
-        let mut snapshot = ProxySnapshot::default();
+        let mut snapshot = ProxySnapshot {
+            id: NEXT_SNAPSHOT_ID.fetch_add(1, Ordering::Relaxed),
+            ..ProxySnapshot::default()
+        };
         for l in resources.listeners {
             let hash = trellis_xds::listener_hash(&l);
             snapshot.insert(Kind::Listener, l.name.clone(), hash, &l);
@@ -124,6 +144,35 @@ impl ProxySnapshot {
 
     pub fn resources(&self, kind: Kind) -> &BTreeMap<String, Entry> {
         &self.resources[kind.index()]
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records what changed since `previous`, per type (once per identity and revision).
+    pub fn diff_from(&mut self, previous: &ProxySnapshot) {
+        let names = Kind::ALL.map(|kind| {
+            let (old, new) = (previous.resources(kind), self.resources(kind));
+            let mut changed: Vec<String> = new
+                .iter()
+                .filter(|(name, e)| old.get(*name).map(|o| o.hash) != Some(e.hash))
+                .map(|(name, _)| name.clone())
+                .collect();
+            changed.extend(old.keys().filter(|n| !new.contains_key(*n)).cloned());
+            changed.sort();
+            changed
+        });
+        self.changes = Some(Changes {
+            since: previous.id,
+            names,
+        });
+    }
+
+    /// The names of `kind` that changed since snapshot `base`, if this snapshot knows them.
+    pub fn changed_since(&self, base: Option<u64>, kind: Kind) -> Option<&[String]> {
+        let changes = self.changes.as_ref()?;
+        (base == Some(changes.since)).then(|| changes.names[kind.index()].as_slice())
     }
 
     /// A version of the whole type: changes whenever any resource of the type changes.
@@ -170,20 +219,29 @@ impl CompileCache {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if generation.revision > inner.revision {
                 inner.revision = generation.revision;
-                inner.entries.clear();
+                inner.previous = std::mem::take(&mut inner.entries);
             }
             if generation.revision == inner.revision {
-                Some(inner.entries.entry(key.clone()).or_default().clone())
+                let previous = inner.previous.get(&key).and_then(|c| c.get().cloned());
+                Some((
+                    inner.entries.entry(key.clone()).or_default().clone(),
+                    previous,
+                ))
             } else {
                 None // a stream still on an older revision: compile without caching
             }
         };
+        let previous = cell.as_ref().and_then(|(_, p)| p.clone());
         let compile = || {
             let loaded = generation.loaded.clone();
             async move {
                 let compiled = tokio::task::spawn_blocking(move || {
                     let resources = trellis_xds::compile(&loaded.snapshot, &loaded.registry, &key);
-                    Arc::new(ProxySnapshot::new(resources))
+                    let mut snapshot = ProxySnapshot::new(resources);
+                    if let Some(previous) = previous {
+                        snapshot.diff_from(&previous);
+                    }
+                    Arc::new(snapshot)
                 })
                 .await;
                 // Compilation is pure and does not panic on valid input; a panic is a bug we
@@ -195,7 +253,7 @@ impl CompileCache {
             }
         };
         match cell {
-            Some(cell) => cell.get_or_init(compile).await.clone(),
+            Some((cell, _)) => cell.get_or_init(compile).await.clone(),
             None => compile().await,
         }
     }
@@ -270,6 +328,11 @@ pub(crate) mod tests {
         let d = cache.get(&next, &sidecar("a-1", "default")).await;
         assert!(!Arc::ptr_eq(&a, &d));
         assert_eq!(cache.len(), 1);
+        // ... whose snapshots know what changed since the previous revision's (nothing here).
+        for kind in Kind::ALL {
+            assert_eq!(d.changed_since(Some(a.id()), kind), Some(&[][..]));
+            assert_eq!(d.changed_since(Some(c.id()), kind), None);
+        }
     }
 
     pub(crate) fn test_cla(name: &str, port: u32) -> ClusterLoadAssignment {

@@ -16,7 +16,7 @@ use tonic::{Status, Streaming};
 use trellis_xds::ProxyIdentity;
 
 use super::XdsServer;
-use super::snapshot::{Kind, ProxySnapshot};
+use super::snapshot::{Entry, Kind, ProxySnapshot};
 use super::status::Sent;
 use super::subscription::{Force, Received, Subscription};
 
@@ -29,6 +29,9 @@ pub struct SotwType {
     sent: BTreeMap<String, u64>,
     /// Nonce of the last response of this type.
     nonce: String,
+    /// The snapshot `sent` was last brought up to date with, while the subscription has not
+    /// changed since: the next build then only looks at the names its successor changed.
+    base: Option<u64>,
 }
 
 /// A response to send: the type's version, the resources, and the names whose content the
@@ -55,9 +58,13 @@ impl SotwType {
             .cloned()
             .collect();
         let widened = wildcard && !self.subscription.wildcard;
-        self.subscription = Subscription { wildcard, names };
-        let subscription = &self.subscription;
-        self.sent.retain(|name, _| subscription.wants(name));
+        let subscription = Subscription { wildcard, names };
+        if subscription != self.subscription || !self.requested {
+            self.subscription = subscription;
+            self.base = None;
+            let subscription = &self.subscription;
+            self.sent.retain(|name, _| subscription.wants(name));
+        }
         if !self.requested {
             self.requested = true;
             return (Received::Initial, Some(Force::All));
@@ -89,7 +96,13 @@ impl SotwType {
             return None;
         }
         let mut changed = BTreeSet::new();
+        let since_base = snapshot.changed_since(self.base, kind);
+        self.base = Some(snapshot.id());
         if kind.is_full_set() {
+            // Nothing of this type changed since the snapshot the client holds.
+            if since_base.is_some_and(|names| names.is_empty()) && *force != Force::All {
+                return None;
+            }
             let set: BTreeMap<&String, &super::snapshot::Entry> =
                 self.subscription.existing(kind, snapshot).collect();
             for (name, entry) in &set {
@@ -110,14 +123,37 @@ impl SotwType {
             });
         }
         let mut resources = Vec::new();
-        for (name, entry) in self.subscription.existing(kind, snapshot) {
-            let differs = self.sent.get(name) != Some(&entry.hash);
+        let existing = snapshot.resources(kind);
+        let mut offer = |sent: &mut BTreeMap<String, u64>, name: &String, entry: &Entry| {
+            let differs = sent.get(name) != Some(&entry.hash);
             if differs || force.covers(name) {
                 if differs {
                     changed.insert(name.clone());
                 }
                 resources.push(entry.any.clone());
-                self.sent.insert(name.clone(), entry.hash);
+                sent.insert(name.clone(), entry.hash);
+            }
+        };
+        match (since_base, force) {
+            // Only names changed since the snapshot `sent` reflects (and forced ones) can
+            // differ: O(changes) rather than O(resources) per stream and push.
+            (Some(names), Force::None | Force::Names(_)) => {
+                let mut candidates: BTreeSet<&String> = names.iter().collect();
+                if let Force::Names(forced) = force {
+                    candidates.extend(forced);
+                }
+                for name in candidates {
+                    if let Some((name, entry)) = existing.get_key_value(name)
+                        && self.subscription.wants(name)
+                    {
+                        offer(&mut self.sent, name, entry);
+                    }
+                }
+            }
+            _ => {
+                for (name, entry) in self.subscription.existing(kind, snapshot) {
+                    offer(&mut self.sent, name, entry);
+                }
             }
         }
         if resources.is_empty() {
@@ -303,9 +339,14 @@ mod tests {
     }
 
     fn snapshot(ports: &[(&str, u32)]) -> ProxySnapshot {
+        split(ports, ports)
+    }
+
+    /// Clusters (connect timeout `c` seconds) and load assignments (port `e`) apart.
+    fn split(clusters: &[(&str, u32)], endpoints: &[(&str, u32)]) -> ProxySnapshot {
         ProxySnapshot::new(Resources {
-            endpoints: ports.iter().map(|(n, p)| test_cla(n, *p)).collect(),
-            clusters: ports
+            endpoints: endpoints.iter().map(|(n, p)| test_cla(n, *p)).collect(),
+            clusters: clusters
                 .iter()
                 .map(|(n, p)| trellis_xds::Cluster {
                     name: n.to_string(),
@@ -380,6 +421,48 @@ mod tests {
             .unwrap();
         assert!(built.changed.is_empty());
         assert_eq!(names(&built), ["a"]);
+    }
+
+    #[test]
+    fn a_push_after_a_diffed_revision_sends_what_a_full_scan_would() {
+        let mut cds = SotwType::default();
+        let mut eds = SotwType::default();
+        cds.on_request(Kind::Cluster, &request(Kind::Cluster, &[], "", ""));
+        eds.on_request(
+            Kind::Endpoint,
+            &request(Kind::Endpoint, &["a", "b"], "", ""),
+        );
+        let s1 = split(
+            &[("a", 1), ("b", 2), ("c", 3)],
+            &[("a", 1), ("b", 2), ("c", 3)],
+        );
+        cds.build(Kind::Cluster, &s1, &Force::All).unwrap();
+        eds.build(Kind::Endpoint, &s1, &Force::All).unwrap();
+        // Endpoints of `b` and `c` change; the clusters do not.
+        let mut s2 = split(
+            &[("a", 1), ("b", 2), ("c", 3)],
+            &[("a", 1), ("b", 20), ("c", 30)],
+        );
+        s2.diff_from(&s1);
+        assert!(cds.build(Kind::Cluster, &s2, &Force::None).is_none());
+        let built = eds.build(Kind::Endpoint, &s2, &Force::None).unwrap();
+        assert_eq!(names(&built), ["b"]);
+        // Cluster `c` removed: the full remaining set goes; no endpoint changed.
+        let mut s3 = split(&[("a", 1), ("b", 2)], &[("a", 1), ("b", 20), ("c", 30)]);
+        s3.diff_from(&s2);
+        let built = cds.build(Kind::Cluster, &s3, &Force::None).unwrap();
+        assert_eq!(names(&built), ["a", "b"]);
+        assert!(eds.build(Kind::Endpoint, &s3, &Force::None).is_none());
+        // A new EDS name is answered even though nothing changed.
+        eds.set_nonce("n1".into());
+        let (_, force) = eds.on_request(
+            Kind::Endpoint,
+            &request(Kind::Endpoint, &["a", "b", "c"], "v", "n1"),
+        );
+        let mut s4 = split(&[("a", 1), ("b", 2)], &[("a", 1), ("b", 20), ("c", 30)]);
+        s4.diff_from(&s3);
+        let built = eds.build(Kind::Endpoint, &s4, &force.unwrap()).unwrap();
+        assert_eq!(names(&built), ["c"]);
     }
 
     #[test]
