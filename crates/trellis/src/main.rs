@@ -38,7 +38,7 @@ pub enum Command {
     /// Delete objects from `trellis control`.
     Delete(DeleteArgs),
     /// Show each proxy connected to `trellis control` and whether it is in sync.
-    ProxyStatus(ServerArgs),
+    ProxyStatus(ProxyStatusArgs),
     /// Show what a proxy is running, from its admin `/config_dump`.
     ProxyConfig(ProxyConfigArgs),
     /// Run the control plane: config store, management API, and xDS (ADS) for every proxy.
@@ -115,6 +115,15 @@ pub struct DeleteArgs {
     /// Delete the objects these files define.
     #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyStatusArgs {
+    /// Print the control plane's answer as JSON or YAML instead of a table.
+    #[arg(short = 'o', long)]
+    pub output: Option<OutputFormat>,
     #[command(flatten)]
     pub server: ServerArgs,
 }

@@ -14,7 +14,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use trellis_control::store::{ObjectKey, kind_info, object::kind_names, yaml};
 
-use crate::{ApplyArgs, DeleteArgs, GetArgs, OutputFormat, ProxyConfigArgs, ServerArgs};
+use crate::{
+    ApplyArgs, DeleteArgs, GetArgs, OutputFormat, ProxyConfigArgs, ProxyStatusArgs, ServerArgs,
+};
 
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -184,22 +186,58 @@ pub async fn delete(args: &DeleteArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `trellis proxy-status`: what the xDS server knows of each connected proxy.
-pub async fn proxy_status(args: &ServerArgs) -> anyhow::Result<ExitCode> {
-    let url = format!("{}/api/v1/proxy-status", base(args));
-    let answer = request(
-        "GET",
-        &url,
-        token(args).as_deref(),
-        None,
-        "application/json",
-    )
-    .await?;
-    let body = json(&answer)?;
+pub async fn proxy_status(args: &ProxyStatusArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/api/v1/proxy-status", base(&args.server));
+    let accept = match args.output {
+        Some(OutputFormat::Yaml) => "application/yaml",
+        _ => "application/json",
+    };
+    let answer = request("GET", &url, token(&args.server).as_deref(), None, accept).await?;
     if answer.status != 200 {
+        let body = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
         return Ok(report_error(&body, None));
     }
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    match args.output {
+        Some(OutputFormat::Yaml) => print!("{}", answer.body),
+        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&json(&answer)?)?),
+        None => print_proxy_status(&json(&answer)?)?,
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per connected proxy, as `istioctl proxy-status` prints it: the xDS state of each
+/// type (SYNCED, STALE, NACKED, or NOT SENT when the proxy has not subscribed to it).
+fn print_proxy_status(body: &Value) -> anyhow::Result<()> {
+    let Some(proxies) = body["proxies"].as_array() else {
+        // Not the shape this CLI knows: show it as it came.
+        println!("{}", serde_json::to_string_pretty(body)?);
+        return Ok(());
+    };
+    if proxies.is_empty() {
+        eprintln!("no proxies connected");
+        return Ok(());
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let state = |p: &Value, t: &str| match p["types"][t]["state"].as_str() {
+        Some(s) => s.to_owned(),
+        None => "NOT SENT".to_owned(),
+    };
+    let rows: Vec<[String; 7]> = proxies
+        .iter()
+        .map(|p| {
+            [
+                text(&p["id"]),
+                text(&p["role"]),
+                text(&p["mode"]),
+                state(p, "cds"),
+                state(p, "lds"),
+                state(p, "eds"),
+                state(p, "rds"),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "ROLE", "MODE", "CDS", "LDS", "EDS", "RDS"], &rows);
+    Ok(())
 }
 
 /// `trellis proxy-config ADMIN [listeners|routes|clusters|endpoints|all] [-o json]`: reads the

@@ -276,7 +276,7 @@ fn writes_need_a_token_from_flag_env_or_file() {
     let run = c.trellis_env(&["delete", "se", "reviews", "--token", &token], &[], false);
     assert!(run.ok, "{}", run.stderr);
     // Reads need no token on loopback.
-    let run = c.trellis_env(&["proxy-status"], &[], false);
+    let run = c.trellis_env(&["proxy-status", "-o", "json"], &[], false);
     assert!(run.ok, "{}", run.stderr);
     let status: Value = serde_json::from_str(&run.stdout).expect("json");
     assert_eq!(status["proxies"][0]["status"], "SYNCED");

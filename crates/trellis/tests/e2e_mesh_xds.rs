@@ -146,7 +146,7 @@ fn apply(dir: &Path, name: &str, yaml: &str, api: u16, token: &Token) -> Run {
 fn wait_cli_synced(api: u16, token: &Token, id: &str) -> Value {
     let mut last = Value::Null;
     let synced = wait_until(Duration::from_secs(20), || {
-        let run = trellis(&["proxy-status"], api, token);
+        let run = trellis(&["proxy-status", "-o", "json"], api, token);
         assert!(run.ok, "trellis proxy-status: {}{}", run.stdout, run.stderr);
         let status = json(&run.stdout);
         last = status["proxies"]
@@ -156,6 +156,27 @@ fn wait_cli_synced(api: u16, token: &Token, id: &str) -> Value {
         last["state"] == "SYNCED" && TYPES.iter().all(|t| last["types"][t]["state"] == "SYNCED")
     });
     assert!(synced, "proxy {id} not SYNCED in proxy-status: {last:#}");
+    // The default output is istioctl's table: one line per proxy, a state per type.
+    let run = trellis(&["proxy-status"], api, token);
+    assert!(run.ok, "trellis proxy-status: {}{}", run.stdout, run.stderr);
+    let mut lines = run.stdout.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "ROLE", "MODE", "CDS", "LDS", "EDS", "RDS"],
+        "{}",
+        run.stdout
+    );
+    let row: Vec<&str> = lines
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&id))
+        .unwrap_or_else(|| panic!("no row for {id}:\n{}", run.stdout));
+    assert_eq!(row[1], "gateway", "{}", run.stdout);
+    assert_eq!(row[3..], ["SYNCED"; 4], "{}", run.stdout);
     last
 }
 
@@ -474,7 +495,7 @@ fn failover_case(mode: &str) {
         .unwrap_or_else(|| panic!("/xds names no replica: {xds:#}"));
     let survivor_api = [api_a, api_b][1 - dead];
     wait_cli_synced([api_a, api_b][dead], &lit, PROXY_ID);
-    let run = trellis(&["proxy-status"], survivor_api, &lit);
+    let run = trellis(&["proxy-status", "-o", "json"], survivor_api, &lit);
     assert!(
         json(&run.stdout)["proxies"]
             .as_array()

@@ -206,7 +206,7 @@ fn apply_as_the_banner_says(stdout: &str, dir: &Path, reviews: &str, up: &mut Pr
     }
     let mut status = serde_json::Value::Null;
     let synced = wait_until(Duration::from_secs(20), || {
-        let (ok, text) = trellis(&["proxy-status"]);
+        let (ok, text) = trellis(&["proxy-status", "-o", "json"]);
         assert!(ok, "trellis proxy-status: {text}");
         status = serde_json::from_str(&text).unwrap_or_default();
         status["proxies"].as_array().is_some_and(|ps| {
