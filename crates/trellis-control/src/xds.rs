@@ -12,6 +12,7 @@
 
 mod debounce;
 mod delta;
+mod follow;
 mod snapshot;
 mod sotw;
 mod status;

@@ -18,6 +18,7 @@ use tonic::{Status, Streaming};
 use trellis_xds::ProxyIdentity;
 
 use super::XdsServer;
+use super::follow::{Follower, Next};
 use super::snapshot::{Entry, Kind, ProxySnapshot, resource_version};
 use super::status::Sent;
 use super::subscription::{Force, Received, Subscription};
@@ -209,7 +210,7 @@ pub(super) async fn run(
     conn: u64,
     identity: ProxyIdentity,
     first: DeltaDiscoveryRequest,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
     let mut stream = DeltaStream {
@@ -219,34 +220,17 @@ pub(super) async fn run(
         sent: 0,
         tx,
     };
-    let mut generations = server.generations.clone();
-    let mut generation = generations.borrow_and_update().clone();
-    let mut snapshot = server.cache.get(&generation, &identity).await;
-    let mut next = Some(first);
+    let mut follow = Follower::new(server.clone(), conn, identity, first, requests).await;
     loop {
-        let req = match next.take() {
-            Some(req) => req,
-            None => tokio::select! {
-                msg = requests.message() => match msg {
-                    Ok(Some(req)) => req,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(conn, proxy = %identity.id, %status, "delta xds stream ended");
-                        break;
-                    }
-                },
-                changed = generations.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    generation = generations.borrow_and_update().clone();
-                    snapshot = server.cache.get(&generation, &identity).await;
-                    if !stream.push(&snapshot, &generation).await {
-                        break;
-                    }
-                    continue;
+        let req = match follow.next().await {
+            Next::Request(req) => req,
+            Next::Generation => {
+                if !stream.push(&follow.snapshot, &follow.generation).await {
+                    break;
                 }
-            },
+                continue;
+            }
+            Next::End => break,
         };
         let Some(kind) = Kind::from_type_url(&req.type_url) else {
             tracing::debug!(conn, type_url = %req.type_url, "ignoring a request for an unserved type");
@@ -254,10 +238,10 @@ pub(super) async fn run(
         };
         let (received, respond) = stream.types[kind as usize].on_request(kind, &req);
         let always = received == Received::Initial;
-        server.record(conn, kind, &received, &identity.id);
+        server.record(conn, kind, &received, &follow.identity().id);
         if respond
             && stream
-                .send(kind, &snapshot, None, &Force::None, always)
+                .send(kind, &follow.snapshot, None, &Force::None, always)
                 .await
                 .is_err()
         {
