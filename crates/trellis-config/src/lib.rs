@@ -15,7 +15,7 @@ pub mod load;
 pub mod registry;
 pub mod types;
 mod validate;
-mod yaml;
+pub mod yaml;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use load::Loader;

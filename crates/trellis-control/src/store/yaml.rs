@@ -1,18 +1,15 @@
 //! YAML text <-> JSON values for the store: documents of a multi-document stream as
 //! `serde_json::Value`s with the 1-based line of each, and objects rendered back as YAML.
-//! Owns only the generic conversion (YAML 1.2 core schema, an alias-expansion budget);
-//! whether a document is a valid Istio object is `trellis-config`'s job.
-
-use std::collections::HashMap;
+//! Parsing is `trellis_config::yaml`'s (the loader's own spanned tree: YAML 1.2 core schema,
+//! alias-expansion budget); this module only turns that tree into JSON and JSON back into YAML.
+//! Whether a document is a valid Istio object is `trellis-config`'s job.
 
 use serde_json::{Map, Number, Value};
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use trellis_config::yaml::{CoreScalar, Node, NodeKind};
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlEmitter};
 
-/// Upper bound on values created by alias expansion (guards against "billion laughs").
-const ALIAS_BUDGET: usize = 100_000;
+pub use trellis_config::yaml::SyntaxError;
 
 /// One document of a stream and where it starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,50 +20,44 @@ pub struct Document {
     pub col: usize,
 }
 
-/// A YAML syntax error at a 1-based position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyntaxError {
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
-
-struct Builder {
-    docs: Vec<Document>,
-    stack: Vec<Frame>,
-    anchors: HashMap<usize, (Value, usize)>,
-    budget: usize,
-    error: Option<SyntaxError>,
-}
-
-struct Frame {
-    value: Value,
-    anchor: usize,
-    mark: Marker,
-    key: Option<String>,
-}
-
 /// Parses a multi-document YAML (or JSON) stream; empty documents are dropped.
 pub fn parse(src: &str) -> Result<Vec<Document>, SyntaxError> {
-    let mut builder = Builder {
-        docs: Vec::new(),
-        stack: Vec::new(),
-        anchors: HashMap::new(),
-        budget: ALIAS_BUDGET,
-        error: None,
-    };
-    let mut parser = Parser::new_from_str(src);
-    if let Err(e) = parser.load(&mut builder, true) {
-        let m = e.marker();
-        return Err(SyntaxError {
-            line: m.line(),
-            col: m.col() + 1,
-            message: format!("invalid YAML: {}", e.info()),
-        });
-    }
-    match builder.error {
-        Some(e) => Err(e),
-        None => Ok(builder.docs),
+    let mut docs = Vec::new();
+    trellis_config::yaml::for_each_document(src, |node| {
+        docs.push(Document {
+            value: to_json(&node),
+            line: node.line,
+            col: node.col,
+        })
+    })?;
+    Ok(docs)
+}
+
+/// A node as JSON: core-schema scalars (a number JSON cannot hold, such as `.inf`, stays the
+/// string it was written as), sequences, and mappings with string keys.
+fn to_json(node: &Node) -> Value {
+    match &node.kind {
+        NodeKind::Scalar { value, .. } => match node.core() {
+            Some(CoreScalar::Null) => Value::Null,
+            Some(CoreScalar::Bool(b)) => Value::Bool(b),
+            Some(CoreScalar::Int(i)) => i64::try_from(i)
+                .map(Number::from)
+                .ok()
+                .or_else(|| u64::try_from(i).map(Number::from).ok())
+                .map_or_else(|| Value::String(value.clone()), Value::Number),
+            Some(CoreScalar::Float(f)) => {
+                Number::from_f64(f).map_or_else(|| Value::String(value.clone()), Value::Number)
+            }
+            Some(CoreScalar::Str(_)) | None => Value::String(value.clone()),
+        },
+        NodeKind::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
+        NodeKind::Map(entries) => {
+            let mut map = Map::new();
+            for (k, v) in entries {
+                map.insert(key_string(to_json(k)), to_json(v));
+            }
+            Value::Object(map)
+        }
     }
 }
 
@@ -112,145 +103,11 @@ fn to_yaml_node(value: &Value) -> Yaml {
     }
 }
 
-/// YAML 1.2 core schema resolution of a plain scalar.
-fn plain_scalar(v: &str) -> Value {
-    match v {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
-        _ => {}
-    }
-    let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = v.parse::<i64>() {
-            return Value::Number(i.into());
-        }
-        if let Ok(u) = v.parse::<u64>() {
-            return Value::Number(u.into());
-        }
-    }
-    let looks_float = !digits.is_empty()
-        && digits
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b"eE.+-".contains(&b))
-        && digits
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_digit() || b == b'.');
-    if looks_float
-        && let Ok(f) = v.parse::<f64>()
-        && let Some(n) = Number::from_f64(f)
-    {
-        return Value::Number(n);
-    }
-    Value::String(v.to_owned())
-}
-
 fn key_string(value: Value) -> String {
     match value {
         Value::String(s) => s,
         Value::Null => String::new(),
         other => other.to_string(),
-    }
-}
-
-fn size(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Value::Object(map) => 1 + map.values().map(size).sum::<usize>(),
-        _ => 1,
-    }
-}
-
-impl Builder {
-    fn fail(&mut self, mark: Marker, message: &str) {
-        if self.error.is_none() {
-            self.error = Some(SyntaxError {
-                line: mark.line(),
-                col: mark.col() + 1,
-                message: message.to_owned(),
-            });
-        }
-    }
-
-    fn attach(&mut self, value: Value, anchor: usize, mark: Marker) {
-        if anchor > 0 {
-            let n = size(&value);
-            self.anchors.insert(anchor, (value.clone(), n));
-        }
-        let Some(top) = self.stack.last_mut() else {
-            if !value.is_null() {
-                self.docs.push(Document {
-                    value,
-                    line: mark.line(),
-                    col: mark.col() + 1,
-                });
-            }
-            return;
-        };
-        match &mut top.value {
-            Value::Array(items) => items.push(value),
-            Value::Object(map) => match top.key.take() {
-                None => top.key = Some(key_string(value)),
-                Some(key) => {
-                    map.insert(key, value);
-                }
-            },
-            _ => {}
-        }
-    }
-}
-
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        if self.error.is_some() {
-            return;
-        }
-        match ev {
-            Event::Scalar(value, style, anchor, tag) => {
-                let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
-                let v = if style == TScalarStyle::Plain && !is_str_tag {
-                    plain_scalar(&value)
-                } else {
-                    Value::String(value)
-                };
-                self.attach(v, anchor, mark);
-            }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame {
-                value: Value::Array(Vec::new()),
-                anchor,
-                mark,
-                key: None,
-            }),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame {
-                value: Value::Object(Map::new()),
-                anchor,
-                mark,
-                key: None,
-            }),
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some(frame) = self.stack.pop() {
-                    self.attach(frame.value, frame.anchor, frame.mark);
-                }
-            }
-            Event::Alias(id) => match self.anchors.get(&id) {
-                Some((value, n)) => {
-                    if *n > self.budget {
-                        self.fail(mark, "too many alias expansions in this document");
-                        return;
-                    }
-                    self.budget -= n;
-                    let value = value.clone();
-                    self.attach(value, 0, mark);
-                }
-                None => self.fail(mark, "alias refers to an unknown anchor"),
-            },
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
-        }
     }
 }
 
