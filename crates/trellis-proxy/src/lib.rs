@@ -11,6 +11,7 @@ pub mod listeners;
 pub mod memory;
 pub mod proxy;
 pub mod runtime;
+pub mod security;
 pub mod source;
 pub mod tcp_proxy;
 pub mod telemetry;

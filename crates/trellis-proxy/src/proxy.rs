@@ -50,6 +50,8 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// Who the peer is, from its verified mTLS certificate (default: plaintext, unknown).
+    pub peer: crate::security::Peer,
     /// `remote`'s IP rendered for `x-forwarded-for`, once per connection.
     peer_ip: Option<HeaderValue>,
     /// Raised by `listeners::framing` when an HTTP/1 request is framed ambiguously.
@@ -88,6 +90,7 @@ impl ConnInfo {
             listener,
             remote,
             local,
+            peer: crate::security::Peer::default(),
             peer_ip: headers::peer_value(remote.ip()),
             framing_violation: Arc::default(),
             http2: Arc::default(),
