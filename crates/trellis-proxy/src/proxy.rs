@@ -42,6 +42,8 @@ use headers::X_TRELLIS_FLAGS;
 pub struct Proxy {
     pub runtime: ArcSwap<Runtime>,
     pub telemetry: Arc<Telemetry>,
+    /// The workload's certificate and trust bundle (empty until a source fills it).
+    pub identity: Arc<crate::security::IdentityStore>,
 }
 
 /// One downstream connection.
@@ -167,6 +169,7 @@ impl Proxy {
         Proxy {
             runtime: ArcSwap::from_pointee(runtime),
             telemetry,
+            identity: Arc::default(),
         }
     }
 
