@@ -13,10 +13,11 @@ use http::{StatusCode, Uri};
 use super::headers::X_FORWARDED_FOR;
 use super::{ConnInfo, Local};
 use crate::runtime::HttpSettings;
+use crate::runtime::TcpChain;
 use crate::runtime::authz::{HttpAuthz, PathNormalization};
 use crate::runtime::rbac::{Subject, Verdict};
 use crate::runtime::route::{RequestView, Route, RouteAction};
-use crate::security::RequestAuth;
+use crate::security::{Peer, RequestAuth};
 
 /// Envoy's body for a request RBAC denies.
 pub const DENIED_BODY: &str = "RBAC: access denied";
@@ -85,6 +86,36 @@ pub fn authorize(
         }
     }
     Ok(())
+}
+
+/// Runs an L4 chain's network RBAC filters on a new connection (no mTLS peer yet on L4
+/// listeners); `false` means close it.
+pub fn authorize_connection(
+    chain: &TcpChain,
+    remote: SocketAddr,
+    local: SocketAddr,
+    sni: Option<&str>,
+) -> bool {
+    if chain.rbac.is_empty() {
+        return true;
+    }
+    let peer = Peer::default();
+    let subject = Subject {
+        request: None,
+        source: remote,
+        remote_ip: remote.ip(),
+        destination: local,
+        peer: &peer,
+        auth: None,
+        sni,
+    };
+    chain.rbac.iter().all(|rbac| match rbac.check(&subject) {
+        Verdict::Allowed => true,
+        Verdict::Denied(policy) => {
+            tracing::debug!(policy = policy.as_deref().unwrap_or("none"), %remote, "rbac closed connection");
+            false
+        }
+    })
 }
 
 /// The workload port of a sidecar inbound route (`inbound|<port>||<host>`).

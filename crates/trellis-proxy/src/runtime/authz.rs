@@ -3,16 +3,19 @@
 //! (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`). Built once per
 //! listener; applied per request by `crate::proxy::authz`.
 
+use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager::PathWithEscapedSlashesAction,
     http_filter::ConfigType,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use prost::Message;
 
 use super::rbac::Rbac;
 
 pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 
 /// Authorization of one HTTP listener.
 #[derive(Debug, Default)]
@@ -60,6 +63,35 @@ impl HttpAuthz {
             },
         })
     }
+}
+
+/// The `envoy.filters.network.rbac` filters in front of an L4 chain's tcp_proxy (`Err((index,
+/// reason))` for any other filter or one that does not decode).
+pub fn network_filters(filters: &[Filter]) -> Result<Vec<Rbac>, (usize, String)> {
+    filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if f.name != NETWORK_RBAC {
+                return Err((
+                    i,
+                    format!(
+                        "{:?} is not supported before tcp_proxy; only {NETWORK_RBAC}",
+                        f.name
+                    ),
+                ));
+            }
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                return Err((i, "typed_config is required".into()));
+            };
+            let cfg = NetworkRbac::decode(any.value.as_slice())
+                .map_err(|e| (i, format!("does not decode as network RBAC: {e}")))?;
+            if cfg.matcher.is_some() || cfg.shadow_matcher.is_some() {
+                return Err((i, "matcher trees are not supported; use rules".into()));
+            }
+            Rbac::compile(cfg.rules.as_ref(), cfg.shadow_rules.as_ref()).map_err(|e| (i, e))
+        })
+        .collect()
 }
 
 fn rbac_filter(f: &HttpFilter) -> Result<Rbac, String> {
