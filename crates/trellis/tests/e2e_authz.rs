@@ -5,12 +5,18 @@
 //! `runtime/rbac.rs` cover with constructed peers.
 //! Needs `cargo build --workspace --bins`.
 
+mod e2e_support;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use trellis_testkit::{Process, TempDir, free_port, http_get, proxy, sample_app, wait_until};
+use e2e_support::{Gateway, dest, docs, ep, service_entry_yaml, write_atomic};
+use trellis_testkit::{
+    Process, TempDir, free_port, http_get, proxy, sample_app, sample_app_on, wait_for_port,
+    wait_until,
+};
 
 const RELOAD: Duration = Duration::from_secs(20);
 
@@ -248,4 +254,130 @@ fn allow_nothing_then_allow_by_method_and_mesh_wide_deny() {
     w.await_status("GET", "/get", 403);
     w.remove("allow-nothing.yaml");
     w.await_status("GET", "/get", 200);
+}
+
+/// Istio's "deny" task: DENY GET unless `x-token: admin` (`notValues`), and DENY `/ip` from
+/// any namespace but `foo` (a plaintext client has none, so it is denied).
+#[test]
+fn deny_with_not_values() {
+    let mut w = Workload::start(&[]);
+    w.apply(
+        "deny.yaml",
+        &policy(
+            "deny-method-get",
+            "foo",
+            "  selector: {matchLabels: {app: httpbin}}\n  action: DENY\n  rules:\n  - to: [{operation: {methods: [GET]}}]\n    when: [{key: 'request.headers[x-token]', notValues: [admin]}]\n  - from: [{source: {notNamespaces: [foo]}}]\n    to: [{operation: {paths: [/ip]}}]\n",
+        ),
+    );
+    w.await_status("GET", "/get", 403);
+    assert_eq!(w.send_with("GET", "/get", &[("x-token", "guest")]).0, 403);
+    assert_eq!(w.send_with("GET", "/get", &[("x-token", "admin")]).0, 200);
+    assert_eq!(w.send("POST", "/post").0, 200, "only GET is denied");
+    assert_eq!(w.send_with("POST", "/ip", &[("x-token", "admin")]).0, 403);
+    // Header names compare case-insensitively, values exactly.
+    assert_eq!(w.send_with("GET", "/get", &[("X-Token", "admin")]).0, 200);
+    assert_eq!(w.send_with("GET", "/get", &[("x-token", "ADMIN")]).0, 403);
+}
+
+const ECHO: &str = "tcp-echo.istio-system.svc.cluster.local";
+
+/// A gateway (namespace `istio-system`, `istio: ingressgateway`) with TCP servers on `ports`,
+/// each routed to the echo service.
+fn tcp_gateway(ports: &[u16], echo_port: u16) -> String {
+    let mut gw = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n",
+    );
+    let mut routes = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: echo, namespace: istio-system}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  tcp:\n",
+    );
+    for p in ports {
+        gw.push_str(&format!(
+            "  - port: {{number: {p}, name: tcp-{p}, protocol: TCP}}\n    hosts: ['*']\n"
+        ));
+        routes.push_str(&format!(
+            "  - match: [{{port: {p}}}]\n    route: [{{destination: {}}}]\n",
+            dest(ECHO, None, 9000)
+        ));
+    }
+    let entry = service_entry_yaml("tcp-echo", ECHO, 9000, "TCP", &[ep(echo_port, "v1")])
+        .replace("namespace: default", "namespace: istio-system");
+    docs(&[gw, entry, routes])
+}
+
+/// `hi` through the gateway port: the echo's `name/version` prefix, or why not.
+fn echo_via(port: u16) -> String {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let reply = (|| -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"hi\n")?;
+        s.shutdown(Shutdown::Write)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match reply {
+        Ok(r) => r
+            .strip_suffix(" hi\n")
+            .map_or(format!("closed: {r:?}"), str::to_string),
+        Err(e) => format!("closed: {e}"),
+    }
+}
+
+fn await_echo(port: u16, want_open: bool, gw: &mut Gateway) {
+    let mut last = String::new();
+    let ok = wait_until(RELOAD, || {
+        last = echo_via(port);
+        (last == "tcp-echo/v1") == want_open
+    });
+    assert!(
+        ok,
+        "port {port}: wanted open={want_open}, last {last:?}\n{}",
+        gw.proxy.describe()
+    );
+}
+
+/// Istio's "Authorization for TCP traffic" task on a gateway: ALLOW by port, then the two
+/// fail-closed cases (an ALLOW rule with an HTTP-only field is dropped, so nothing is allowed;
+/// a DENY rule's HTTP-only field is ignored, so the rule denies the whole port).
+#[test]
+fn tcp_authorization_by_port_and_fail_closed_rules() {
+    let echo_port = free_port();
+    let _echo = sample_app_on(echo_port, "tcp-echo", "v1", &["--tcp-echo"]);
+    let (a, b) = (free_port(), free_port());
+    let mut gw = Gateway::start(a, &tcp_gateway(&[a, b], echo_port));
+    assert!(wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], b)),
+        Duration::from_secs(10)
+    ));
+    assert_eq!(echo_via(a), "tcp-echo/v1");
+    assert_eq!(echo_via(b), "tcp-echo/v1");
+    let dir = gw.dir.path().to_path_buf();
+    let write = |spec: &str| {
+        write_atomic(
+            &dir,
+            "policy.yaml",
+            &policy("tcp-policy", "istio-system", spec),
+        )
+    };
+
+    write(&format!(
+        "  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: ALLOW\n  rules:\n  - to: [{{operation: {{ports: ['{a}']}}}}]\n"
+    ));
+    await_echo(b, false, &mut gw);
+    assert_eq!(echo_via(a), "tcp-echo/v1");
+
+    // ALLOW with `methods` on a TCP port: the rule is dropped, nothing is allowed.
+    write(&format!(
+        "  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: ALLOW\n  rules:\n  - to: [{{operation: {{methods: [GET], ports: ['{a}']}}}}]\n"
+    ));
+    await_echo(a, false, &mut gw);
+    assert_ne!(echo_via(b), "tcp-echo/v1");
+
+    // DENY with `methods` on a TCP port: the method is ignored, the whole port is denied.
+    write(&format!(
+        "  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: DENY\n  rules:\n  - to: [{{operation: {{methods: [GET], ports: ['{a}']}}}}]\n"
+    ));
+    await_echo(b, true, &mut gw);
+    assert_ne!(echo_via(a), "tcp-echo/v1");
 }
