@@ -397,6 +397,7 @@ mod tests {
             })
             .collect();
         let chain = TcpChain {
+            rbac: Vec::new(),
             stat_prefix: "x".into(),
             action: RouteAction::Weighted {
                 clusters,
