@@ -23,7 +23,9 @@ pub use registry::{
     Endpoint, Protocol, Registry, Resolution, Service, ServiceLocation, ServicePort,
 };
 pub use types::*;
-pub use validate::{RETRY_NON_IDEMPOTENT, RETRY_ON, validate_snapshot};
+pub use validate::{
+    ACTIONS, DRY_RUN_ANNOTATION, RETRY_NON_IDEMPOTENT, RETRY_ON, bracketed, validate_snapshot,
+};
 
 use std::path::Path;
 

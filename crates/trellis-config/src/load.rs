@@ -22,6 +22,10 @@ pub(crate) const ISTIO_API_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
 ];
 
+/// Istio security API versions we accept.
+pub(crate) const SECURITY_API_VERSIONS: &[&str] =
+    &["security.istio.io/v1", "security.istio.io/v1beta1"];
+
 /// Kinds this loader understands.
 const KINDS: &[&str] = &[
     "VirtualService",
@@ -33,6 +37,8 @@ const KINDS: &[&str] = &[
     "EndpointSlice",
     "HealthCheckPolicy",
     "DestinationPolicy",
+    "AuthorizationPolicy",
+    "MeshConfig",
     "List",
 ];
 
@@ -50,7 +56,6 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "ProxyConfig",
     "Telemetry",
     "PeerAuthentication",
-    "AuthorizationPolicy",
     "RequestAuthentication",
     "HTTPRoute",
     "GRPCRoute",
@@ -75,7 +80,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 9],
+    resources: [usize; 11],
 }
 
 #[derive(Deserialize, Default)]
@@ -168,6 +173,8 @@ impl Loader {
             endpoint_slices,
             health_check_policies,
             destination_policies,
+            authorization_policies,
+            mesh_configs,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -183,6 +190,8 @@ impl Loader {
                 endpoint_slices.len(),
                 health_check_policies.len(),
                 destination_policies.len(),
+                authorization_policies.len(),
+                mesh_configs.len(),
             ],
         }
     }
@@ -192,7 +201,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -202,6 +211,8 @@ impl Loader {
         s.endpoint_slices.truncate(es);
         s.health_check_policies.truncate(hc);
         s.destination_policies.truncate(dp);
+        s.authorization_policies.truncate(ap);
+        s.mesh_configs.truncate(mc);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -347,6 +358,14 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.destination_policies, r);
             }
+            "AuthorizationPolicy" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.authorization_policies, r);
+            }
+            "MeshConfig" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.mesh_configs, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -479,7 +498,8 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Gateway" => ISTIO_API_VERSIONS,
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
-        "HealthCheckPolicy" | "DestinationPolicy" => TRELLIS_API_VERSIONS,
+        "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" => TRELLIS_API_VERSIONS,
+        "AuthorizationPolicy" => SECURITY_API_VERSIONS,
         _ => return None,
     };
     (!accepted.contains(&api_version)).then_some(accepted)

@@ -11,11 +11,13 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+pub mod authorization;
 pub mod istio;
 pub mod kube;
 pub mod route_actions;
 pub mod trellis;
 
+pub use authorization::*;
 pub use istio::*;
 pub use kube::*;
 pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
@@ -70,6 +72,10 @@ pub struct Snapshot {
     pub health_check_policies: Vec<Resource<HealthCheckPolicy>>,
     /// `trellis.dev/v1alpha1` `DestinationPolicy`.
     pub destination_policies: Vec<Resource<DestinationPolicy>>,
+    /// `security.istio.io` AuthorizationPolicy.
+    pub authorization_policies: Vec<Resource<AuthorizationPolicy>>,
+    /// `trellis.dev/v1alpha1` `MeshConfig` (at most one).
+    pub mesh_configs: Vec<Resource<MeshConfig>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -126,6 +132,14 @@ pub struct WorkloadSelector {
 }
 
 impl Snapshot {
+    /// The mesh settings: the `MeshConfig` if one is loaded, else Istio's defaults.
+    pub fn mesh_config(&self) -> MeshConfig {
+        self.mesh_configs
+            .first()
+            .map(|m| m.spec.clone())
+            .unwrap_or_default()
+    }
+
     /// Number of resources of all kinds.
     pub fn len(&self) -> usize {
         self.virtual_services.len()
@@ -137,6 +151,8 @@ impl Snapshot {
             + self.endpoint_slices.len()
             + self.health_check_policies.len()
             + self.destination_policies.len()
+            + self.authorization_policies.len()
+            + self.mesh_configs.len()
     }
 
     pub fn is_empty(&self) -> bool {

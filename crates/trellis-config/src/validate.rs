@@ -12,12 +12,14 @@ use crate::diag::{Diagnostic, Severity};
 use crate::load::{SpanIndex, resource_label};
 use crate::types::*;
 
+mod authorization;
 mod balancing;
 mod health;
 mod resilience;
 mod routes;
 mod traffic;
 
+pub use authorization::{ACTIONS, DRY_RUN_ANNOTATION, bracketed};
 pub use resilience::{RETRY_NON_IDEMPOTENT, RETRY_ON};
 
 /// Reports problems of one resource at the position of a field path.
@@ -174,6 +176,27 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         spans,
         &mut out,
         |rep, r| resilience::destination_policy(rep, &r.spec),
+    );
+    each(
+        &snapshot.authorization_policies,
+        "AuthorizationPolicy",
+        spans,
+        &mut out,
+        |rep, r| authorization::authorization_policy(rep, &r.meta, &r.spec),
+    );
+    each(
+        &snapshot.mesh_configs,
+        "MeshConfig",
+        spans,
+        &mut out,
+        |rep, r| {
+            let index = snapshot
+                .mesh_configs
+                .iter()
+                .position(|m| std::ptr::eq(m, r))
+                .unwrap_or(0);
+            authorization::mesh_config(rep, &r.spec, index)
+        },
     );
     each(
         &snapshot.endpoint_slices,

@@ -5,6 +5,7 @@
 //! accept or configure anything.
 
 pub mod actions;
+pub mod authz;
 pub mod body;
 pub mod cors;
 pub mod fault;
@@ -285,6 +286,7 @@ async fn forward(
         settings.max_headers_count,
         settings.max_request_headers_bytes,
     )?;
+    authz::normalize(&mut parts, listener.authz.normalization)?;
     let authority = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(HOST).cloned(),
@@ -313,6 +315,7 @@ async fn forward(
     };
     let vhost = table.find_virtual_host(host);
     let route = vhost.and_then(|vh| vh.find_route(&view));
+    authz::authorize(&listener.authz, conn, settings, &view, &parts, route)?;
     let Some(route) = route else {
         let msg = format!("no route for host {host:?} path {path:?}\n");
         return Err(Local::new(StatusCode::NOT_FOUND, "NR", msg));

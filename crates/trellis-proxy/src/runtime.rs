@@ -4,6 +4,7 @@
 //! A resource that cannot be translated fails the whole compile with an error naming the
 //! resource and field, so nothing partial is ever applied. No sockets are bound here.
 
+pub mod authz;
 pub mod balancer;
 pub mod circuit;
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod listener;
 pub mod locality;
 pub mod outlier;
 pub mod pool;
+pub mod rbac;
 pub mod retry;
 pub mod route;
 pub mod tcp;

@@ -118,6 +118,13 @@ pub async fn serve(
             });
         }
     };
+    if !crate::proxy::authz::authorize_connection(chain, remote, conn.local, outcome.server_name) {
+        // Envoy's network RBAC closes the connection without a response flag.
+        return conn.finish(Outcome {
+            cluster: Some(cluster),
+            ..outcome
+        });
+    }
     let outcome = Outcome {
         cluster: Some(cluster),
         endpoint: Some(endpoint),

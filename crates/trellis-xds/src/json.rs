@@ -41,6 +41,7 @@ use serde_json::{Map, Value, json};
 use crate::{Cluster, ClusterLoadAssignment, Listener, Resources, RouteConfiguration};
 
 mod lb;
+mod rbac;
 
 /// A JSON object under construction that leaves out proto3 default values.
 #[derive(Default)]
@@ -216,7 +217,7 @@ fn any_value(any: &Any) -> Value {
             .ok()
             .map(|_| Obj::typed(&Router::type_url()).done())
     } else {
-        actions::filter_config(any)
+        rbac::filter_config(any).or_else(|| actions::filter_config(any))
     };
     decoded.unwrap_or_else(|| Obj::typed(&any.type_url).done())
 }
@@ -267,6 +268,17 @@ pub fn http_connection_manager(h: &HttpConnectionManager) -> Value {
             h.generate_request_id.map(|b| json!(b.value)),
         )
         .flag("preserveExternalRequestId", h.preserve_external_request_id)
+        .opt("normalizePath", h.normalize_path.map(|b| json!(b.value)))
+        .flag("mergeSlashes", h.merge_slashes)
+        .opt(
+            "pathWithEscapedSlashesAction",
+            http_connection_manager::PathWithEscapedSlashesAction::try_from(
+                h.path_with_escaped_slashes_action,
+            )
+            .ok()
+            .filter(|_| h.path_with_escaped_slashes_action != 0)
+            .map(|a| json!(a.as_str_name())),
+        )
         .list(
             "upgradeConfigs",
             h.upgrade_configs

@@ -9,6 +9,7 @@
 //! `cluster.rs` turns into clusters and load assignments. `listener.rs` holds the HCM defaults,
 //! `json.rs` the `/config_dump` rendering ([`to_json`]).
 
+mod authz;
 mod cluster;
 mod content_hash;
 mod gateway;
@@ -176,7 +177,10 @@ impl Front {
     fn compile(ctx: &Context<'_>) -> Front {
         match ctx.proxy.role {
             Role::Gateway => {
-                let (listeners, routes, refs) = gateway::compile(ctx);
+                let (mut listeners, routes, refs) = gateway::compile(ctx);
+                for l in &mut listeners {
+                    authz::secure_listener(ctx, l);
+                }
                 Front {
                     listeners,
                     routes,
@@ -185,7 +189,14 @@ impl Front {
                 }
             }
             Role::Sidecar | Role::Proxyless => {
-                let s = sidecar::compile(ctx);
+                let mut s = sidecar::compile(ctx);
+                for l in s
+                    .listeners
+                    .iter_mut()
+                    .filter(|l| l.name == "virtualInbound")
+                {
+                    authz::secure_listener(ctx, l);
+                }
                 Front {
                     listeners: s.listeners,
                     routes: s.routes,

@@ -76,3 +76,64 @@ config_struct! {
         pub min_retries_per_second: Option<u32>,
     }
 }
+
+config_struct! {
+    /// `MeshConfig.spec` (`trellis.dev/v1alpha1`, at most one per mesh): the mesh-wide settings
+    /// Istio keeps in its `meshConfig`, with Istio's field names.
+    ///
+    /// ```yaml
+    /// apiVersion: trellis.dev/v1alpha1
+    /// kind: MeshConfig
+    /// metadata: {name: mesh, namespace: istio-system}
+    /// spec:
+    ///   rootNamespace: istio-system      # policies here apply mesh-wide (default istio-system)
+    ///   trustDomain: cluster.local       # default cluster.local
+    ///   pathNormalization: {normalization: MERGE_SLASHES}   # NONE, BASE (default), MERGE_SLASHES, DECODE_AND_MERGE_SLASHES
+    /// ```
+    pub struct MeshConfig {
+        pub root_namespace: String,
+        pub trust_domain: String,
+        pub path_normalization: Option<PathNormalization>,
+    }
+}
+
+config_struct! {
+    /// `MeshConfig.pathNormalization`.
+    pub struct PathNormalization {
+        pub normalization: String,
+    }
+}
+
+/// Istio's default root namespace.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// `pathNormalization.normalization` values, in Istio's order.
+pub const PATH_NORMALIZATIONS: &[&str] =
+    &["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"];
+
+impl MeshConfig {
+    pub fn root_namespace(&self) -> &str {
+        if self.root_namespace.is_empty() {
+            DEFAULT_ROOT_NAMESPACE
+        } else {
+            &self.root_namespace
+        }
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        if self.trust_domain.is_empty() {
+            DEFAULT_TRUST_DOMAIN
+        } else {
+            &self.trust_domain
+        }
+    }
+
+    /// The normalization mode (`BASE` when unset).
+    pub fn normalization(&self) -> &str {
+        match &self.path_normalization {
+            Some(p) if !p.normalization.is_empty() => &p.normalization,
+            _ => "BASE",
+        }
+    }
+}

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
+use super::authz::{HTTP_RBAC, HttpAuthz};
 use super::cluster::Cluster;
 use super::route::RouteTable;
 use super::route::policy::{CORS_FILTER, FAULT_FILTER};
@@ -29,6 +30,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub settings: HttpSettings,
     pub routes: RouteSource,
+    /// RBAC filters and path normalization (`runtime/authz.rs`).
+    pub authz: Arc<HttpAuthz>,
 }
 
 #[derive(Debug)]
@@ -135,11 +138,11 @@ impl Listener {
         // The CORS and fault filters act through each route's `typed_per_filter_config`
         // (`route/policy.rs`); their listener-level configs carry nothing we apply.
         for (i, f) in hcm.http_filters.iter().enumerate() {
-            if ![ROUTER, CORS_FILTER, FAULT_FILTER].contains(&f.name.as_str()) {
+            if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC].contains(&f.name.as_str()) {
                 return Err(err(
                     &format!("http_filters[{i}].name"),
                     format!(
-                        "{:?} is not supported; only {CORS_FILTER}, {FAULT_FILTER} and {ROUTER}",
+                        "{:?} is not supported; only {CORS_FILTER}, {FAULT_FILTER}, {HTTP_RBAC} and {ROUTER}",
                         f.name
                     ),
                 ));
@@ -157,11 +160,13 @@ impl Listener {
                 ));
             }
         };
+        let authz = HttpAuthz::from_hcm(&hcm).map_err(|(f, why)| err(&f, why))?;
         Ok(Listener {
             name: l.name.as_str().into(),
             addr: SocketAddr::new(ip, port),
             settings: HttpSettings::from_hcm(&hcm),
             routes,
+            authz: Arc::new(authz),
         })
     }
 }

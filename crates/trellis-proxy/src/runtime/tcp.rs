@@ -50,6 +50,8 @@ pub struct TcpListener {
 
 #[derive(Debug)]
 pub struct TcpChain {
+    /// `envoy.filters.network.rbac` filters before the tcp_proxy (`runtime/authz.rs`).
+    pub rbac: Vec<super::rbac::Rbac>,
     pub stat_prefix: Arc<str>,
     pub action: RouteAction,
     /// Close the connection after this long without bytes either way (`None`: never).
@@ -63,7 +65,7 @@ impl TcpListener {
     pub fn is_l4(l: &XListener) -> bool {
         l.filter_chains
             .iter()
-            .any(|c| c.filters.first().is_some_and(|f| f.name == TCP_PROXY))
+            .any(|c| c.filters.last().is_some_and(|f| f.name == TCP_PROXY))
     }
 
     pub fn compile(
@@ -113,20 +115,26 @@ impl TcpListener {
         };
         for (i, chain) in l.filter_chains.iter().enumerate() {
             let at = |f: &str| format!("filter_chains[{i}]{f}");
-            let [f] = chain.filters.as_slice() else {
+            let Some((f, before)) = chain.filters.split_last() else {
                 return Err(err(
                     at(".filters"),
-                    format!("an L4 chain holds exactly one {TCP_PROXY} filter"),
+                    format!("an L4 chain ends in one {TCP_PROXY} filter"),
                 ));
             };
+            let last = before.len();
             if f.name != TCP_PROXY {
                 return Err(err(
-                    at(".filters[0].name"),
+                    at(&format!(".filters[{last}].name")),
                     format!("{:?} is not supported here; expected {TCP_PROXY}", f.name),
                 ));
             }
+            let rbac = super::authz::network_filters(before)
+                .map_err(|(j, why)| err(at(&format!(".filters[{j}]")), why))?;
             let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                return Err(err(at(".filters[0].typed_config"), "missing".into()));
+                return Err(err(
+                    at(&format!(".filters[{last}].typed_config")),
+                    "missing".into(),
+                ));
             };
             let proxy = TcpProxy::decode(any.value.as_slice()).map_err(|e| {
                 err(
@@ -178,6 +186,7 @@ impl TcpListener {
                 }
             }
             out.chains.push(TcpChain {
+                rbac,
                 stat_prefix: proxy.stat_prefix.as_str().into(),
                 action,
                 idle_timeout,
@@ -388,6 +397,7 @@ mod tests {
             })
             .collect();
         let chain = TcpChain {
+            rbac: Vec::new(),
             stat_prefix: "x".into(),
             action: RouteAction::Weighted {
                 clusters,
