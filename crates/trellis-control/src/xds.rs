@@ -81,6 +81,15 @@ impl XdsServer {
 
     /// Serves ADS on `listener` until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        self.serve_with_ca(listener, None).await
+    }
+
+    /// Serves ADS and, when given, Istio's certificate service on `listener`.
+    pub async fn serve_with_ca(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        ca: Option<crate::ca::service::CertificateService>,
+    ) -> anyhow::Result<()> {
         let config = self.config.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(config) = config {
             let publish = self.publish.clone();
@@ -93,7 +102,7 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .serve_with_incoming(
-                service,
+                crate::ca::service::WithCa::new(service, ca),
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             )
             .await

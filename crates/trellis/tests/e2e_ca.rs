@@ -1,0 +1,399 @@
+//! `trellis control`'s certificate authority, end to end: `trellis token create` mints a
+//! bootstrap token, a gRPC client calls Istio's `IstioCertificateService/CreateCertificate` on
+//! the xDS port with it, and `openssl` checks what came back (URI SAN, P-256, lifetime, chain to
+//! the root). Refusals: another identity (PERMISSION_DENIED), no/forged/expired token
+//! (UNAUTHENTICATED). `trellis ca rotate` adds, activates and retires a root with overlap.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use trellis_testkit::{Process, TempDir, bin_path, free_port, http_get, wait_for_port, wait_until};
+use trellis_xds::istio_ca::{
+    CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse,
+};
+
+const REVIEWS_ID: &str = "spiffe://cluster.local/ns/shop/sa/reviews";
+
+struct Control {
+    dir: TempDir,
+    xds: u16,
+    api: u16,
+    process: Process,
+}
+
+impl Control {
+    fn start(extra: &[&str]) -> Control {
+        let dir = TempDir::new().unwrap();
+        let (xds, api) = (free_port(), free_port());
+        let process = Control::spawn(dir.path(), xds, api, extra);
+        Control {
+            dir,
+            xds,
+            api,
+            process,
+        }
+    }
+
+    fn spawn(dir: &Path, xds: u16, api: u16, extra: &[&str]) -> Process {
+        let store = dir.to_string_lossy().into_owned();
+        let (xds_arg, api_arg) = (xds.to_string(), api.to_string());
+        let mut args = vec![
+            "control",
+            "--store",
+            &store,
+            "--xds-port",
+            &xds_arg,
+            "--api-port",
+            &api_arg,
+        ];
+        args.extend_from_slice(extra);
+        let mut process = Process::spawn(bin_path("trellis"), args, &[]);
+        for port in [xds, api] {
+            assert!(
+                wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20)),
+                "trellis control did not listen on {port}:\n{}",
+                process.describe()
+            );
+        }
+        let token_file = dir.join(".trellis-token");
+        assert!(
+            wait_until(Duration::from_secs(20), || token_file.exists()),
+            "no token file:\n{}",
+            process.describe()
+        );
+        process
+    }
+
+    /// Runs a `trellis` CLI command against this control plane: (success, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let output = Command::new(bin_path("trellis"))
+            .args(args)
+            .arg("--server")
+            .arg(format!("http://127.0.0.1:{}", self.api))
+            .arg("--token-file")
+            .arg(self.dir.path().join(".trellis-token"))
+            .env_remove("TRELLIS_TOKEN")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn token(&self, namespace: &str, service_account: &str, ttl: &str) -> String {
+        let (ok, out, err) = self.cli(&[
+            "token",
+            "create",
+            "-n",
+            namespace,
+            "--service-account",
+            service_account,
+            "--ttl",
+            ttl,
+        ]);
+        assert!(ok, "token create failed: {err}");
+        out.trim().to_owned()
+    }
+}
+
+/// A fresh P-256 key's CSR asking for `sans` (URI SANs).
+fn csr(sans: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| rcgen::SanType::URI((*s).to_owned().try_into().unwrap()))
+        .collect();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// Calls CreateCertificate on `xds` with `token` (as `authorization: Bearer`).
+fn create_certificate(
+    xds: u16,
+    token: Option<&str>,
+    csr: &str,
+    seconds: i64,
+) -> Result<Vec<String>, tonic::Status> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{xds}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: csr.to_owned(),
+            validity_duration: seconds,
+            metadata: None,
+        });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let response: tonic::Response<IstioCertificateResponse> = grpc
+            .unary(
+                request,
+                http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE_PATH),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await?;
+        Ok(response.into_inner().cert_chain)
+    })
+}
+
+/// `openssl` on a PEM written to `dir/name`: stdout (stderr on failure).
+fn openssl(dir: &Path, files: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    for (name, pem) in files {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Whether `root` (PEM, possibly several) verifies `leaf` with openssl.
+fn verifies(dir: &Path, leaf: &str, roots: &str) -> bool {
+    let (ok, text) = openssl(
+        dir,
+        &[("leaf.pem", leaf), ("roots.pem", roots)],
+        &["verify", "-CAfile", "roots.pem", "leaf.pem"],
+    );
+    ok && text.contains("leaf.pem: OK")
+}
+
+/// Lifetime of a PEM certificate in seconds.
+fn lifetime(pem: &str) -> i64 {
+    let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1;
+    let cert = der.parse_x509().unwrap();
+    cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
+}
+
+fn metrics(api: u16) -> String {
+    http_get(&format!("http://127.0.0.1:{api}/metrics")).2
+}
+
+#[test]
+fn ca_issues_the_tokens_identity_and_refuses_everything_else() {
+    let control = Control::start(&["--workload-cert-ttl", "2h"]);
+    let scratch = TempDir::new().unwrap();
+    let token = control.token("shop", "reviews", "10m");
+    assert_eq!(token.split('.').count(), 3, "a compact JWS: {token}");
+
+    let chain = create_certificate(control.xds, Some(&token), &csr(&[REVIEWS_ID]), 0)
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", control.process.stderr_text()));
+    assert_eq!(chain.len(), 2, "leaf, then the roots: {chain:?}");
+    let (ok, text) = openssl(
+        scratch.path(),
+        &[("leaf.pem", &chain[0])],
+        &["x509", "-in", "leaf.pem", "-noout", "-text"],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("URI:{REVIEWS_ID}")), "{text}");
+    assert!(text.contains("prime256v1"), "P-256 key: {text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
+    assert_eq!(
+        lifetime(&chain[0]),
+        2 * 3600,
+        "the --workload-cert-ttl default"
+    );
+    assert!(
+        verifies(scratch.path(), &chain[0], &chain[1]),
+        "chains to the root"
+    );
+    // The root is the one in the CA directory, its key private.
+    let ca_dir = control.dir.path().join(".trellis-ca");
+    assert_eq!(
+        std::fs::read_to_string(ca_dir.join("roots.pem")).unwrap(),
+        chain[1]
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(ca_dir.join("root-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A shorter lifetime asked for is granted; the CA, not the CSR, sets the SAN.
+    let short = create_certificate(control.xds, Some(&token), &csr(&[]), 600).unwrap();
+    assert_eq!(lifetime(&short[0]), 600);
+    let (_, text) = openssl(
+        scratch.path(),
+        &[("leaf.pem", &short[0])],
+        &[
+            "x509",
+            "-in",
+            "leaf.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(text.contains(&format!("URI:{REVIEWS_ID}")), "{text}");
+
+    // Another identity than the token's.
+    let other = "spiffe://cluster.local/ns/shop/sa/admin";
+    let refused = create_certificate(control.xds, Some(&token), &csr(&[other]), 0).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains(REVIEWS_ID), "{refused:?}");
+    // No token, a forged one, one from another control plane.
+    let refused = create_certificate(control.xds, None, &csr(&[]), 0).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let refused = create_certificate(control.xds, Some(&forged), &csr(&[]), 0).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let other_control = Control::start(&[]);
+    let foreign = other_control.token("shop", "reviews", "10m");
+    let refused = create_certificate(control.xds, Some(&foreign), &csr(&[]), 0).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("signature"), "{refused:?}");
+    // An expired token (it works until it expires; count those issues).
+    let brief = control.token("shop", "reviews", "1s");
+    let (mut last, mut issued) = (None, 2);
+    let expired = wait_until(Duration::from_secs(10), || {
+        match create_certificate(control.xds, Some(&brief), &csr(&[]), 0) {
+            Ok(_) => issued += 1,
+            Err(s) => last = Some(s),
+        }
+        last.as_ref()
+            .is_some_and(|s| s.message().contains("expired"))
+    });
+    assert!(expired, "{last:?}");
+    assert_eq!(last.unwrap().code(), tonic::Code::Unauthenticated);
+
+    let text = metrics(control.api);
+    assert!(
+        text.contains(&format!("trellis_ca_certificates_issued_total {issued}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_ca_certificates_refused_total{reason=\"permission_denied\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_ca_certificates_refused_total{reason=\"unauthenticated\"}"),
+        "{text}"
+    );
+}
+
+#[test]
+fn token_create_needs_the_admin_token_and_valid_names() {
+    let control = Control::start(&[]);
+    let output = Command::new(bin_path("trellis"))
+        .args([
+            "token",
+            "create",
+            "-n",
+            "shop",
+            "--service-account",
+            "reviews",
+        ])
+        .arg("--server")
+        .arg(format!("http://127.0.0.1:{}", control.api))
+        .arg("--token")
+        .arg("wrong")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("401"), "{err}");
+    let (ok, _, err) = control.cli(&[
+        "token",
+        "create",
+        "-n",
+        "Shop",
+        "--service-account",
+        "reviews",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("namespace \"Shop\""), "{err}");
+    let (ok, _, err) = control.cli(&[
+        "token",
+        "create",
+        "-n",
+        "shop",
+        "--service-account",
+        "reviews",
+        "--ttl",
+        "soon",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--ttl \"soon\""), "{err}");
+}
+
+#[test]
+fn root_rotation_trusts_both_roots_before_switching_and_survives_a_restart() {
+    let mut control = Control::start(&[]);
+    let scratch = TempDir::new().unwrap();
+    let token = control.token("shop", "reviews", "1h");
+    let issue = |xds| create_certificate(xds, Some(&token), &csr(&[]), 0).unwrap();
+    let before = issue(control.xds);
+    let old_root = before[1].clone();
+
+    let (ok, out, err) = control.cli(&["ca", "rotate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trusted roots: 2"), "{out}");
+    let overlap = issue(control.xds);
+    let bundle = overlap.last().unwrap().clone();
+    assert!(bundle.starts_with(&old_root), "the old root stays first");
+    let new_root = bundle[old_root.len()..].to_owned();
+    assert!(new_root.contains("BEGIN CERTIFICATE"), "{bundle}");
+    assert!(
+        verifies(scratch.path(), &overlap[0], &old_root),
+        "still signed by the old root"
+    );
+    // A second `rotate` before activating is refused.
+    let (ok, _, err) = control.cli(&["ca", "rotate"]);
+    assert!(!ok);
+    assert!(err.contains("--activate"), "{err}");
+
+    let (ok, _, err) = control.cli(&["ca", "rotate", "--activate"]);
+    assert!(ok, "{err}");
+    let activated = issue(control.xds);
+    assert_eq!(
+        activated.last().unwrap(),
+        &bundle,
+        "both roots still trusted"
+    );
+    assert!(
+        verifies(scratch.path(), &activated[0], &new_root),
+        "signed by the new root"
+    );
+    assert!(!verifies(scratch.path(), &activated[0], &old_root));
+    // Certificates from before the rotation still verify against the bundle.
+    assert!(verifies(scratch.path(), &before[0], &bundle));
+
+    // A restart keeps the state.
+    control.process.signal(trellis_testkit::SIGKILL);
+    control.process.wait_timeout(Duration::from_secs(10));
+    control.process = Control::spawn(control.dir.path(), control.xds, control.api, &[]);
+    let restarted = issue(control.xds);
+    assert!(verifies(scratch.path(), &restarted[0], &new_root));
+    assert_eq!(restarted.last().unwrap(), &bundle);
+
+    let (ok, out, err) = control.cli(&["ca", "rotate", "--retire"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trusted roots: 1"), "{out}");
+    let retired = issue(control.xds);
+    assert_eq!(retired.last().unwrap(), &new_root);
+}
