@@ -397,3 +397,106 @@ fn root_rotation_trusts_both_roots_before_switching_and_survives_a_restart() {
     let retired = issue(control.xds);
     assert_eq!(retired.last().unwrap(), &new_root);
 }
+
+/// The proxy's `/certs`: (spiffe id, serial, expiration) of the leaf, and how many roots.
+fn proxy_cert(admin: u16) -> Option<(String, String, String, usize)> {
+    let (status, _, body) = http_get(&format!("http://127.0.0.1:{admin}/certs"));
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cert = doc["certificates"].get(0)?;
+    let leaf = &cert["cert_chain"][0];
+    Some((
+        cert["spiffe_id"].as_str()?.to_owned(),
+        leaf["serial_number"].as_str()?.to_owned(),
+        leaf["expiration_time"].as_str()?.to_owned(),
+        cert["ca_cert"].as_array()?.len(),
+    ))
+}
+
+/// A sample's value in Prometheus text (`name` with its labels, exactly).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn proxy_gets_its_certificate_renews_at_half_life_and_keeps_it_while_the_ca_is_down() {
+    let mut control = Control::start(&["--workload-cert-ttl", "6s"]);
+    let work = TempDir::new().unwrap();
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, control.token("shop", "reviews", "1h")).unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let ca_address = format!("127.0.0.1:{}", control.xds);
+    let (mut proxy, admin) = trellis_testkit::proxy(
+        &config,
+        &[
+            "--ca-address",
+            &ca_address,
+            "--token-file",
+            &token_file.to_string_lossy(),
+        ],
+    );
+    let mut first = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            first = proxy_cert(admin);
+            first.is_some()
+        }),
+        "no certificate:\n{}",
+        proxy.describe()
+    );
+    let (spiffe_id, serial, expiration, roots) = first.unwrap();
+    assert_eq!(spiffe_id, REVIEWS_ID);
+    assert_eq!(roots, 1);
+    let stats = |admin: u16| http_get(&format!("http://127.0.0.1:{admin}/stats/prometheus")).2;
+    let text = stats(admin);
+    let expiry = sample(&text, "trellis_cert_expiry_timestamp_seconds").unwrap();
+    assert!(expiry > 0.0, "{text}");
+    assert!(
+        sample(&text, "trellis_cert_renewals_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    trellis_testkit::promtool_check(&text);
+
+    // Renewed at about half of the 6 s lifetime: a new serial and a later expiry.
+    let mut renewed = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            renewed = proxy_cert(admin).filter(|c| c.1 != serial);
+            renewed.is_some()
+        }),
+        "never renewed:\n{}",
+        proxy.describe()
+    );
+    let renewed = renewed.unwrap();
+    assert!(renewed.2 >= expiration, "{renewed:?} vs {expiration}");
+
+    // The CA goes away: renewals fail, the certificate in place stays.
+    control.process.signal(trellis_testkit::SIGKILL);
+    control.process.wait_timeout(Duration::from_secs(10));
+    let mut held = None;
+    let failed = wait_until(Duration::from_secs(20), || {
+        held = proxy_cert(admin);
+        sample(&stats(admin), "trellis_cert_renewal_failures_total").unwrap_or(0.0) >= 2.0
+    });
+    assert!(failed, "no failed renewal counted:\n{}", proxy.describe());
+    let held = held.expect("the certificate stays while the CA is down");
+    assert_eq!(held.0, REVIEWS_ID);
+    assert!(proxy.is_running());
+
+    // The CA comes back: the proxy renews again.
+    control.process = Control::spawn(
+        control.dir.path(),
+        control.xds,
+        control.api,
+        &["--workload-cert-ttl", "6s"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            proxy_cert(admin).is_some_and(|c| c.1 != held.1)
+        }),
+        "no renewal after the CA came back:\n{}",
+        proxy.describe()
+    );
+}
