@@ -500,3 +500,113 @@ fn proxy_gets_its_certificate_renews_at_half_life_and_keeps_it_while_the_ca_is_d
         proxy.describe()
     );
 }
+
+/// An operator's CA in Istio's `cacerts` layout under `dir`: a root and an intermediate that
+/// signs (`cert-chain.pem` is the intermediate then the root, as Istio's tools write it).
+fn write_cacerts(dir: &Path) -> (String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_params = |name: &str| {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("operator root");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = Issuer::new(root_params, root_key);
+    let intermediate_key = KeyPair::generate().unwrap();
+    let intermediate = ca_params("operator intermediate")
+        .signed_by(&intermediate_key, &issuer)
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("root-cert.pem"), root.pem()).unwrap();
+    std::fs::write(dir.join("ca-cert.pem"), intermediate.pem()).unwrap();
+    std::fs::write(dir.join("ca-key.pem"), intermediate_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.join("cert-chain.pem"),
+        format!("{}{}", intermediate.pem(), root.pem()),
+    )
+    .unwrap();
+    (root.pem(), intermediate.pem())
+}
+
+#[test]
+fn plugged_in_cacerts_sign_through_the_operators_intermediate() {
+    let work = TempDir::new().unwrap();
+    let cacerts = work.path().join("cacerts");
+    let (root, intermediate) = write_cacerts(&cacerts);
+    let cacerts_arg = cacerts.to_string_lossy().into_owned();
+    let control = Control::start(&["--cacerts", &cacerts_arg, "--trust-domain", "example.org"]);
+    let token = control.token("shop", "reviews", "10m");
+    let chain = create_certificate(control.xds, Some(&token), &csr(&[]), 0).unwrap();
+    assert_eq!(chain.len(), 3, "leaf, intermediate, root: {chain:?}");
+    assert_eq!(chain[1], intermediate);
+    assert_eq!(chain[2], root);
+    let (ok, text) = openssl(
+        work.path(),
+        &[
+            ("leaf.pem", &chain[0]),
+            ("root.pem", &root),
+            ("mid.pem", &intermediate),
+        ],
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "mid.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(ok && text.contains("leaf.pem: OK"), "{text}");
+    let (_, text) = openssl(
+        work.path(),
+        &[],
+        &[
+            "x509",
+            "-in",
+            "leaf.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        text.contains("URI:spiffe://example.org/ns/shop/sa/reviews"),
+        "{text}"
+    );
+    // Rotation is the operator's job here.
+    let (ok, _, err) = control.cli(&["ca", "rotate"]);
+    assert!(!ok);
+    assert!(err.contains("cacerts"), "{err}");
+}
+
+#[test]
+fn a_cacerts_key_that_does_not_match_stops_the_start_naming_the_file() {
+    let work = TempDir::new().unwrap();
+    let cacerts = work.path().join("cacerts");
+    write_cacerts(&cacerts);
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(cacerts.join("ca-key.pem"), other.serialize_pem()).unwrap();
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let output = Command::new(bin_path("trellis"))
+        .args(["control", "--store"])
+        .arg(&store)
+        .args(["--xds-port", &free_port().to_string()])
+        .args(["--api-port", &free_port().to_string()])
+        .arg("--cacerts")
+        .arg(&cacerts)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("ca-cert.pem") && err.contains("does not match ca-key.pem"),
+        "{err}"
+    );
+}
