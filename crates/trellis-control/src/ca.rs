@@ -12,6 +12,7 @@ mod authority;
 pub mod bootstrap;
 mod files;
 pub mod service;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -157,7 +158,67 @@ impl CertificateAuthority {
         csr_pem: &str,
         requested_seconds: i64,
     ) -> Result<Vec<String>, SignError> {
-        let result = self.sign(token, csr_pem, requested_seconds);
+        let caller = match token {
+            Some(token) => self
+                .tokens
+                .verify(token, SystemTime::now())
+                .map_err(SignError::from),
+            None => Err(SignError::Unauthenticated(TokenError::Malformed(
+                "missing; send `authorization: Bearer <token>` (create one with `trellis token create`)",
+            ))),
+        };
+        self.issue(caller, csr_pem, requested_seconds)
+    }
+
+    /// Signs `csr_pem` for the workload whose certificate (`leaf`, DER) the TLS layer verified
+    /// against the trust bundle: renewal over mTLS, without a token.
+    pub fn create_certificate_for_peer(
+        &self,
+        leaf: &[u8],
+        csr_pem: &str,
+        requested_seconds: i64,
+    ) -> Result<Vec<String>, SignError> {
+        let caller = self.peer_claims(leaf);
+        self.issue(caller, csr_pem, requested_seconds)
+    }
+
+    /// The workload a verified client certificate names (its SPIFFE URI SAN in our domain).
+    fn peer_claims(&self, leaf: &[u8]) -> Result<BootstrapClaims, SignError> {
+        use x509_parser::extensions::GeneralName;
+        let denied = |m: &str| SignError::PermissionDenied(format!("client certificate: {m}"));
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(leaf).map_err(|_| denied("does not parse"))?;
+        let prefix = format!("spiffe://{}/ns/", self.config.trust_domain);
+        let uri = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    GeneralName::URI(u) if u.starts_with(&prefix) => Some(u.to_string()),
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| denied(&format!("no URI SAN starting {prefix}")))?;
+        let rest = &uri[prefix.len()..];
+        let (namespace, service_account) = rest
+            .split_once("/sa/")
+            .filter(|(ns, sa)| !ns.contains('/') && !sa.contains('/'))
+            .ok_or_else(|| denied(&format!("{uri} is not .../ns/<ns>/sa/<sa>")))?;
+        Ok(BootstrapClaims {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            expires: cert.validity().not_after.timestamp().max(0) as u64,
+        })
+    }
+
+    fn issue(
+        &self,
+        caller: Result<BootstrapClaims, SignError>,
+        csr_pem: &str,
+        requested_seconds: i64,
+    ) -> Result<Vec<String>, SignError> {
+        let result = caller.and_then(|claims| self.sign(&claims, csr_pem, requested_seconds));
         match &result {
             Ok(_) => {
                 self.metrics.issued.inc();
@@ -180,24 +241,95 @@ impl CertificateAuthority {
 
     fn sign(
         &self,
-        token: Option<&str>,
+        claims: &BootstrapClaims,
         csr_pem: &str,
         requested_seconds: i64,
     ) -> Result<Vec<String>, SignError> {
-        let token = token.ok_or(SignError::Unauthenticated(TokenError::Malformed(
-            "missing; send `authorization: Bearer <token>` (create one with `trellis token create`)",
-        )))?;
-        let claims = self.tokens.verify(token, SystemTime::now())?;
-        let spiffe_id = self.spiffe_id(&claims);
+        let spiffe_id = self.spiffe_id(claims);
         let csr = check_csr(csr_pem, &spiffe_id)?;
         let ttl = self.lifetime(requested_seconds)?;
+        let (params, _) = self.leaf_params(&spiffe_id, &[], &[], ttl)?;
+        let signer = self.current();
+        let cert = params
+            .signed_by(&csr.public_key, &signer.issuer)
+            .map_err(|e| SignError::Internal(format!("sign the certificate: {e}")))?;
+        let mut chain = vec![cert.pem()];
+        chain.extend(signer.intermediates.iter().cloned());
+        chain.push(signer.roots.concat());
+        tracing::info!(spiffe_id, ttl_seconds = ttl.as_secs(), "certificate issued");
+        Ok(chain)
+    }
+
+    /// The control plane's own serving certificate (for the TLS port): chain (DER), PKCS#8 key,
+    /// validity.
+    #[allow(clippy::type_complexity)]
+    pub fn issue_serving(
+        &self,
+        ips: &[std::net::IpAddr],
+    ) -> Result<
+        (
+            Vec<rustls_pki_types::CertificateDer<'static>>,
+            Vec<u8>,
+            SystemTime,
+            SystemTime,
+        ),
+        String,
+    > {
+        let spiffe_id = format!(
+            "spiffe://{}/ns/istio-system/sa/istiod",
+            self.config.trust_domain
+        );
+        let dns = ["istiod.istio-system.svc", "localhost"];
+        let ttl = self.config.workload_ttl;
+        let (params, (not_before, not_after)) = self
+            .leaf_params(&spiffe_id, &dns, ips, ttl)
+            .map_err(|e| e.to_string())?;
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let signer = self.current();
+        let cert = params
+            .signed_by(&key, &signer.issuer)
+            .map_err(|e| e.to_string())?;
+        let mut chain = vec![cert.der().clone()];
+        for pem in &signer.intermediates {
+            chain.push(
+                authority::pem_der(pem)
+                    .ok_or("bad intermediate PEM")?
+                    .into(),
+            );
+        }
+        Ok((chain, key.serialize_der(), not_before, not_after))
+    }
+
+    /// What every certificate the CA issues says: the SANs, no subject, client and server
+    /// auth, not a CA, a random serial, valid from now for `ttl`.
+    fn leaf_params(
+        &self,
+        spiffe_id: &str,
+        dns: &[&str],
+        ips: &[std::net::IpAddr],
+        ttl: Duration,
+    ) -> Result<(CertificateParams, (SystemTime, SystemTime)), SignError> {
         let now = SystemTime::now();
+        let internal = |what: &str, e: rcgen::Error| SignError::Internal(format!("{what}: {e}"));
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names =
-            vec![SanType::URI(spiffe_id.clone().try_into().map_err(|e| {
-                SignError::Internal(format!("spiffe id {spiffe_id}: {e}"))
-            })?)];
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id
+                .to_owned()
+                .try_into()
+                .map_err(|e| internal(spiffe_id, e))?,
+        )];
+        for name in dns {
+            params.subject_alt_names.push(SanType::DnsName(
+                (*name)
+                    .to_owned()
+                    .try_into()
+                    .map_err(|e| internal(name, e))?,
+            ));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -212,15 +344,7 @@ impl CertificateAuthority {
         params.not_after = to_offset(now + ttl);
         params.serial_number =
             Some(authority::random_serial().map_err(|e| SignError::Internal(e.to_string()))?);
-        let signer = self.current();
-        let cert = params
-            .signed_by(&csr.public_key, &signer.issuer)
-            .map_err(|e| SignError::Internal(format!("sign the certificate: {e}")))?;
-        let mut chain = vec![cert.pem()];
-        chain.extend(signer.intermediates.iter().cloned());
-        chain.push(signer.roots.concat());
-        tracing::info!(spiffe_id, ttl_seconds = ttl.as_secs(), "certificate issued");
-        Ok(chain)
+        Ok((params, (now, now + ttl)))
     }
 
     fn spiffe_id(&self, claims: &BootstrapClaims) -> String {

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use trellis_xds::{Locality, ProxyIdentity, Role};
 
 use crate::admin::{self, AdminState, EncodedResources};
+use crate::ca_client::tls::ControlPlaneTls;
 use crate::ca_client::{CaClient, CaClientConfig};
 use crate::listeners::Listeners;
 use crate::memory;
@@ -72,6 +73,10 @@ pub struct Args {
     /// Bootstrap token for the CA (`trellis token create`), re-read before every request.
     #[arg(long, env = "TRELLIS_TOKEN_FILE", requires = "ca_address")]
     pub token_file: Option<PathBuf>,
+    /// PEM root(s) the control plane's certificate must chain to: talk to --ca-address over
+    /// TLS (its port 15012), presenting the workload certificate once there is one.
+    #[arg(long, env = "TRELLIS_CA_ROOT", requires = "ca_address")]
+    pub ca_root: Option<PathBuf>,
 }
 
 impl Args {
@@ -244,11 +249,19 @@ fn start_ca_client(args: &Args, proxy: &Proxy) -> anyhow::Result<()> {
     let token_file = args.token_file.clone().context(
         "--ca-address needs --token-file: a bootstrap token from `trellis token create`",
     )?;
+    let tls = match &args.ca_root {
+        Some(roots) => Some(
+            ControlPlaneTls::new(roots, address, Arc::clone(&proxy.identity))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
     let client = CaClient::new(
         CaClientConfig {
             address: address.to_owned(),
             token_file,
             requested_ttl: std::time::Duration::ZERO,
+            tls,
         },
         Arc::clone(&proxy.identity),
         proxy.telemetry.certs.clone(),

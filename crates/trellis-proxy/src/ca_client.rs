@@ -10,6 +10,7 @@
 //! Owns the renewal loop and its metrics; must not build TLS configs (that is the consumers').
 
 mod issued;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,10 +38,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct CaClientConfig {
     /// `host:port` of the control plane's CA (its xDS port).
     pub address: String,
-    /// File holding the bootstrap token (re-read before every request, so it can be replaced).
+    /// File holding the bootstrap token (re-read before every request that needs it, so it can
+    /// be replaced; over TLS, renewals present the current certificate instead).
     pub token_file: PathBuf,
     /// Lifetime to ask for (0: the CA's default).
     pub requested_ttl: Duration,
+    /// TLS to the control plane (its port 15012), verified with `--ca-root`; plaintext if none.
+    pub tls: Option<tls::ControlPlaneTls>,
 }
 
 /// Certificate metrics of the proxy (`trellis_cert_*`).
@@ -144,18 +148,29 @@ impl CaClient {
 
     /// One attempt: new key, CSR, call, install.
     async fn renew(&self) -> Result<Issued, CaClientError> {
-        let token = std::fs::read_to_string(&self.config.token_file)
-            .map(|t| t.trim().to_owned())
-            .map_err(|e| CaClientError::Token {
-                path: self.config.token_file.display().to_string(),
-                message: e.to_string(),
+        // Over TLS a current certificate proves who we are (mutual TLS); else the token does.
+        let by_certificate = self.config.tls.is_some()
+            && self
+                .store
+                .identity()
+                .is_some_and(|i| i.not_after > SystemTime::now());
+        let token = if by_certificate {
+            None
+        } else {
+            let token = std::fs::read_to_string(&self.config.token_file).map_err(|e| {
+                CaClientError::Token {
+                    path: self.config.token_file.display().to_string(),
+                    message: e.to_string(),
+                }
             })?;
+            Some(token.trim().to_owned())
+        };
         let key = rcgen::KeyPair::generate().map_err(|e| CaClientError::Key(e.to_string()))?;
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)
             .and_then(|c| c.pem())
             .map_err(|e| CaClientError::Key(e.to_string()))?;
-        let chain = tokio::time::timeout(CALL_TIMEOUT, self.call(&token, csr))
+        let chain = tokio::time::timeout(CALL_TIMEOUT, self.call(token.as_deref(), csr))
             .await
             .map_err(|_| CaClientError::Connect {
                 address: self.config.address.clone(),
@@ -174,18 +189,20 @@ impl CaClient {
         Ok(issued)
     }
 
-    async fn call(&self, token: &str, csr: String) -> Result<Vec<String>, CaClientError> {
+    async fn call(&self, token: Option<&str>, csr: String) -> Result<Vec<String>, CaClientError> {
         let address = &self.config.address;
         let connect_error = |message: String| CaClientError::Connect {
             address: address.clone(),
             message,
         };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| connect_error(e.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|e| connect_error(format!("{e}")))?;
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = match &self.config.tls {
+            Some(tls) => endpoint.connect_with_connector(tls.clone()).await,
+            None => endpoint.connect().await,
+        }
+        .map_err(|e| connect_error(format!("{e}: {}", source_chain(&e))))?;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
             .await
@@ -195,13 +212,15 @@ impl CaClient {
             validity_duration: self.config.requested_ttl.as_secs() as i64,
             metadata: None,
         });
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| CaClientError::Token {
-                path: self.config.token_file.display().to_string(),
-                message: "not a valid header value".into(),
-            })?;
-        request.metadata_mut().insert("authorization", bearer);
+        if let Some(token) = token {
+            let bearer = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| CaClientError::Token {
+                    path: self.config.token_file.display().to_string(),
+                    message: "not a valid header value".into(),
+                })?;
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let response: tonic::Response<IstioCertificateResponse> = grpc
             .unary(
                 request,
@@ -229,6 +248,17 @@ impl CaClient {
         let exp = RETRY_BASE.saturating_mul(1 << failures.min(16).saturating_sub(1));
         exp.min(cap).mul_f64(0.5 + fastrand::f64() / 2.0)
     }
+}
+
+/// The causes under a transport error (where TLS failures are explained).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push(cause.to_string());
+        next = cause.source();
+    }
+    out.join(": ")
 }
 
 /// How long to wait before renewing a certificate valid from `not_before` to `not_after`: until

@@ -26,6 +26,8 @@ pub struct ControlConfig {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca: CaConfig,
+    /// ADS and the CA over TLS (Istio's 15012), when set.
+    pub secure_xds_port: Option<u16>,
 }
 
 impl TryFrom<crate::ControlArgs> for ControlConfig {
@@ -47,6 +49,7 @@ impl TryFrom<crate::ControlArgs> for ControlConfig {
         };
         Ok(ControlConfig {
             ca,
+            secure_xds_port: args.secure_xds_port,
             store: args.store,
             address: args.address,
             xds_port: args.xds_port,
@@ -90,6 +93,15 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("bind api {api_addr}; is another control plane running?"))?;
+    let secure_listener = match config.secure_xds_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.address, port);
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("bind secure xds {addr}; is another control plane running?")
+            })?)
+        }
+        None => None,
+    };
     let store = store::open(&config.store)
         .await
         .with_context(|| format!("open store {}", config.store))?;
@@ -114,7 +126,17 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
         api_listener.local_addr()?
     );
     let status: Arc<dyn ControlStatus> = server.clone();
+    let secure = {
+        let (server, ca) = (Arc::clone(&server), Arc::clone(&ca));
+        async move {
+            match secure_listener {
+                Some(listener) => server.serve_secure(listener, ca).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     tokio::select! {
+        r = secure => r,
         r = server.serve_with_ca(xds_listener, Some(CertificateService(Arc::clone(&ca)))) => r,
         r = api::serve_with_ca(api_listener, store, status, token, Some(ca)) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),

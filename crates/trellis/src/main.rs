@@ -217,6 +217,11 @@ pub struct ControlArgs {
     /// Management API port (REST API, `/openapi.json`, `/metrics`, `/api/v1/proxy-status`).
     #[arg(long, default_value_t = 8080)]
     pub api_port: u16,
+    /// Also serve ADS and the CA over TLS on this port (Istio's is 15012) with a certificate
+    /// from the control plane's own CA; client certificates are verified, and renew without a
+    /// token. Default: off.
+    #[arg(long)]
+    pub secure_xds_port: Option<u16>,
     /// Bearer token required for API writes (default: read from, or created in, --token-file).
     #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -610,3 +610,96 @@ fn a_cacerts_key_that_does_not_match_stops_the_start_naming_the_file() {
         "{err}"
     );
 }
+
+/// Starts a proxy whose only job is its certificate: `--ca-address` plus `extra`.
+fn cert_proxy(work: &Path, name: &str, ca_address: &str, extra: &[&str]) -> (Process, u16) {
+    let config = work.join(name);
+    std::fs::create_dir_all(&config).unwrap();
+    let mut args = vec!["--ca-address", ca_address];
+    args.extend_from_slice(extra);
+    trellis_testkit::proxy(&config, &args)
+}
+
+#[test]
+fn over_tls_the_proxy_verifies_the_control_plane_and_renews_with_its_certificate() {
+    let secure = free_port();
+    let secure_arg = secure.to_string();
+    let control = Control::start(&[
+        "--secure-xds-port",
+        &secure_arg,
+        "--workload-cert-ttl",
+        "6s",
+    ]);
+    assert!(wait_for_port(
+        ([127, 0, 0, 1], secure).into(),
+        Duration::from_secs(20)
+    ));
+    let work = TempDir::new().unwrap();
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, control.token("shop", "reviews", "1h")).unwrap();
+    let roots = control.dir.path().join(".trellis-ca/roots.pem");
+    let address = format!("127.0.0.1:{secure}");
+    let (mut proxy, admin) = cert_proxy(
+        work.path(),
+        "good",
+        &address,
+        &[
+            "--ca-root",
+            &roots.to_string_lossy(),
+            "--token-file",
+            &token_file.to_string_lossy(),
+        ],
+    );
+    let mut first = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            first = proxy_cert(admin);
+            first.is_some()
+        }),
+        "no certificate over TLS:\n{}",
+        proxy.describe()
+    );
+    let first = first.unwrap();
+    assert_eq!(first.0, REVIEWS_ID);
+    // Without the token, renewals still work: the proxy's certificate (mTLS) names it.
+    std::fs::remove_file(&token_file).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            proxy_cert(admin).is_some_and(|c| c.1 != first.1 && c.0 == REVIEWS_ID)
+        }),
+        "no renewal over mTLS:\n{}\n{}",
+        proxy.describe(),
+        control.process.stderr_text()
+    );
+
+    // A proxy that trusts another control plane's root refuses this one's certificate.
+    let other = Control::start(&[]);
+    let other_roots = other.dir.path().join(".trellis-ca/roots.pem");
+    let other_token = work.path().join("other-token");
+    std::fs::write(&other_token, control.token("shop", "ratings", "1h")).unwrap();
+    let (mut wary, wary_admin) = cert_proxy(
+        work.path(),
+        "wary",
+        &address,
+        &[
+            "--ca-root",
+            &other_roots.to_string_lossy(),
+            "--token-file",
+            &other_token.to_string_lossy(),
+        ],
+    );
+    let stats = |admin: u16| http_get(&format!("http://127.0.0.1:{admin}/stats/prometheus")).2;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            sample(&stats(wary_admin), "trellis_cert_renewal_failures_total").unwrap_or(0.0) >= 1.0
+        }),
+        "{}",
+        wary.describe()
+    );
+    assert_eq!(proxy_cert(wary_admin), None);
+    assert!(
+        wary.stderr_text().contains("certificate"),
+        "the log explains the TLS failure:\n{}",
+        wary.stderr_text()
+    );
+}

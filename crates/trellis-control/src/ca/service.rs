@@ -112,9 +112,19 @@ impl UnaryService<IstioCertificateRequest> for CreateCertificate {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(|t| t.trim().to_owned());
+            let peer = request
+                .extensions()
+                .get::<super::tls::TlsPeer>()
+                .and_then(|p| p.certificates.clone());
             let message = request.into_inner();
-            // Signing is a few hundred microseconds of CPU: fine on the async thread.
-            match ca.create_certificate(token.as_deref(), &message.csr, message.validity_duration) {
+            // Signing is a few hundred microseconds of CPU: fine on the async thread. A token
+            // names the workload; without one, a verified mTLS client certificate does.
+            let (csr, seconds) = (&message.csr, message.validity_duration);
+            let result = match (&token, peer.as_ref().and_then(|c| c.first())) {
+                (None, Some(leaf)) => ca.create_certificate_for_peer(leaf.as_ref(), csr, seconds),
+                _ => ca.create_certificate(token.as_deref(), csr, seconds),
+            };
+            match result {
                 Ok(cert_chain) => Ok(Response::new(IstioCertificateResponse { cert_chain })),
                 Err(e) => {
                     tracing::warn!(error = %e, "certificate request refused");
