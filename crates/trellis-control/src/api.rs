@@ -8,6 +8,7 @@
 //! `/metrics` and `/openapi.json`, which are open to all. Owns only the
 //! HTTP surface: what a write means is the store's business.
 
+mod ca;
 mod openapi;
 mod token;
 
@@ -32,6 +33,7 @@ use trellis_config::Diagnostic;
 pub use token::Token;
 
 use crate::ControlStatus;
+use crate::ca::CertificateAuthority;
 use crate::store::{
     Applied, Change, LabelSelector, ListFilter, ObjectKey, Store, StoreError, kind_info,
     object::kind_names, yaml,
@@ -53,6 +55,7 @@ struct Api {
     store: Arc<dyn Store>,
     status: Arc<dyn ControlStatus>,
     token: Arc<Token>,
+    ca: Option<Arc<CertificateAuthority>>,
 }
 
 /// An answer: status and a JSON value, rendered as JSON or YAML by [`render`].
@@ -68,10 +71,23 @@ pub async fn serve(
     status: Arc<dyn ControlStatus>,
     token: Arc<Token>,
 ) -> anyhow::Result<()> {
+    serve_with_ca(listener, store, status, token, None).await
+}
+
+/// [`serve`], plus the CA's endpoints (`/api/v1/ca`, bootstrap tokens, root rotation) and
+/// metrics when the control plane runs one.
+pub async fn serve_with_ca(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    status: Arc<dyn ControlStatus>,
+    token: Arc<Token>,
+    ca: Option<Arc<CertificateAuthority>>,
+) -> anyhow::Result<()> {
     let api = Arc::new(Api {
         store,
         status,
         token,
+        ca,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -170,6 +186,9 @@ impl Api {
                 Err(reply) => reply,
             },
             (&Method::POST, ["api", "v1", "token", "rotate"]) => self.rotate(),
+            (_, ["api", "v1", "ca", rest @ ..]) => {
+                ca::route(self.ca.as_deref(), &method, rest, req).await
+            }
             (_, ["metrics" | "openapi.json"])
             | (_, ["api", "v1", "proxy-status" | "status" | "resources", ..])
             | (_, ["api", "v1", "apply" | "validate"])
@@ -198,6 +217,9 @@ impl Api {
         let mut out = String::new();
         self.store.encode_metrics(&mut out);
         self.status.encode_metrics(&mut out);
+        if let Some(ca) = &self.ca {
+            ca.encode_metrics(&mut out);
+        }
         let mut response = Response::new(Full::new(Bytes::from(out)));
         response.headers_mut().insert(
             CONTENT_TYPE,

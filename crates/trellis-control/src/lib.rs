@@ -8,6 +8,7 @@
 //!   [`ControlStatus`].
 
 pub mod api;
+pub mod ca;
 pub mod store;
 pub mod xds;
 

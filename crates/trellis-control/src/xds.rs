@@ -81,11 +81,16 @@ impl XdsServer {
 
     /// Serves ADS on `listener` until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-        let config = self.config.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(config) = config {
-            let publish = self.publish.clone();
-            tokio::spawn(debounce::run(config, publish));
-        }
+        self.serve_with_ca(listener, None).await
+    }
+
+    /// Serves ADS and, when given, Istio's certificate service on `listener`.
+    pub async fn serve_with_ca(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        ca: Option<crate::ca::service::CertificateService>,
+    ) -> anyhow::Result<()> {
+        self.follow_store();
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "xds server listening");
         let service = AggregatedDiscoveryServiceServer::new(Ads(self))
@@ -93,11 +98,41 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .serve_with_incoming(
-                service,
+                crate::ca::service::WithCa::new(service, ca),
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             )
             .await
             .map_err(|e| anyhow::anyhow!("xds server on {local}: {e}"))
+    }
+
+    /// ADS and the CA over TLS on `listener` (Istio's port 15012): the control plane's
+    /// certificate comes from `ca`, client certificates are verified against its roots.
+    pub async fn serve_secure(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        ca: Arc<crate::ca::CertificateAuthority>,
+    ) -> anyhow::Result<()> {
+        self.follow_store();
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, "secure xds server listening");
+        let incoming = crate::ca::tls::incoming(listener, Arc::clone(&ca), local.ip());
+        let service = AggregatedDiscoveryServiceServer::new(Ads(self))
+            .max_decoding_message_size(16 * 1024 * 1024);
+        let ca = Some(crate::ca::service::CertificateService(ca));
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .serve_with_incoming(crate::ca::service::WithCa::new(service, ca), incoming)
+            .await
+            .map_err(|e| anyhow::anyhow!("secure xds server on {local}: {e}"))
+    }
+
+    /// Starts following the store (once, whichever listener starts first).
+    fn follow_store(&self) {
+        let config = self.config.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(config) = config {
+            let publish = self.publish.clone();
+            tokio::spawn(debounce::run(config, publish));
+        }
     }
 
     /// How many distinct compilations the current configuration revision holds.

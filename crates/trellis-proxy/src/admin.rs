@@ -23,6 +23,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+mod certs;
+
 use crate::memory;
 use crate::telemetry::{PROMETHEUS_CONTENT_TYPE, Telemetry};
 
@@ -38,7 +40,8 @@ GET /ready             200 LIVE when the first configuration is applied, 503 bef
 GET /config_dump       the xDS resources being served, as JSON\n\
 GET /clusters          upstream endpoints with health (healthy, ejected, failed_active_hc)\n\
 GET /stats/prometheus  metrics, Prometheus text format (also /metrics)\n\
-GET /xds               the xDS client: connection, last applied and rejected version per type\n";
+GET /xds               the xDS client: connection, last applied and rejected version per type\n\
+GET /certs             the workload certificate chain and trusted roots (serial, SANs, expiry)\n";
 
 /// What the admin server shows.
 #[derive(Clone)]
@@ -48,6 +51,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The xDS client's state (`/xds`), when the config comes from a control plane.
     pub xds: Option<Arc<crate::xds_client::XdsStatus>>,
+    /// The workload certificate and trust bundle (`/certs`).
+    pub identity: Arc<crate::security::IdentityStore>,
 }
 
 /// The xDS resources being served, kept protobuf-encoded (a tenth of the decoded size) and
@@ -186,6 +191,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 "no xDS client: this proxy serves --config-dir\n".to_owned(),
             ),
         },
+        "/certs" => json(&certs::certs_json(&state.identity)),
         "/stats/prometheus" | "/metrics" => {
             let mut response = text(StatusCode::OK, state.telemetry.encode_prometheus());
             response.headers_mut().insert(
@@ -320,6 +326,7 @@ mod tests {
             resources: Arc::new(ArcSwap::from_pointee(EncodedResources::from(&resources))),
             ready: Arc::new(AtomicBool::new(false)),
             xds: None,
+            identity: Arc::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 use trellis_xds::{Locality, ProxyIdentity, Role};
 
 use crate::admin::{self, AdminState, EncodedResources};
+use crate::ca_client::tls::ControlPlaneTls;
+use crate::ca_client::{CaClient, CaClientConfig};
 use crate::listeners::Listeners;
 use crate::memory;
 use crate::proxy::Proxy;
@@ -64,6 +66,17 @@ pub struct Args {
     pub inbound_port: u16,
     #[arg(long, env = "TRELLIS_APP_ADDRESS", default_value = "127.0.0.1")]
     pub app_address: String,
+    /// The control plane's CA, `host:port` (its xDS port): get the workload certificate there
+    /// and keep it renewed. Default: no CA.
+    #[arg(long, env = "TRELLIS_CA_ADDRESS")]
+    pub ca_address: Option<String>,
+    /// Bootstrap token for the CA (`trellis token create`), re-read before every request.
+    #[arg(long, env = "TRELLIS_TOKEN_FILE", requires = "ca_address")]
+    pub token_file: Option<PathBuf>,
+    /// PEM root(s) the control plane's certificate must chain to: talk to --ca-address over
+    /// TLS (its port 15012), presenting the workload certificate once there is one.
+    #[arg(long, env = "TRELLIS_CA_ROOT", requires = "ca_address")]
+    pub ca_root: Option<PathBuf>,
 }
 
 impl Args {
@@ -166,6 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    start_ca_client(&args, &proxy)?;
     let weak = Arc::downgrade(&proxy);
     telemetry.upstream.install(Box::new(move |endpoints| {
         weak.upgrade().map_or_else(Vec::new, |p| {
@@ -186,6 +200,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         resources: Arc::clone(&resources),
         ready: Arc::clone(&ready),
         xds: None,
+        identity: Arc::clone(&proxy.identity),
     };
     let admin_task = tokio::spawn(admin::serve(admin_addr, state));
     let mut bound: Vec<String> = listeners
@@ -219,6 +234,40 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Starts the certificate client (filling `proxy.identity`) when `--ca-address` is given.
+fn start_ca_client(args: &Args, proxy: &Proxy) -> anyhow::Result<()> {
+    let Some(address) = args.ca_address.as_deref().map(str::trim) else {
+        return Ok(());
+    };
+    let port = address.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+    anyhow::ensure!(
+        matches!(port, Some(Ok(p)) if p != 0),
+        "--ca-address {address:?} is not host:port (e.g. 127.0.0.1:15010)"
+    );
+    let token_file = args.token_file.clone().context(
+        "--ca-address needs --token-file: a bootstrap token from `trellis token create`",
+    )?;
+    let tls = match &args.ca_root {
+        Some(roots) => Some(
+            ControlPlaneTls::new(roots, address, Arc::clone(&proxy.identity))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    let client = CaClient::new(
+        CaClientConfig {
+            address: address.to_owned(),
+            token_file,
+            requested_ttl: std::time::Duration::ZERO,
+            tls,
+        },
+        Arc::clone(&proxy.identity),
+        proxy.telemetry.certs.clone(),
+    );
+    tokio::spawn(client.run());
+    Ok(())
 }
 
 /// Control-plane mode: serve admin at once (not ready), subscribe over ADS, apply each complete
@@ -255,6 +304,8 @@ async fn run_xds(
         telemetry.xds.clone(),
     );
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    start_ca_client(&args, &proxy)?;
+    let identity = Arc::clone(&proxy.identity);
     let mut listeners = Listeners::new(proxy);
     let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::default()));
     let ready = Arc::new(AtomicBool::new(false));
@@ -264,6 +315,7 @@ async fn run_xds(
         resources: Arc::clone(&resources),
         ready: Arc::clone(&ready),
         xds: Some(client.status()),
+        identity,
     };
     let admin_task = tokio::spawn(admin::serve(admin_addr, state));
     let subscription = client.run(move |res, encoded| {

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod ca_client;
 pub mod listeners;
 pub mod memory;
 pub mod proxy;

@@ -49,6 +49,8 @@ pub struct Telemetry {
     pub upstream: UpstreamHealth,
     /// The xDS client's connection gauge and update counters.
     pub xds: crate::xds_client::XdsMetrics,
+    /// The workload certificate's expiry and renewals (`trellis_cert_*`).
+    pub certs: crate::ca_client::CertMetrics,
 }
 
 /// Everything telemetry needs to know about one finished request (borrowed from it).
@@ -195,8 +197,10 @@ impl Telemetry {
             series_dropped,
         );
         let xds = crate::xds_client::XdsMetrics::register(&mut registry);
+        let certs = crate::ca_client::CertMetrics::register(&mut registry);
         Telemetry {
             xds,
+            certs,
             registry,
             istio,
             tcp,

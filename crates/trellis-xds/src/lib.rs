@@ -14,6 +14,7 @@ mod cluster;
 mod content_hash;
 mod gateway;
 mod health;
+pub mod istio_ca;
 mod json;
 mod l4;
 mod lb;

@@ -16,9 +16,11 @@ pub fn main(cli: Cli) -> ExitCode {
         }),
         Command::Control(args) => {
             init_logging();
-            runtime().and_then(|rt| {
-                rt.block_on(control::run(control::ControlConfig::from(args)))
-                    .map(|()| ExitCode::SUCCESS)
+            control::ControlConfig::try_from(args).and_then(|config| {
+                runtime().and_then(|rt| {
+                    rt.block_on(control::run(config))
+                        .map(|()| ExitCode::SUCCESS)
+                })
             })
         }
         Command::Up(args) => {
@@ -30,6 +32,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::ProxyStatus(args) => {
             runtime().and_then(|rt| rt.block_on(remote::proxy_status(&args)))
         }
+        Command::Token(args) => runtime().and_then(|rt| rt.block_on(remote::token_create(&args))),
+        Command::Ca(args) => runtime().and_then(|rt| rt.block_on(remote::ca(&args))),
         Command::ProxyConfig(args) => {
             runtime().and_then(|rt| rt.block_on(remote::proxy_config(&args)))
         }

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use std::time::Duration;
+
 use trellis_control::api::{self, Token};
+use trellis_control::ca::CaConfig;
+use trellis_control::ca::{CertificateAuthority, service::CertificateService};
 use trellis_control::xds::XdsServer;
 use trellis_control::{ControlStatus, store};
 
@@ -21,19 +25,62 @@ pub struct ControlConfig {
     pub api_port: u16,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub ca: CaConfig,
+    /// ADS and the CA over TLS (Istio's 15012), when set.
+    pub secure_xds_port: Option<u16>,
 }
 
-impl From<crate::ControlArgs> for ControlConfig {
-    fn from(args: crate::ControlArgs) -> Self {
-        ControlConfig {
+impl TryFrom<crate::ControlArgs> for ControlConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: crate::ControlArgs) -> anyhow::Result<Self> {
+        let ttl = |flag: &str, v: &str| {
+            parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+        };
+        let ca = CaConfig {
+            dir: args
+                .ca_dir
+                .clone()
+                .unwrap_or_else(|| CaConfig::default_dir(&args.store)),
+            cacerts: args.cacerts.clone(),
+            trust_domain: args.trust_domain.clone(),
+            workload_ttl: ttl("workload-cert-ttl", &args.workload_cert_ttl)?,
+            max_workload_ttl: ttl("max-workload-cert-ttl", &args.max_workload_cert_ttl)?,
+        };
+        Ok(ControlConfig {
+            ca,
+            secure_xds_port: args.secure_xds_port,
             store: args.store,
             address: args.address,
             xds_port: args.xds_port,
             api_port: args.api_port,
             token: args.token,
             token_file: args.token_file,
-        }
+        })
     }
+}
+
+/// `90s`, `30m`, `1h`, `7d` (a whole number and one unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected a whole number and a unit: 90s, 30m, 1h, 7d".to_owned())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("unit {unit:?}: expected s, m, h or d")),
+    };
+    if seconds == 0 {
+        return Err("must be more than zero".into());
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Runs the control plane until the xDS or API listener fails, or Ctrl-C.
@@ -46,6 +93,15 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("bind api {api_addr}; is another control plane running?"))?;
+    let secure_listener = match config.secure_xds_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.address, port);
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("bind secure xds {addr}; is another control plane running?")
+            })?)
+        }
+        None => None,
+    };
     let store = store::open(&config.store)
         .await
         .with_context(|| format!("open store {}", config.store))?;
@@ -60,6 +116,8 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("token file {}", path.display()))?
         }
     });
+    let ca = CertificateAuthority::open(config.ca.clone())
+        .with_context(|| format!("certificate authority in {}", config.ca.dir.display()))?;
     let server = XdsServer::new(store.watch());
     eprintln!(
         "trellis control: store {}, xds on {}, api on {}",
@@ -68,9 +126,19 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
         api_listener.local_addr()?
     );
     let status: Arc<dyn ControlStatus> = server.clone();
+    let secure = {
+        let (server, ca) = (Arc::clone(&server), Arc::clone(&ca));
+        async move {
+            match secure_listener {
+                Some(listener) => server.serve_secure(listener, ca).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     tokio::select! {
-        r = server.serve(xds_listener) => r,
-        r = api::serve(api_listener, store, status, token) => r,
+        r = secure => r,
+        r = server.serve_with_ca(xds_listener, Some(CertificateService(Arc::clone(&ca)))) => r,
+        r = api::serve_with_ca(api_listener, store, status, token, Some(ca)) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

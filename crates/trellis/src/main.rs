@@ -43,6 +43,68 @@ pub enum Command {
     ProxyConfig(ProxyConfigArgs),
     /// Run the control plane: config store, management API, and xDS (ADS) for every proxy.
     Control(ControlArgs),
+    /// Bootstrap tokens: how a proxy proves its workload identity to the control plane's CA.
+    Token(TokenArgs),
+    /// The control plane's certificate authority: show it, rotate its root.
+    Ca(CaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for one namespace and service account, and print it.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    #[arg(short = 'n', long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub service_account: String,
+    /// How long the token may be used: `90s`, `30m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    pub command: CaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Show the trust domain, the trusted roots and whether a rotation is under way.
+    Show(CaShowArgs),
+    /// Rotate the root in three steps: (no flag) create a new root and trust it next to the
+    /// old one; `--activate` sign with it; `--retire` stop trusting the old one.
+    Rotate(CaRotateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaShowArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaRotateArgs {
+    /// Sign new certificates with the new root (after every proxy has renewed and so trusts it).
+    #[arg(long, conflicts_with = "retire")]
+    pub activate: bool,
+    /// Trust only the signing root (after every certificate from the old root has expired).
+    #[arg(long)]
+    pub retire: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// Where the management API of `trellis control` is, and how to authenticate.
@@ -155,6 +217,11 @@ pub struct ControlArgs {
     /// Management API port (REST API, `/openapi.json`, `/metrics`, `/api/v1/proxy-status`).
     #[arg(long, default_value_t = 8080)]
     pub api_port: u16,
+    /// Also serve ADS and the CA over TLS on this port (Istio's is 15012) with a certificate
+    /// from the control plane's own CA; client certificates are verified, and renew without a
+    /// token. Default: off.
+    #[arg(long)]
+    pub secure_xds_port: Option<u16>,
     /// Bearer token required for API writes (default: read from, or created in, --token-file).
     #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -162,6 +229,23 @@ pub struct ControlArgs {
     /// or in the working directory for etcd). Rotate it with `POST /api/v1/token/rotate`.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Trust domain of workload identities (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`).
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates when the CSR does not ask: `24h`, `20s`, ...
+    #[arg(long, default_value = "24h")]
+    pub workload_cert_ttl: String,
+    /// Longest lifetime a CSR may ask for.
+    #[arg(long, default_value = "90d")]
+    pub max_workload_cert_ttl: String,
+    /// Where the CA keeps its root and keys (mode 0700; default: `.trellis-ca` in the store
+    /// directory, or in the working directory for etcd).
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// Sign with an operator's intermediate CA from a directory in Istio's `cacerts` layout
+    /// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) instead of a self-signed root.
+    #[arg(long)]
+    pub cacerts: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -15,7 +15,8 @@ use serde_json::Value;
 use trellis_control::store::{ObjectKey, kind_info, object::kind_names, yaml};
 
 use crate::{
-    ApplyArgs, DeleteArgs, GetArgs, OutputFormat, ProxyConfigArgs, ProxyStatusArgs, ServerArgs,
+    ApplyArgs, CaArgs, CaCommand, DeleteArgs, GetArgs, OutputFormat, ProxyConfigArgs,
+    ProxyStatusArgs, ServerArgs, TokenArgs, TokenCommand,
 };
 
 /// How long one request may take.
@@ -436,6 +437,81 @@ impl Bundle {
         out.push_str(&s(&d["message"]));
         out
     }
+}
+
+/// `trellis token create -n NS --service-account SA [--ttl 1h]`: prints the token.
+pub async fn token_create(args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    let TokenCommand::Create(args) = &args.command;
+    let ttl = crate::control::parse_duration(&args.ttl)
+        .map_err(|e| anyhow::anyhow!("--ttl {:?}: {e}", args.ttl))?;
+    let body = serde_json::json!({
+        "namespace": args.namespace,
+        "serviceAccount": args.service_account,
+        "ttlSeconds": ttl.as_secs(),
+    });
+    let url = format!("{}/api/v1/ca/tokens", base(&args.server));
+    let admin = token(&args.server);
+    let answer = request(
+        "POST",
+        &url,
+        admin.as_deref(),
+        Some(body.to_string()),
+        "application/json",
+    )
+    .await?;
+    let body = json(&answer)?;
+    if answer.status != 200 {
+        anyhow::bail!("{} ({})", s(&body["message"]), answer.status);
+    }
+    println!("{}", s(&body["token"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `trellis ca show` and `trellis ca rotate [--activate | --retire]`.
+pub async fn ca(args: &CaArgs) -> anyhow::Result<ExitCode> {
+    let (method, path, server) = match &args.command {
+        CaCommand::Show(a) => ("GET", "/api/v1/ca".to_owned(), &a.server),
+        CaCommand::Rotate(a) => {
+            let phase = match (a.activate, a.retire) {
+                (true, _) => "activate",
+                (_, true) => "retire",
+                _ => "add",
+            };
+            (
+                "POST",
+                format!("/api/v1/ca/rotate?phase={phase}"),
+                &a.server,
+            )
+        }
+    };
+    let url = format!("{}{path}", base(server));
+    let body = (method == "POST").then(String::new);
+    let answer = request(
+        method,
+        &url,
+        token(server).as_deref(),
+        body,
+        "application/json",
+    )
+    .await?;
+    let body = json(&answer)?;
+    if answer.status != 200 {
+        anyhow::bail!("{} ({})", s(&body["message"]), answer.status);
+    }
+    println!("trust domain: {}", s(&body["trustDomain"]));
+    println!("source: {} ({})", s(&body["source"]), s(&body["dir"]));
+    println!("rotation pending: {}", body["rotationPending"]);
+    let roots = body["roots"].as_array().cloned().unwrap_or_default();
+    println!("trusted roots: {}", roots.len());
+    for root in &roots {
+        let signing = if *root == body["signingRoot"] {
+            " (signing)"
+        } else {
+            ""
+        };
+        println!("{}{signing}", s(root).trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {

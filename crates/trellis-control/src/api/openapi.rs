@@ -199,6 +199,21 @@ pub fn document() -> Value {
                 "responses": with(ok_json("The new token and the file it is kept in.", json!({ "type": "object", "properties": {
                     "token": { "type": "string" }, "path": { "type": "string", "nullable": true } } })), &[]),
             }},
+            "/api/v1/ca": { "get": {
+                "summary": "The CA: source (self-signed or cacerts), trust domain, trusted roots (PEM), the signing root, whether a rotation is pending",
+                "responses": with(ok_json("CA state.", json!({ "type": "object" })), &[]),
+            }},
+            "/api/v1/ca/tokens": { "post": {
+                "summary": "Create a bootstrap token (ES256 JWT) for one namespace and service account; body {namespace, serviceAccount, ttlSeconds (default 3600)}",
+                "security": [{ "bearer": [] }],
+                "responses": with(ok_json("The token and the SPIFFE id it names.", json!({ "type": "object", "properties": {
+                    "token": { "type": "string" }, "spiffeId": { "type": "string" }, "ttlSeconds": { "type": "integer" } } })), &[]),
+            }},
+            "/api/v1/ca/rotate": { "post": {
+                "summary": "One step of a root rotation: ?phase=add (new root trusted, not signing), activate (new root signs), retire (only the signing root trusted)",
+                "security": [{ "bearer": [] }],
+                "responses": with(ok_json("CA state after the step.", json!({ "type": "object" })), &[]),
+            }},
             "/metrics": { "get": {
                 "summary": "Control-plane metrics, Prometheus text format",
                 "responses": { "200": { "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } } },
