@@ -33,6 +33,7 @@ const KINDS: &[&str] = &[
     "EndpointSlice",
     "HealthCheckPolicy",
     "DestinationPolicy",
+    "RequestAuthentication",
     "List",
 ];
 
@@ -51,7 +52,6 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "Telemetry",
     "PeerAuthentication",
     "AuthorizationPolicy",
-    "RequestAuthentication",
     "HTTPRoute",
     "GRPCRoute",
     "TLSRoute",
@@ -75,7 +75,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 9],
+    resources: [usize; 10],
 }
 
 #[derive(Deserialize, Default)]
@@ -168,6 +168,7 @@ impl Loader {
             endpoint_slices,
             health_check_policies,
             destination_policies,
+            request_authentications,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -183,6 +184,7 @@ impl Loader {
                 endpoint_slices.len(),
                 health_check_policies.len(),
                 destination_policies.len(),
+                request_authentications.len(),
             ],
         }
     }
@@ -192,7 +194,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp, ra] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -202,6 +204,7 @@ impl Loader {
         s.endpoint_slices.truncate(es);
         s.health_check_policies.truncate(hc);
         s.destination_policies.truncate(dp);
+        s.request_authentications.truncate(ra);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -347,6 +350,10 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.destination_policies, r);
             }
+            "RequestAuthentication" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.request_authentications, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -480,6 +487,7 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
         "HealthCheckPolicy" | "DestinationPolicy" => TRELLIS_API_VERSIONS,
+        "RequestAuthentication" => SECURITY_API_VERSIONS,
         _ => return None,
     };
     (!accepted.contains(&api_version)).then_some(accepted)

@@ -14,6 +14,7 @@ use crate::types::*;
 
 mod balancing;
 mod health;
+mod request_authentication;
 mod resilience;
 mod routes;
 mod traffic;
@@ -174,6 +175,13 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         spans,
         &mut out,
         |rep, r| resilience::destination_policy(rep, &r.spec),
+    );
+    each(
+        &snapshot.request_authentications,
+        "RequestAuthentication",
+        spans,
+        &mut out,
+        |rep, r| request_authentication::request_authentication(rep, &r.spec),
     );
     each(
         &snapshot.endpoint_slices,
