@@ -14,6 +14,7 @@ mod content_hash;
 mod gateway;
 mod health;
 mod json;
+pub mod jwt;
 mod l4;
 mod lb;
 mod listener;
@@ -174,6 +175,15 @@ struct Front {
 
 impl Front {
     fn compile(ctx: &Context<'_>) -> Front {
+        let mut front = Front::compile_role(ctx);
+        if let Some(jwt) = jwt::apply(ctx, &mut front.listeners) {
+            front.inbound.extend(jwt.clusters);
+            front.refs.extend(jwt.refs);
+        }
+        front
+    }
+
+    fn compile_role(ctx: &Context<'_>) -> Front {
         match ctx.proxy.role {
             Role::Gateway => {
                 let (listeners, routes, refs) = gateway::compile(ctx);
