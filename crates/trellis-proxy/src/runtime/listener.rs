@@ -10,11 +10,12 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::config::listener::v3::{Listener as XListener, filter::ConfigType};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter,
 };
 use prost::Message;
 
 use super::cluster::Cluster;
+use super::jwt::{JWT_AUTHN_FILTER, JwtAuthn};
 use super::route::RouteTable;
 use super::route::policy::{CORS_FILTER, FAULT_FILTER};
 use super::{RuntimeError, duration};
@@ -29,6 +30,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub settings: HttpSettings,
     pub routes: RouteSource,
+    /// `envoy.filters.http.jwt_authn`, when configured.
+    pub jwt: Option<Arc<super::jwt::JwtAuthn>>,
 }
 
 #[derive(Debug)]
@@ -134,12 +137,25 @@ impl Listener {
         })?;
         // The CORS and fault filters act through each route's `typed_per_filter_config`
         // (`route/policy.rs`); their listener-level configs carry nothing we apply.
+        let mut jwt = None;
         for (i, f) in hcm.http_filters.iter().enumerate() {
+            if f.name == JWT_AUTHN_FILTER {
+                let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                    return Err(err(
+                        &format!("http_filters[{i}].typed_config"),
+                        "missing".into(),
+                    ));
+                };
+                let compiled = JwtAuthn::compile(&any.value)
+                    .map_err(|e| err(&format!("http_filters[{i}].typed_config"), e.to_string()))?;
+                jwt = Some(Arc::new(compiled));
+                continue;
+            }
             if ![ROUTER, CORS_FILTER, FAULT_FILTER].contains(&f.name.as_str()) {
                 return Err(err(
                     &format!("http_filters[{i}].name"),
                     format!(
-                        "{:?} is not supported; only {CORS_FILTER}, {FAULT_FILTER} and {ROUTER}",
+                        "{:?} is not supported; only {JWT_AUTHN_FILTER}, {CORS_FILTER}, {FAULT_FILTER} and {ROUTER}",
                         f.name
                     ),
                 ));
@@ -162,6 +178,7 @@ impl Listener {
             addr: SocketAddr::new(ip, port),
             settings: HttpSettings::from_hcm(&hcm),
             routes,
+            jwt,
         })
     }
 }
