@@ -112,7 +112,7 @@ fn evaluate(
                     Ok(Some(i)) => return Ok(Some(i)),
                     Ok(None) => passed = true,
                     Err(e) => {
-                        if error.as_ref().is_none_or(|x| *x == JwtError::Missing) {
+                        if error.as_ref().is_none_or(|x| rank(x) < rank(&e)) {
                             error = Some(e);
                         }
                     }
@@ -131,6 +131,16 @@ fn evaluate(
             }
             Ok(first)
         }
+    }
+}
+
+/// Which failure explains a refused request best: no token < a token for another issuer <
+/// anything else (expired, bad signature, …), so a token is judged by the provider it names.
+fn rank(e: &JwtError) -> u8 {
+    match e {
+        JwtError::Missing => 0,
+        JwtError::UnknownIssuer => 1,
+        _ => 2,
     }
 }
 

@@ -1,0 +1,336 @@
+//! Istio's JWT task replayed end to end: a gateway `trellis-proxy` with a `RequestAuthentication`,
+//! a `trellis sample-app` behind it that echoes the headers it receives, and a real identity
+//! provider (`tests/py/jwt_idp.py`: PyJWT + cryptography) that holds the keys, serves the JWKS
+//! over HTTP and mints the tokens. Asserts what a client and the app see: 401s with Envoy's body
+//! and challenge, 200s with the payload and claim headers, the token removed (or forwarded),
+//! JWKS rotation picked up through an unknown `kid` (rate-limited), a JWKS server that is down
+//! failing closed, and the metrics. Needs `cargo build --workspace --bins`, python3 with PyJWT
+//! and cryptography.
+
+mod e2e_support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use e2e_support::*;
+use trellis_testkit::{
+    Headers, Process, free_port, http_get, http_request, wait_for_port, wait_until,
+};
+
+const ISSUER: &str = "https://idp.trellis.test";
+const FORWARDING_ISSUER: &str = "forwarding@trellis.test";
+const APP: &str = "httpbin.example";
+
+/// The Python identity provider on its own port.
+struct Idp {
+    _process: Process,
+    port: u16,
+}
+
+impl Idp {
+    fn start_on(port: u16) -> Idp {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/jwt_idp.py");
+        let args = [script.to_string_lossy().into_owned(), port.to_string()];
+        let mut process = Process::spawn("python3", &args, &[]);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(20)),
+            "jwt_idp.py did not start (are PyJWT and cryptography installed?): {}",
+            process.describe()
+        );
+        Idp {
+            _process: process,
+            port,
+        }
+    }
+
+    fn get(&self, path_and_query: &str) -> String {
+        let (status, _, body) =
+            http_get(&format!("http://127.0.0.1:{}{path_and_query}", self.port));
+        assert_eq!(status, 200, "idp {path_and_query}: {body}");
+        body
+    }
+
+    fn jwks_uri(&self) -> String {
+        format!("http://127.0.0.1:{}/jwks.json", self.port)
+    }
+
+    fn hits(&self) -> u64 {
+        self.get("/hits").trim().parse().expect("hits")
+    }
+
+    /// A token from key `kid`; `extra` is more query (`&exp_in=-3600`, `&aud=x`, …).
+    fn token(&self, kid: &str, alg: &str, iss: &str, extra: &str) -> String {
+        self.get(&format!(
+            "/token?kid={kid}&alg={alg}&iss={iss}&sub=alice{extra}"
+        ))
+    }
+}
+
+fn mesh(gw_port: u16, app_port: u16, rules: &str) -> String {
+    let vs = virtual_service_yaml(
+        "app",
+        &["*"],
+        &format!("  - route:\n    - destination: {}\n", dest(APP, None, 80)),
+    );
+    let ra = format!(
+        r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+{rules}"#
+    );
+    docs(&[
+        gateway_yaml(gw_port),
+        service_entry_yaml("app", APP, 80, "HTTP", &[ep(app_port, "v1")]),
+        vs,
+        ra,
+    ])
+}
+
+fn call(gw: &Gateway, path: &str, args: &[&str]) -> (u16, Headers, String) {
+    http_request(&gw.url(path), args)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+/// The request headers the app received (names lower-cased).
+fn app_headers(body: &str) -> serde_json::Map<String, serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["headers"].as_object().cloned().unwrap_or_default()
+}
+
+fn expect_401(resp: (u16, Headers, String), body: &str, realm_path: &str, port: u16) {
+    let (status, headers, got) = resp;
+    assert_eq!(status, 401, "{got}");
+    assert_eq!(got, body);
+    assert_eq!(
+        headers.get("www-authenticate").map(String::as_str),
+        Some(
+            format!(
+                "Bearer realm=\"http://127.0.0.1:{port}{realm_path}\", error=\"invalid_token\""
+            )
+            .as_str()
+        )
+    );
+}
+
+#[test]
+fn istio_jwt_task_through_a_gateway() {
+    let idp = Idp::start_on(free_port());
+    idp.get("/add?kid=rsa1&kind=rsa");
+    idp.get("/add?kid=ec1&kind=ec");
+    idp.get("/publish?kids=rsa1,ec1");
+    let (_app, app_port) = trellis_testkit::sample_app("httpbin", "v1");
+    let port = gateway_port();
+    let rules = format!(
+        r#"  - issuer: {ISSUER}
+    audiences: [httpbin]
+    jwksUri: {jwks}
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{{header: x-jwt-group, claim: group}}]
+  - issuer: {FORWARDING_ISSUER}
+    jwksUri: {jwks}
+    fromHeaders: [{{name: x-jwt-assertion}}]
+    fromCookies: [session]
+    forwardOriginalToken: true
+    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
+"#,
+        jwks = idp.jwks_uri()
+    );
+    let gw = Gateway::start(port, &mesh(port, app_port, &rules));
+
+    // No token: passes (no policy here requires one).
+    let (status, _, body) = call(&gw, "/headers", &["-H", "x-jwt-group: spoofed"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        app_headers(&body).get("x-jwt-group").is_none(),
+        "a client cannot set a claim header"
+    );
+
+    // An invalid token: 401 with Envoy's body and challenge.
+    expect_401(
+        call(
+            &gw,
+            "/headers?x=1",
+            &["-H", "Authorization: Bearer deadbeef"],
+        ),
+        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        "/headers",
+        port,
+    );
+
+    // A valid token (RS256): 200; the app sees the payload and the claim, not the token.
+    let token = idp.token("rsa1", "RS256", ISSUER, "&aud=httpbin");
+    let (status, _, body) = call(&gw, "/headers", &["-H", &bearer(&token)]);
+    assert_eq!(status, 200, "{body}");
+    let seen = app_headers(&body);
+    assert_eq!(seen["x-jwt-group"], "admins");
+    let payload = seen["x-jwt-payload"].as_str().expect("payload header");
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: serde_json::Value = serde_json::from_slice(&payload).expect("json");
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["sub"], "alice");
+    assert!(
+        seen.get("authorization").is_none(),
+        "token removed: {seen:?}"
+    );
+
+    // ES256 from the same JWKS, and the `access_token` query parameter (Istio's default).
+    let es = idp.token("ec1", "ES256", ISSUER, "&aud=httpbin");
+    let (status, _, body) = call(&gw, &format!("/headers?access_token={es}"), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app_headers(&body)["x-jwt-group"], "admins");
+
+    // Expired, wrong issuer, wrong audience, not yet valid.
+    let expired = idp.token("rsa1", "RS256", ISSUER, "&aud=httpbin&exp_in=-3600");
+    expect_401(
+        call(&gw, "/headers", &["-H", &bearer(&expired)]),
+        "Jwt is expired",
+        "/headers",
+        port,
+    );
+    let other_iss = idp.token("rsa1", "RS256", "https://evil.test", "&aud=httpbin");
+    expect_401(
+        call(&gw, "/headers", &["-H", &bearer(&other_iss)]),
+        "Jwt issuer is not configured",
+        "/headers",
+        port,
+    );
+    let other_aud = idp.token("rsa1", "RS256", ISSUER, "&aud=someone-else");
+    expect_401(
+        call(&gw, "/headers", &["-H", &bearer(&other_aud)]),
+        "Audiences in Jwt are not allowed",
+        "/headers",
+        port,
+    );
+    let early = idp.token("rsa1", "RS256", ISSUER, "&aud=httpbin&nbf_in=3600");
+    expect_401(
+        call(&gw, "/headers", &["-H", &bearer(&early)]),
+        "Jwt not yet valid",
+        "/headers",
+        port,
+    );
+
+    // The second rule: its own header (no prefix) and cookie, token forwarded.
+    let fwd = idp.token("rsa1", "RS256", FORWARDING_ISSUER, "");
+    let (status, _, body) = call(&gw, "/headers", &["-H", &format!("x-jwt-assertion: {fwd}")]);
+    assert_eq!(status, 200, "{body}");
+    let seen = app_headers(&body);
+    assert_eq!(
+        seen["x-jwt-assertion"],
+        fwd.as_str(),
+        "forwardOriginalToken keeps it"
+    );
+    assert_eq!(seen["x-jwt-sub"], "alice");
+    let (status, _, body) = call(&gw, "/headers", &["-H", &format!("Cookie: session={fwd}")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app_headers(&body)["x-jwt-sub"], "alice");
+
+    // Rotation: the IdP publishes a new key and drops the old one. A token with the new kid
+    // makes the proxy fetch the JWKS again before its 20 minutes are up (at most once per 5 s).
+    idp.get("/add?kid=rsa2&kind=rsa");
+    idp.get("/publish?kids=rsa2");
+    let rotated = idp.token("rsa2", "RS256", ISSUER, "&aud=httpbin");
+    let before = idp.hits();
+    let start = Instant::now();
+    let mut last = (0, String::new());
+    let picked_up = wait_until(Duration::from_secs(30), || {
+        let (status, _, body) = call(&gw, "/headers", &["-H", &bearer(&rotated)]);
+        last = (status, body);
+        last.0 == 200
+    });
+    assert!(picked_up, "rotated key never accepted: {last:?}");
+    // Hammer with an unknown kid: refetches stay within the rate limit.
+    let unknown = idp.token("rsa1", "RS256", ISSUER, "&aud=httpbin");
+    for _ in 0..15 {
+        let (status, _, body) = call(&gw, "/headers", &["-H", &bearer(&unknown)]);
+        assert_eq!(status, 401, "the old key is gone: {body}");
+    }
+    let fetches = idp.hits() - before;
+    let allowed = start.elapsed().as_secs() / 5 + 2;
+    assert!(
+        fetches >= 1 && fetches <= allowed,
+        "{fetches} JWKS fetches in {:?}",
+        start.elapsed()
+    );
+
+    // Metrics: per-provider outcomes.
+    let metrics = gw.metrics();
+    let count = |result: &str| {
+        metric_sum(
+            &metrics,
+            "trellis_jwt_authn_total",
+            &[("provider", ISSUER), ("result", result)],
+        )
+    };
+    assert!(count("success") >= 3.0, "{metrics}");
+    assert!(count("expired") >= 1.0);
+    assert!(count("audience_mismatch") >= 1.0);
+    assert!(count("no_matching_key") >= 1.0);
+    // promtool on the JWT families (Istio's fixed metric names trip its unit lint).
+    let ours: String = metrics
+        .lines()
+        .filter(|l| l.contains("trellis_jwt") || l.contains("trellis_jwks"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    trellis_testkit::promtool_check(&ours);
+}
+
+#[test]
+fn a_jwks_server_that_is_down_fails_closed_until_it_answers() {
+    let idp_port = free_port();
+    let (_app, app_port) = trellis_testkit::sample_app("httpbin", "v1");
+    let port = gateway_port();
+    let rules =
+        format!("  - issuer: {ISSUER}\n    jwksUri: http://127.0.0.1:{idp_port}/jwks.json\n");
+    let gw = Gateway::start(port, &mesh(port, app_port, &rules));
+    // Without a token nothing needs the JWKS.
+    assert_eq!(call(&gw, "/get", &[]).0, 200);
+
+    // Tokens are minted by the IdP, which then goes away before the proxy's first fetch.
+    let token = {
+        let idp = Idp::start_on(idp_port);
+        idp.get("/add?kid=k1&kind=ec");
+        idp.get("/publish?kids=k1");
+        idp.token("k1", "ES256", ISSUER, "")
+    };
+    expect_401(
+        call(&gw, "/get", &["-H", &bearer(&token)]),
+        "Jwks remote fetch is failed",
+        "/get",
+        port,
+    );
+    let metrics = gw.metrics();
+    let uri = format!("http://127.0.0.1:{idp_port}/jwks.json");
+    assert!(
+        metric_sum(
+            &metrics,
+            "trellis_jwks_fetch_failures_total",
+            &[("uri", &uri)]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "trellis_jwt_authn_total",
+            &[("result", "jwks_fetch_failed")]
+        ) >= 1.0
+    );
+
+    // The IdP comes back with a different key: a failure is not cached, the next request fetches.
+    let idp = Idp::start_on(idp_port);
+    idp.get("/add?kid=k2&kind=rsa");
+    idp.get("/publish?kids=k2");
+    let fresh = idp.token("k2", "RS256", ISSUER, "");
+    let (status, _, body) = call(&gw, "/get", &["-H", &bearer(&fresh)]);
+    assert_eq!(status, 200, "{body}");
+}
