@@ -334,3 +334,80 @@ fn a_jwks_server_that_is_down_fails_closed_until_it_answers() {
     let (status, _, body) = call(&gw, "/get", &["-H", &bearer(&fresh)]);
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn a_sidecar_checks_tokens_on_inbound_with_an_inline_jwks() {
+    let idp = Idp::start_on(free_port());
+    idp.get("/add?kid=ed&kind=ec");
+    idp.get("/publish?kids=ed");
+    let jwks = idp.get("/jwks.json");
+    let (_app, app_port) = trellis_testkit::sample_app("httpbin", "v1");
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  selector: {{app: httpbin}}
+  ports: [{{name: http, port: 8000, targetPort: {app_port}}}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  jwtRules:
+  - issuer: {ISSUER}
+    jwks: '{jwks}'
+"#
+    );
+    // The same app as an external service the sidecar's outbound side can reach.
+    let yaml = docs(&[
+        yaml,
+        service_entry_yaml("ext", "ext.example", 80, "HTTP", &[ep(app_port, "v1")]),
+    ]);
+    let dir = trellis_testkit::TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write");
+    let (outbound, inbound) = (free_port(), free_port());
+    let (out_s, in_s) = (outbound.to_string(), inbound.to_string());
+    let args = [
+        "--role",
+        "sidecar",
+        "--namespace",
+        "default",
+        "--labels",
+        "app=httpbin",
+        "--outbound-port",
+        &out_s,
+        "--inbound-port",
+        &in_s,
+        "--app-address",
+        "127.0.0.1",
+    ];
+    let (_sidecar, _admin) = trellis_testkit::proxy(dir.path(), &args);
+    let inbound_url = format!("http://127.0.0.1:{inbound}/headers");
+
+    let token = idp.token("ed", "ES256", ISSUER, "");
+    let (status, _, body) = http_request(&inbound_url, &["-H", &bearer(&token)]);
+    assert_eq!(status, 200, "{body}");
+    assert!(app_headers(&body).get("authorization").is_none());
+    let (status, headers, body) =
+        http_request(&inbound_url, &["-H", "Authorization: Bearer YQ.e30.AA"]);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body, "Jwt header is an invalid JSON");
+    assert!(headers["www-authenticate"].ends_with(", error=\"invalid_token\""));
+    assert_eq!(http_request(&inbound_url, &[]).0, 200, "no token passes");
+
+    // Outbound traffic is not authenticated by the client's sidecar (the server's checks it).
+    let outbound_url = format!("http://127.0.0.1:{outbound}/headers");
+    let (status, _, body) = http_request(
+        &outbound_url,
+        &[
+            "-H",
+            "Host: ext.example",
+            "-H",
+            "Authorization: Bearer YQ.e30.AA",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app_headers(&body)["authorization"], "Bearer YQ.e30.AA");
+}
