@@ -15,23 +15,31 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use e2e_support::*;
 use trellis_testkit::{
-    Headers, Process, free_port, http_get, http_request, wait_for_port, wait_until,
+    Headers, Process, TempDir, bin_path, free_port, http_get, http_request, wait_for_port,
+    wait_until,
 };
 
 const ISSUER: &str = "https://idp.trellis.test";
 const FORWARDING_ISSUER: &str = "forwarding@trellis.test";
 const APP: &str = "httpbin.example";
 
-/// The Python identity provider on its own port.
+/// The Python identity provider on its own port (HTTPS with a CA of its own when `tls`).
 struct Idp {
     _process: Process,
     port: u16,
+    tls: Option<TempDir>,
 }
 
 impl Idp {
     fn start_on(port: u16) -> Idp {
+        Idp::start(port, false)
+    }
+
+    fn start(port: u16, tls: bool) -> Idp {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/jwt_idp.py");
-        let args = [script.to_string_lossy().into_owned(), port.to_string()];
+        let tls = tls.then(|| TempDir::new().expect("temp dir"));
+        let mut args = vec![script.to_string_lossy().into_owned(), port.to_string()];
+        args.extend(tls.iter().map(|d| d.path().to_string_lossy().into_owned()));
         let mut process = Process::spawn("python3", &args, &[]);
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         assert!(
@@ -42,18 +50,30 @@ impl Idp {
         Idp {
             _process: process,
             port,
+            tls,
         }
     }
 
+    fn base(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA that signed the HTTPS server's certificate.
+    fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|d| d.path().join("ca.pem"))
+    }
+
     fn get(&self, path_and_query: &str) -> String {
-        let (status, _, body) =
-            http_get(&format!("http://127.0.0.1:{}{path_and_query}", self.port));
+        let ca = self.ca().map(|p| p.to_string_lossy().into_owned());
+        let args: Vec<&str> = ca.iter().flat_map(|c| ["--cacert", c.as_str()]).collect();
+        let (status, _, body) = http_request(&format!("{}{path_and_query}", self.base()), &args);
         assert_eq!(status, 200, "idp {path_and_query}: {body}");
         body
     }
 
     fn jwks_uri(&self) -> String {
-        format!("http://127.0.0.1:{}/jwks.json", self.port)
+        format!("{}/jwks.json", self.base())
     }
 
     fn hits(&self) -> u64 {
@@ -365,7 +385,7 @@ spec:
         yaml,
         service_entry_yaml("ext", "ext.example", 80, "HTTP", &[ep(app_port, "v1")]),
     ]);
-    let dir = trellis_testkit::TempDir::new().expect("temp dir");
+    let dir = TempDir::new().expect("temp dir");
     std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write");
     let (outbound, inbound) = (free_port(), free_port());
     let (out_s, in_s) = (outbound.to_string(), inbound.to_string());
@@ -410,4 +430,64 @@ spec:
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(app_headers(&body)["authorization"], "Bearer YQ.e30.AA");
+}
+
+#[test]
+fn a_jwks_over_https_is_verified_against_the_trusted_roots() {
+    let idp = Idp::start(free_port(), true);
+    idp.get("/add?kid=k1&kind=rsa");
+    idp.get("/publish?kids=k1");
+    let (_app, app_port) = trellis_testkit::sample_app("httpbin", "v1");
+    let port = gateway_port();
+    let rules = format!("  - issuer: {ISSUER}\n    jwksUri: {}\n", idp.jwks_uri());
+    let dir = TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join("mesh.yaml"), mesh(port, app_port, &rules)).expect("write");
+    let token = idp.token("k1", "RS256", ISSUER, "");
+
+    // A proxy that trusts the IdP's CA (SSL_CERT_FILE) fetches the JWKS over TLS.
+    let ca = idp.ca().expect("ca");
+    let trusting = proxy_with_env(
+        dir.path(),
+        port,
+        &[("SSL_CERT_FILE", ca.to_str().expect("path"))],
+    );
+    let url = format!("http://127.0.0.1:{port}/get");
+    let (status, _, body) = http_request(&url, &["-H", &bearer(&token)]);
+    assert_eq!(status, 200, "{body}");
+    drop(trusting);
+
+    // One that does not trust it refuses the certificate: fail closed.
+    let _untrusting = proxy_with_env(
+        dir.path(),
+        port,
+        &[("SSL_CERT_FILE", "/nonexistent/ca.pem")],
+    );
+    let (status, _, body) = http_request(&url, &["-H", &bearer(&token)]);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body, "Jwks remote fetch is failed");
+}
+
+/// A gateway proxy like `Gateway::start_in`, with extra environment.
+fn proxy_with_env(dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Process {
+    let admin = free_port().to_string();
+    let d = dir.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--config-dir",
+        &d,
+        "--bind-address",
+        "127.0.0.1",
+        "--admin-port",
+        &admin,
+    ];
+    args.extend_from_slice(&GATEWAY_ARGS);
+    let mut p = Process::spawn(bin_path("trellis-proxy"), &args, env);
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    let ok = wait_until(Duration::from_secs(20), || http_get(&ready).0 == 200);
+    assert!(ok, "proxy not ready: {}", p.describe());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_for_port(addr, Duration::from_secs(10)),
+        "gateway {addr} not bound"
+    );
+    p
 }

@@ -1,7 +1,9 @@
 """A tiny identity provider for the JWT end-to-end tests, built on standard libraries only
 (PyJWT + cryptography): it holds signing keys, publishes a JWKS over HTTP and mints tokens.
 
-Usage: python3 jwt_idp.py PORT
+Usage: python3 jwt_idp.py PORT [TLS_DIR]
+  With TLS_DIR it serves HTTPS: it writes a fresh CA to TLS_DIR/ca.pem and serves with a
+  certificate from that CA for 127.0.0.1 and localhost.
   GET /jwks.json                       the published keys (each fetch is counted)
   GET /hits                            how many times /jwks.json was fetched
   GET /add?kid=K&kind=rsa|ec           create a key (not yet published)
@@ -91,7 +93,73 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(404, "not found")
 
 
+def tls_context(directory):
+    import datetime
+    import ipaddress
+    import os
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("jwt-idp test CA"))
+        .issuer_name(name("jwt-idp test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - day)
+        .not_valid_after(now + day)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - day)
+        .not_valid_after(now + day)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    with open(os.path.join(directory, "ca.pem"), "wb") as f:
+        f.write(ca.public_bytes(pem))
+    cert_path = os.path.join(directory, "server.pem")
+    key_path = os.path.join(directory, "server.key")
+    with open(cert_path, "wb") as f:
+        f.write(leaf.public_bytes(pem))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
 if __name__ == "__main__":
+    ctx = tls_context(sys.argv[2]) if len(sys.argv) > 2 else None
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    if ctx:
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print("listening", server.server_address[1], flush=True)
     server.serve_forever()
