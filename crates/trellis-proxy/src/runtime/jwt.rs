@@ -280,3 +280,131 @@ fn requirement(
         None => return Err("requirement: empty".into()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, HttpUri, http_uri};
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3 as pb;
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::jwt_provider::JwksSourceSpecifier as Src;
+
+    use super::*;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+    fn inline() -> Src {
+        Src::LocalJwks(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(JWKS.into())),
+            ..Default::default()
+        })
+    }
+
+    fn compile(
+        providers: Vec<(&str, pb::JwtProvider)>,
+        requires: RequiresType,
+    ) -> Result<JwtAuthn, String> {
+        let config = JwtAuthentication {
+            providers: providers
+                .into_iter()
+                .map(|(n, p)| (n.to_string(), p))
+                .collect(),
+            rules: vec![pb::RequirementRule {
+                r#match: Some(envoy_types::pb::envoy::config::route::v3::RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/api".into())),
+                    ..Default::default()
+                }),
+                requirement_type: Some(RequirementType::Requires(JwtRequirement {
+                    requires_type: Some(requires),
+                })),
+            }],
+            ..Default::default()
+        };
+        JwtAuthn::compile(&config.encode_to_vec()).map_err(|e| e.to_string())
+    }
+
+    fn provider(keys: Src) -> pb::JwtProvider {
+        pb::JwtProvider {
+            issuer: "i".into(),
+            jwks_source_specifier: Some(keys),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn envoy_defaults_locations_skew_and_rule_matching() {
+        let authn = compile(
+            vec![("p", provider(inline()))],
+            RequiresType::ProviderName("p".into()),
+        )
+        .expect("compiles");
+        let p = &authn.providers[0];
+        assert_eq!(
+            p.locations,
+            [
+                TokenLocation::Header(http::header::AUTHORIZATION, "Bearer ".into()),
+                TokenLocation::Param("access_token".into())
+            ]
+        );
+        assert_eq!(p.clock_skew, Duration::from_secs(60));
+        assert!(matches!(
+            authn.requirement("/api/x"),
+            Some(Requirement::Provider(0))
+        ));
+        assert!(authn.requirement("/other").is_none(), "no rule covers it");
+    }
+
+    #[test]
+    fn what_the_proxy_cannot_honour_is_refused_with_its_field() {
+        let err = compile(
+            vec![("p", provider(inline()))],
+            RequiresType::ProviderName("q".into()),
+        )
+        .expect_err("unknown provider");
+        assert_eq!(err, r#"rules[0]: provider "q" is not in providers"#);
+        let err = compile(
+            vec![],
+            RequiresType::ProviderAndAudiences(Default::default()),
+        )
+        .expect_err("unsupported");
+        assert_eq!(err, "rules[0]: provider_and_audiences is not supported");
+        let mut bad = provider(inline());
+        bad.forward_payload_header = "bad header".into();
+        let err = compile(
+            vec![("p", bad)],
+            RequiresType::AllowMissing(Default::default()),
+        )
+        .expect_err("bad header");
+        assert_eq!(
+            err,
+            r#"providers["p"]: forward_payload_header: "bad header" is not a valid header name"#
+        );
+        let ftp = Src::RemoteJwks(pb::RemoteJwks {
+            http_uri: Some(HttpUri {
+                uri: "ftp://keys/jwks".into(),
+                timeout: None,
+                http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster("c".into())),
+            }),
+            ..Default::default()
+        });
+        let err = compile(
+            vec![("p", provider(ftp))],
+            RequiresType::AllowMissing(Default::default()),
+        )
+        .expect_err("bad uri");
+        assert!(
+            err.starts_with(r#"providers["p"]: remote_jwks.http_uri.uri: "ftp://keys/jwks""#),
+            "{err}"
+        );
+        let no_keys = Src::LocalJwks(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(
+                r#"{"keys":[]}"#.into(),
+            )),
+            ..Default::default()
+        });
+        let err = compile(
+            vec![("p", provider(no_keys))],
+            RequiresType::AllowMissing(Default::default()),
+        )
+        .expect_err("no keys");
+        assert!(err.contains("no usable key"), "{err}");
+    }
+}
