@@ -202,40 +202,7 @@ impl Provider {
                 ))
             })
             .collect::<Result<_, String>>()?;
-        let keys = match &p.jwks_source_specifier {
-            Some(JwksSourceSpecifier::LocalJwks(d)) => {
-                let text = match &d.specifier {
-                    Some(data_source::Specifier::InlineString(s)) => s.as_bytes(),
-                    Some(data_source::Specifier::InlineBytes(b)) => b.as_slice(),
-                    _ => {
-                        return Err(
-                            "local_jwks: only inline_string and inline_bytes are supported".into(),
-                        );
-                    }
-                };
-                let keys = KeySet::parse(text).map_err(|e| format!("local_jwks: {e}"))?;
-                KeySource::Local(Arc::new(keys))
-            }
-            Some(JwksSourceSpecifier::RemoteJwks(r)) => {
-                let uri = r.http_uri.as_ref().ok_or("remote_jwks.http_uri: missing")?;
-                let timeout = uri
-                    .timeout
-                    .as_ref()
-                    .map(duration)
-                    .filter(|d| !d.is_zero())
-                    .unwrap_or(DEFAULT_FETCH_TIMEOUT);
-                let cache = r
-                    .cache_duration
-                    .as_ref()
-                    .map(duration)
-                    .filter(|d| !d.is_zero())
-                    .unwrap_or(DEFAULT_CACHE_DURATION);
-                let remote = RemoteJwks::shared(&uri.uri, timeout, cache)
-                    .map_err(|e| format!("remote_jwks.http_uri.uri: {e}"))?;
-                KeySource::Remote(remote)
-            }
-            None => return Err("jwks_source_specifier: need remote_jwks or local_jwks".into()),
-        };
+        let keys = key_source(p)?;
         Ok(Provider {
             name: name.to_string(),
             issuer: p.issuer.clone(),
@@ -252,6 +219,44 @@ impl Provider {
             keys,
         })
     }
+}
+
+/// Where a provider's keys come from: an inline JWKS, or the shared cache of a remote one.
+fn key_source(p: &JwtProvider) -> Result<KeySource, String> {
+    Ok(match &p.jwks_source_specifier {
+        Some(JwksSourceSpecifier::LocalJwks(d)) => {
+            let text = match &d.specifier {
+                Some(data_source::Specifier::InlineString(s)) => s.as_bytes(),
+                Some(data_source::Specifier::InlineBytes(b)) => b.as_slice(),
+                _ => {
+                    return Err(
+                        "local_jwks: only inline_string and inline_bytes are supported".into(),
+                    );
+                }
+            };
+            let keys = KeySet::parse(text).map_err(|e| format!("local_jwks: {e}"))?;
+            KeySource::Local(Arc::new(keys))
+        }
+        Some(JwksSourceSpecifier::RemoteJwks(r)) => {
+            let uri = r.http_uri.as_ref().ok_or("remote_jwks.http_uri: missing")?;
+            let timeout = uri
+                .timeout
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_FETCH_TIMEOUT);
+            let cache = r
+                .cache_duration
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_CACHE_DURATION);
+            let remote = RemoteJwks::shared(&uri.uri, timeout, cache)
+                .map_err(|e| format!("remote_jwks.http_uri.uri: {e}"))?;
+            KeySource::Remote(remote)
+        }
+        None => return Err("jwks_source_specifier: need remote_jwks or local_jwks".into()),
+    })
 }
 
 fn requirement(
