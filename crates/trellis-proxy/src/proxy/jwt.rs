@@ -3,8 +3,9 @@
 //! (`verify.rs`, keys from `jwks.rs`), evaluate the listener's requirement (Istio: any provider,
 //! or no token at all), then on success put a [`RequestAuth`] in the request's extensions for
 //! authorization, write `forward_payload_header` / `claim_to_headers`, and remove the token
-//! unless `forward`. A failure is a 401 with Envoy's body (`Jwt is expired`, …) and
-//! `WWW-Authenticate: Bearer realm="<url>", error="invalid_token"`. Runs before routing.
+//! unless `forward`. A failure is a 401 (403 for a disallowed audience, as Envoy) with Envoy's
+//! body (`Jwt is expired`, …) and `WWW-Authenticate: Bearer realm="<url>",
+//! error="invalid_token"`. Runs before routing.
 //! Configuration is `runtime/jwt.rs`; this module does not decide who may do what (authz does).
 
 pub mod jwks;
@@ -322,10 +323,12 @@ fn request_auth(claims: &serde_json::Map<String, Value>) -> RequestAuth {
     }
 }
 
-/// 401 with Envoy's body and challenge.
+/// Envoy's answer: 403 for a token whose audience is not allowed, else 401; the body is the
+/// reason; the challenge's realm is the request URL as received (query included).
 fn unauthorized(e: &JwtError, parts: &Parts, host: &str) -> Local {
     let scheme = parts.uri.scheme_str().unwrap_or("http");
-    let mut challenge = format!("Bearer realm=\"{scheme}://{host}{}\"", parts.uri.path());
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut challenge = format!("Bearer realm=\"{scheme}://{host}{path}\"");
     if *e != JwtError::Missing {
         challenge.push_str(", error=\"invalid_token\"");
     }
@@ -333,8 +336,13 @@ fn unauthorized(e: &JwtError, parts: &Parts, host: &str) -> Local {
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         headers.insert(http::header::WWW_AUTHENTICATE, v);
     }
+    let status = if *e == JwtError::AudienceNotAllowed {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
     Local {
-        status: StatusCode::UNAUTHORIZED,
+        status,
         flag: "-",
         message: String::new(),
         body: Some(bytes::Bytes::from(e.to_string())),

@@ -404,7 +404,7 @@ async fn missing_valid_and_invalid_tokens_on_the_request_path() {
     let h = local.headers.expect("headers");
     assert_eq!(
         h["www-authenticate"],
-        r#"Bearer realm="http://app.example:8080/get", error="invalid_token""#
+        r#"Bearer realm="http://app.example:8080/get?x=1", error="invalid_token""#
     );
     let mut parts = request("/get", &[("authorization", "Bearer not-a-jwt")]);
     let local = super::authenticate(Some(&authn), &mut parts, "app")
