@@ -39,6 +39,7 @@ const KINDS: &[&str] = &[
     "DestinationPolicy",
     "AuthorizationPolicy",
     "MeshConfig",
+    "RequestAuthentication",
     "List",
 ];
 
@@ -56,7 +57,6 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "ProxyConfig",
     "Telemetry",
     "PeerAuthentication",
-    "RequestAuthentication",
     "HTTPRoute",
     "GRPCRoute",
     "TLSRoute",
@@ -80,7 +80,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 11],
+    resources: [usize; 12],
 }
 
 #[derive(Deserialize, Default)]
@@ -175,6 +175,7 @@ impl Loader {
             destination_policies,
             authorization_policies,
             mesh_configs,
+            request_authentications,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -192,6 +193,7 @@ impl Loader {
                 destination_policies.len(),
                 authorization_policies.len(),
                 mesh_configs.len(),
+                request_authentications.len(),
             ],
         }
     }
@@ -201,7 +203,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -213,6 +215,7 @@ impl Loader {
         s.destination_policies.truncate(dp);
         s.authorization_policies.truncate(ap);
         s.mesh_configs.truncate(mc);
+        s.request_authentications.truncate(ra);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -366,6 +369,10 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.mesh_configs, r);
             }
+            "RequestAuthentication" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.request_authentications, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -499,7 +506,7 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
         "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" => TRELLIS_API_VERSIONS,
-        "AuthorizationPolicy" => SECURITY_API_VERSIONS,
+        "AuthorizationPolicy" | "RequestAuthentication" => SECURITY_API_VERSIONS,
         _ => return None,
     };
     (!accepted.contains(&api_version)).then_some(accepted)

@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 pub mod authorization;
 pub mod istio;
 pub mod kube;
+pub mod request_authentication;
 pub mod route_actions;
 pub mod trellis;
 
 pub use authorization::*;
 pub use istio::*;
 pub use kube::*;
+pub use request_authentication::*;
 pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
 pub use trellis::*;
 
@@ -76,6 +78,8 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Resource<AuthorizationPolicy>>,
     /// `trellis.dev/v1alpha1` `MeshConfig` (at most one).
     pub mesh_configs: Vec<Resource<MeshConfig>>,
+    /// `security.istio.io` `RequestAuthentication`.
+    pub request_authentications: Vec<Resource<RequestAuthentication>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -153,6 +157,7 @@ impl Snapshot {
             + self.destination_policies.len()
             + self.authorization_policies.len()
             + self.mesh_configs.len()
+            + self.request_authentications.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -15,6 +15,7 @@ use crate::types::*;
 mod authorization;
 mod balancing;
 mod health;
+mod request_authentication;
 mod resilience;
 mod routes;
 mod traffic;
@@ -197,6 +198,13 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
                 .unwrap_or(0);
             authorization::mesh_config(rep, &r.spec, index)
         },
+    );
+    each(
+        &snapshot.request_authentications,
+        "RequestAuthentication",
+        spans,
+        &mut out,
+        |rep, r| request_authentication::request_authentication(rep, &r.spec),
     );
     each(
         &snapshot.endpoint_slices,

@@ -10,6 +10,7 @@ pub mod body;
 pub mod cors;
 pub mod fault;
 pub mod headers;
+pub mod jwt;
 pub mod mirror;
 pub mod retry;
 pub mod upgrade;
@@ -300,6 +301,7 @@ async fn forward(
     };
     let host = authority.to_str().unwrap_or("");
     log.authority = Some(authority.clone());
+    jwt::authenticate(listener.jwt.as_deref(), &mut parts, host).await?;
     let path = parts.uri.path();
     let Some(table) = rt.route_table(listener) else {
         let msg = format!("no route configuration for listener {:?}\n", conn.listener);

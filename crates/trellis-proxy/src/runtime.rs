@@ -10,6 +10,7 @@ pub mod circuit;
 pub mod cluster;
 pub mod hash;
 pub mod health;
+pub mod jwt;
 pub mod listener;
 pub mod locality;
 pub mod outlier;

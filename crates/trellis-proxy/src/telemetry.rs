@@ -196,6 +196,7 @@ impl Telemetry {
             "Requests and TCP connections left out of istio_* metrics because the label-set limit was reached",
             series_dropped,
         );
+        crate::proxy::jwt::metrics::register(&mut registry);
         let xds = crate::xds_client::XdsMetrics::register(&mut registry);
         let certs = crate::ca_client::CertMetrics::register(&mut registry);
         Telemetry {

@@ -5,6 +5,7 @@
 //! `docs/xds-contract.md` (the ones the compiler sets) and nothing else; it never builds resources.
 
 mod actions;
+mod jwt;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
@@ -24,6 +25,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     WeightedCluster, header_matcher, query_parameter_matcher, retry_policy, route, route_action,
     route_match,
 };
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -216,6 +218,10 @@ fn any_value(any: &Any) -> Value {
         Router::decode(bytes)
             .ok()
             .map(|_| Obj::typed(&Router::type_url()).done())
+    } else if any.type_url == JwtAuthentication::type_url() {
+        JwtAuthentication::decode(bytes)
+            .ok()
+            .map(|m| jwt::jwt_authentication(&m))
     } else {
         rbac::filter_config(any).or_else(|| actions::filter_config(any))
     };

@@ -16,6 +16,7 @@ mod gateway;
 mod health;
 pub mod istio_ca;
 mod json;
+pub mod jwt;
 mod l4;
 mod lb;
 mod listener;
@@ -176,6 +177,15 @@ struct Front {
 
 impl Front {
     fn compile(ctx: &Context<'_>) -> Front {
+        let mut front = Front::compile_role(ctx);
+        if let Some(jwt) = jwt::apply(ctx, &mut front.listeners) {
+            front.inbound.extend(jwt.clusters);
+            front.refs.extend(jwt.refs);
+        }
+        front
+    }
+
+    fn compile_role(ctx: &Context<'_>) -> Front {
         match ctx.proxy.role {
             Role::Gateway => {
                 let (mut listeners, routes, refs) = gateway::compile(ctx);

@@ -58,6 +58,13 @@ pub const KINDS: &[KindInfo] = &[
         short: "we",
     },
     KindInfo {
+        kind: "RequestAuthentication",
+        group: "security.istio.io",
+        api_version: "security.istio.io/v1",
+        plural: "requestauthentications",
+        short: "ra",
+    },
+    KindInfo {
         kind: "Service",
         group: "",
         api_version: "v1",

@@ -10,12 +10,13 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::config::listener::v3::{Listener as XListener, filter::ConfigType};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter,
 };
 use prost::Message;
 
 use super::authz::{HTTP_RBAC, HttpAuthz};
 use super::cluster::Cluster;
+use super::jwt::{JWT_AUTHN_FILTER, JwtAuthn};
 use super::route::RouteTable;
 use super::route::policy::{CORS_FILTER, FAULT_FILTER};
 use super::{RuntimeError, duration};
@@ -32,6 +33,8 @@ pub struct Listener {
     pub routes: RouteSource,
     /// RBAC filters and path normalization (`runtime/authz.rs`).
     pub authz: Arc<HttpAuthz>,
+    /// `envoy.filters.http.jwt_authn`, when configured.
+    pub jwt: Option<Arc<super::jwt::JwtAuthn>>,
 }
 
 #[derive(Debug)]
@@ -137,12 +140,25 @@ impl Listener {
         })?;
         // The CORS and fault filters act through each route's `typed_per_filter_config`
         // (`route/policy.rs`); their listener-level configs carry nothing we apply.
+        let mut jwt = None;
         for (i, f) in hcm.http_filters.iter().enumerate() {
+            if f.name == JWT_AUTHN_FILTER {
+                let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                    return Err(err(
+                        &format!("http_filters[{i}].typed_config"),
+                        "missing".into(),
+                    ));
+                };
+                let compiled = JwtAuthn::compile(&any.value)
+                    .map_err(|e| err(&format!("http_filters[{i}].typed_config"), e.to_string()))?;
+                jwt = Some(Arc::new(compiled));
+                continue;
+            }
             if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC].contains(&f.name.as_str()) {
                 return Err(err(
                     &format!("http_filters[{i}].name"),
                     format!(
-                        "{:?} is not supported; only {CORS_FILTER}, {FAULT_FILTER}, {HTTP_RBAC} and {ROUTER}",
+                        "{:?} is not supported; only {JWT_AUTHN_FILTER}, {CORS_FILTER}, {FAULT_FILTER}, {HTTP_RBAC} and {ROUTER}",
                         f.name
                     ),
                 ));
@@ -167,6 +183,7 @@ impl Listener {
             settings: HttpSettings::from_hcm(&hcm),
             routes,
             authz: Arc::new(authz),
+            jwt,
         })
     }
 }
