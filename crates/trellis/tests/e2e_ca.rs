@@ -283,6 +283,7 @@ fn ca_issues_the_tokens_identity_and_refuses_everything_else() {
     assert_eq!(last.unwrap().code(), tonic::Code::Unauthenticated);
 
     let text = metrics(control.api);
+    trellis_testkit::promtool_check(&text);
     assert!(
         text.contains(&format!("trellis_ca_certificates_issued_total {issued}\n")),
         "{text}"
