@@ -167,8 +167,8 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default()
         };
-        assert!(err(&[leaf.clone(), root.clone()]).contains("not for the key"));
-        assert!(err(&[leaf.clone()]).contains("expected the leaf and the root"));
+        assert!(err(&[leaf.clone(), root]).contains("not for the key"));
+        assert!(err(std::slice::from_ref(&leaf)).contains("expected the leaf and the root"));
         let (mine, root) = issue(&key, "https://example.org/");
         assert!(err(&[mine.clone(), root]).contains("no spiffe:// URI SAN"));
         assert!(err(&[mine, "junk".into()]).contains("no root certificate"));
