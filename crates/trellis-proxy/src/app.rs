@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use trellis_xds::{Locality, ProxyIdentity, Role};
 
 use crate::admin::{self, AdminState, EncodedResources};
-use crate::ca_client::tls::ControlPlaneTls;
+use crate::ca_client::tls::ControlPlaneTrust;
 use crate::ca_client::{CaClient, CaClientConfig};
 use crate::listeners::Listeners;
 use crate::memory;
@@ -73,9 +73,10 @@ pub struct Args {
     /// Bootstrap token for the CA (`trellis token create`), re-read before every request.
     #[arg(long, env = "TRELLIS_TOKEN_FILE", requires = "ca_address")]
     pub token_file: Option<PathBuf>,
-    /// PEM root(s) the control plane's certificate must chain to: talk to --ca-address over
-    /// TLS (its port 15012), presenting the workload certificate once there is one.
-    #[arg(long, env = "TRELLIS_CA_ROOT", requires = "ca_address")]
+    /// PEM root(s) the control plane's certificate must chain to: talk to --ca-address and
+    /// --xds-address over TLS (the control plane's port 15012), presenting the workload
+    /// certificate once there is one.
+    #[arg(long, env = "TRELLIS_CA_ROOT")]
     pub ca_root: Option<PathBuf>,
 }
 
@@ -236,6 +237,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// TLS trust in the control plane (`--ca-root`), presenting `proxy`'s workload certificate.
+fn control_plane_trust(args: &Args, proxy: &Proxy) -> anyhow::Result<Option<ControlPlaneTrust>> {
+    args.ca_root
+        .as_deref()
+        .map(|roots| ControlPlaneTrust::load(roots, Arc::clone(&proxy.identity)))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// Starts the certificate client (filling `proxy.identity`) when `--ca-address` is given.
 fn start_ca_client(args: &Args, proxy: &Proxy) -> anyhow::Result<()> {
     let Some(address) = args.ca_address.as_deref().map(str::trim) else {
@@ -249,13 +259,10 @@ fn start_ca_client(args: &Args, proxy: &Proxy) -> anyhow::Result<()> {
     let token_file = args.token_file.clone().context(
         "--ca-address needs --token-file: a bootstrap token from `trellis token create`",
     )?;
-    let tls = match &args.ca_root {
-        Some(roots) => Some(
-            ControlPlaneTls::new(roots, address, Arc::clone(&proxy.identity))
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
-        None => None,
-    };
+    let tls = control_plane_trust(args, proxy)?
+        .map(|trust| trust.connector(address))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--ca-address: {e}"))?;
     let client = CaClient::new(
         CaClientConfig {
             address: address.to_owned(),
@@ -294,16 +301,17 @@ async fn run_xds(
             "--xds-address {a:?} is not host:port (e.g. istiod.istio-system.svc:15010)"
         );
     }
+    let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
     let client = XdsClient::new(
         XdsConfig {
             addresses,
             mode: args.xds_mode,
             node: identity.to_node(),
             warming_timeout: WARMING_TIMEOUT,
+            tls: control_plane_trust(&args, &proxy)?,
         },
         telemetry.xds.clone(),
     );
-    let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
     start_ca_client(&args, &proxy)?;
     let identity = Arc::clone(&proxy.identity);
     let mut listeners = Listeners::new(proxy);

@@ -62,6 +62,8 @@ pub struct XdsConfig {
     pub mode: XdsMode,
     pub node: Node,
     pub warming_timeout: Duration,
+    /// TLS to the control plane (its port 15012, `--ca-root`); plaintext when `None`.
+    pub tls: Option<crate::ca_client::tls::ControlPlaneTrust>,
 }
 
 /// The xDS client's Prometheus metrics (registered with the proxy's telemetry).
@@ -309,7 +311,10 @@ impl XdsClient {
         }
     }
 
-    async fn connect(address: &str) -> Result<Channel, String> {
+    async fn connect(
+        address: &str,
+        tls: Option<&crate::ca_client::tls::ControlPlaneTrust>,
+    ) -> Result<Channel, String> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("--xds-address {address:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -317,10 +322,15 @@ impl XdsClient {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {}", error_chain(&e)))
+        match tls {
+            Some(trust) => {
+                endpoint
+                    .connect_with_connector(trust.connector(address)?)
+                    .await
+            }
+            None => endpoint.connect().await,
+        }
+        .map_err(|e| format!("connect: {}", error_chain(&e)))
     }
 
     /// One stream, until it fails. `progressed` is set once a response arrived.
@@ -330,7 +340,7 @@ impl XdsClient {
         apply: &mut Apply<'_>,
         progressed: &mut bool,
     ) -> Result<std::convert::Infallible, String> {
-        let channel = Self::connect(address).await?;
+        let channel = Self::connect(address, self.config.tls.as_ref()).await?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let node = self.config.node.clone();

@@ -56,10 +56,11 @@ impl Control {
                 process.describe()
             );
         }
-        let token_file = dir.join(".trellis-token");
+        // The API answers once the store, the token file and the CA are all open.
+        let ca = format!("http://127.0.0.1:{api}/api/v1/ca");
         assert!(
-            wait_until(Duration::from_secs(20), || token_file.exists()),
-            "no token file:\n{}",
+            wait_until(Duration::from_secs(20), || http_get(&ca).0 == 200),
+            "the CA never answered:\n{}",
             process.describe()
         );
         process
@@ -282,6 +283,7 @@ fn ca_issues_the_tokens_identity_and_refuses_everything_else() {
     assert_eq!(last.unwrap().code(), tonic::Code::Unauthenticated);
 
     let text = metrics(control.api);
+    trellis_testkit::promtool_check(&text);
     assert!(
         text.contains(&format!("trellis_ca_certificates_issued_total {issued}\n")),
         "{text}"
@@ -701,5 +703,88 @@ fn over_tls_the_proxy_verifies_the_control_plane_and_renews_with_its_certificate
         wary.stderr_text().contains("certificate"),
         "the log explains the TLS failure:\n{}",
         wary.stderr_text()
+    );
+}
+
+/// A proxy subscribed over ADS to `xds` with `--ca-root roots` (TLS): its admin port.
+fn tls_xds_proxy(xds: &str, roots: &Path, token: &Path) -> (Process, u16) {
+    let admin = free_port();
+    let admin_arg = admin.to_string();
+    let mut process = Process::spawn(
+        bin_path("trellis-proxy"),
+        [
+            "--xds-address",
+            xds,
+            "--ca-address",
+            xds,
+            "--ca-root",
+            &roots.to_string_lossy(),
+            "--token-file",
+            &token.to_string_lossy(),
+            "--bind-address",
+            "127.0.0.1",
+            "--admin-port",
+            &admin_arg,
+        ],
+        &[],
+    );
+    assert!(
+        wait_for_port(([127, 0, 0, 1], admin).into(), Duration::from_secs(20)),
+        "{}",
+        process.describe()
+    );
+    (process, admin)
+}
+
+fn xds_state(admin: u16) -> serde_json::Value {
+    serde_json::from_str(&http_get(&format!("http://127.0.0.1:{admin}/xds")).2).unwrap()
+}
+
+#[test]
+fn the_proxy_subscribes_to_ads_over_tls_only_to_a_control_plane_it_trusts() {
+    let secure = free_port();
+    let secure_arg = secure.to_string();
+    let control = Control::start(&["--secure-xds-port", &secure_arg]);
+    assert!(wait_for_port(
+        ([127, 0, 0, 1], secure).into(),
+        Duration::from_secs(20)
+    ));
+    let work = TempDir::new().unwrap();
+    let token = work.path().join("token");
+    std::fs::write(&token, control.token("istio-system", "gateway", "1h")).unwrap();
+    let address = format!("127.0.0.1:{secure}");
+    let roots = control.dir.path().join(".trellis-ca/roots.pem");
+    let (mut proxy, admin) = tls_xds_proxy(&address, &roots, &token);
+    let ready = wait_until(Duration::from_secs(20), || {
+        http_get(&format!("http://127.0.0.1:{admin}/ready")).0 == 200
+            && xds_state(admin)["connected"] == true
+            && proxy_cert(admin).is_some()
+    });
+    assert!(
+        ready,
+        "not subscribed over TLS: {}\n{}",
+        xds_state(admin),
+        proxy.describe()
+    );
+    let status = http_get(&format!(
+        "http://127.0.0.1:{}/api/v1/proxy-status",
+        control.api
+    ))
+    .2;
+    assert!(status.contains("gateway~127.0.0.1"), "{status}");
+
+    let other = Control::start(&[]);
+    let wrong = other.dir.path().join(".trellis-ca/roots.pem");
+    let (mut wary, wary_admin) = tls_xds_proxy(&address, &wrong, &token);
+    let refused = wait_until(Duration::from_secs(20), || {
+        xds_state(wary_admin)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate"))
+    });
+    assert!(refused, "{}\n{}", xds_state(wary_admin), wary.describe());
+    assert_eq!(xds_state(wary_admin)["connected"], false);
+    assert_eq!(
+        http_get(&format!("http://127.0.0.1:{wary_admin}/ready")).0,
+        503
     );
 }

@@ -121,3 +121,56 @@ fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
         .map(|p| p.contents)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    /// A root and a leaf for `key` with `uri` as its SAN: (leaf PEM, root PEM).
+    fn issue(key: &KeyPair, uri: &str) -> (String, String) {
+        let root_key = KeyPair::generate().unwrap();
+        let mut root_params = CertificateParams::default();
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(root_params, root_key);
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.to_owned().try_into().unwrap())];
+        let leaf = params.signed_by(key, &issuer).unwrap();
+        (leaf.pem(), root.pem())
+    }
+
+    #[test]
+    fn a_good_answer_becomes_identity_and_bundle() {
+        let key = KeyPair::generate().unwrap();
+        let (leaf, root) = issue(&key, "spiffe://example.org/ns/a/sa/b");
+        let (issued, identity, bundle) = parse_response(
+            &[leaf, format!("{root}{root}")],
+            key.serialize_der(),
+            key.public_key_raw(),
+        )
+        .unwrap();
+        assert_eq!(issued.spiffe_id, "spiffe://example.org/ns/a/sa/b");
+        assert_eq!(identity.chain.len(), 1);
+        assert_eq!(bundle.roots.len(), 2, "every root of the last entry");
+        assert_eq!(bundle.trust_domains, ["example.org"]);
+    }
+
+    #[test]
+    fn answers_for_another_key_without_roots_or_spiffe_ids_are_refused() {
+        let key = KeyPair::generate().unwrap();
+        let other = KeyPair::generate().unwrap();
+        let (leaf, root) = issue(&other, "spiffe://example.org/ns/a/sa/b");
+        let err = |chain: &[String]| {
+            parse_response(chain, key.serialize_der(), key.public_key_raw())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err(&[leaf.clone(), root]).contains("not for the key"));
+        assert!(err(std::slice::from_ref(&leaf)).contains("expected the leaf and the root"));
+        let (mine, root) = issue(&key, "https://example.org/");
+        assert!(err(&[mine.clone(), root]).contains("no spiffe:// URI SAN"));
+        assert!(err(&[mine, "junk".into()]).contains("no root certificate"));
+    }
+}

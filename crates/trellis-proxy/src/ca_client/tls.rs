@@ -16,6 +16,18 @@ use tokio_rustls::client::TlsStream;
 
 use crate::security::IdentityStore;
 
+/// The control plane's roots and the certificate to present, shared by every connection.
+#[derive(Clone)]
+pub struct ControlPlaneTrust {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for ControlPlaneTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlPlaneTrust")
+    }
+}
+
 /// A tonic connector that dials `address` and speaks TLS (ALPN h2) to it.
 #[derive(Clone)]
 pub struct ControlPlaneTls {
@@ -41,13 +53,13 @@ impl std::fmt::Debug for ControlPlaneTls {
     }
 }
 
-impl ControlPlaneTls {
-    /// `roots_pem`: the PEM file of the roots the control plane's certificate must chain to.
-    pub fn new(
+impl ControlPlaneTrust {
+    /// `roots_pem`: the PEM file of the roots the control plane's certificate must chain to;
+    /// `identity`: the workload certificate to present.
+    pub fn load(
         roots_pem: &std::path::Path,
-        address: &str,
         identity: Arc<IdentityStore>,
-    ) -> Result<ControlPlaneTls, String> {
+    ) -> Result<ControlPlaneTrust, String> {
         let text = std::fs::read(roots_pem)
             .map_err(|e| format!("--ca-root {}: {e}", roots_pem.display()))?;
         let mut roots = rustls::RootCertStore::empty();
@@ -64,13 +76,6 @@ impl ControlPlaneTls {
                 roots_pem.display()
             ));
         }
-        let host = address
-            .rsplit_once(':')
-            .map_or(address, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_owned())
-            .map_err(|e| format!("{address}: {host:?} is not a server name: {e}"))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -78,8 +83,22 @@ impl ControlPlaneTls {
             .with_root_certificates(roots)
             .with_client_cert_resolver(Arc::new(WorkloadCert(identity)));
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(ControlPlaneTls {
+        Ok(ControlPlaneTrust {
             config: Arc::new(config),
+        })
+    }
+
+    /// A connector to `address` (`host:port`; the host must be in the server's certificate).
+    pub fn connector(&self, address: &str) -> Result<ControlPlaneTls, String> {
+        let host = address
+            .rsplit_once(':')
+            .map_or(address, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{address}: {host:?} is not a server name: {e}"))?;
+        Ok(ControlPlaneTls {
+            config: Arc::clone(&self.config),
             address: address.to_owned(),
             server_name,
         })
