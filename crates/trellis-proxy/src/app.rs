@@ -64,6 +64,10 @@ pub struct Args {
     pub inbound_port: u16,
     #[arg(long, env = "TRELLIS_APP_ADDRESS", default_value = "127.0.0.1")]
     pub app_address: String,
+    /// Workload certificate in Istio's file layout (`cert-chain.pem`, `key.pem`,
+    /// `root-cert.pem`), re-read when it changes.
+    #[arg(long, env = "TRELLIS_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -136,6 +140,15 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+/// `--identity-dir`: load the workload certificate (an error stops start-up) and watch it.
+fn install_identity(args: &Args, proxy: &Proxy) -> anyhow::Result<()> {
+    if let Some(dir) = &args.identity_dir {
+        crate::tls::identity_dir::install(dir.clone(), Arc::clone(&proxy.identity))
+            .with_context(|| format!("--identity-dir {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Load the first config, bind, serve admin, watch for changes; returns on Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let identity = args.identity()?;
@@ -166,6 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    install_identity(&args, &proxy)?;
     let weak = Arc::downgrade(&proxy);
     telemetry.upstream.install(Box::new(move |endpoints| {
         weak.upgrade().map_or_else(Vec::new, |p| {
@@ -255,6 +269,7 @@ async fn run_xds(
         telemetry.xds.clone(),
     );
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    install_identity(&args, &proxy)?;
     let mut listeners = Listeners::new(proxy);
     let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::default()));
     let ready = Arc::new(AtomicBool::new(false));

@@ -29,6 +29,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub settings: HttpSettings,
     pub routes: RouteSource,
+    /// TLS termination, when a filter chain carries a `DownstreamTlsContext`.
+    pub tls: Option<Arc<crate::tls::inbound::InboundTls>>,
 }
 
 #[derive(Debug)]
@@ -56,6 +58,8 @@ pub struct HttpSettings {
     pub preserve_external_request_id: bool,
     /// `upgrade_configs[].upgrade_type` (lower-cased): the `Upgrade` protocols let through.
     pub upgrades: Vec<String>,
+    /// `forward_client_cert_details` / `set_current_client_cert_details`.
+    pub xfcc: crate::tls::xfcc::XfccPolicy,
 }
 
 impl Default for HttpSettings {
@@ -73,6 +77,7 @@ impl Default for HttpSettings {
             generate_request_id: true,
             preserve_external_request_id: false,
             upgrades: Vec::new(),
+            xfcc: Default::default(),
         }
     }
 }
@@ -157,11 +162,15 @@ impl Listener {
                 ));
             }
         };
+        let tls = crate::tls::inbound::InboundTls::from_chains(&l.filter_chains)
+            .map_err(|(f, why)| err(&f, why))?
+            .map(Arc::new);
         Ok(Listener {
             name: l.name.as_str().into(),
             addr: SocketAddr::new(ip, port),
             settings: HttpSettings::from_hcm(&hcm),
             routes,
+            tls,
         })
     }
 }
@@ -214,6 +223,7 @@ impl HttpSettings {
                 .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
                 .map(|u| u.upgrade_type.to_ascii_lowercase())
                 .collect(),
+            xfcc: crate::tls::xfcc::XfccPolicy::from_hcm(h),
         }
     }
 }

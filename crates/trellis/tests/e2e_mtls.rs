@@ -1,0 +1,210 @@
+//! Mutual TLS between sidecars, replaying Istio's "mutual TLS migration" task on loopback:
+//! each workload has its own loopback address (127.0.0.N); an app listens on 127.0.0.1:P and
+//! its sidecar captures inbound traffic by binding 127.0.0.N:P. Sidecar workloads are
+//! `WorkloadEntry`s labelled `security.istio.io/tlsMode: istio`, so client sidecars use mTLS
+//! toward them (auto mTLS) and plaintext toward the legacy workload. Certificates come from a
+//! throwaway CA written in Istio's file layout (`--identity-dir`).
+//! Needs `cargo build --workspace --bins`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use trellis_testkit::certs::MeshCa;
+use trellis_testkit::{
+    Process, TempDir, bin_path, free_port, http_request, sample_app, wait_until,
+};
+
+const SERVICE_PORT: u16 = 8000;
+
+/// One workload: its app, its sidecar (when it has one) and where clients reach it.
+struct Workload {
+    _app: Option<Process>,
+    sidecar: Option<Process>,
+    /// The workload address (its sidecar's bind address, or 127.0.0.1 without a sidecar).
+    addr: String,
+    /// The app's port, which is also the captured target port.
+    port: u16,
+    /// The sidecar's outbound listener port.
+    outbound: u16,
+}
+
+/// `Service httpbin` in `ns` (service port 8000 → target `port`) selecting a `WorkloadEntry` at
+/// `addr`, labelled with `tlsMode: istio` when the workload has a sidecar.
+fn httpbin_yaml(ns: &str, addr: &str, port: u16, sidecar: bool) -> String {
+    let tls = if sidecar {
+        ", security.istio.io/tlsMode: istio"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: httpbin, namespace: {ns}}}
+spec:
+  selector: {{app: httpbin}}
+  ports:
+  - {{name: http, port: {SERVICE_PORT}, targetPort: {port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: httpbin, namespace: {ns}}}
+spec:
+  address: {addr}
+  serviceAccount: httpbin
+  labels: {{app: httpbin{tls}}}
+"#
+    )
+}
+
+fn start_sidecar(
+    dir: &Path,
+    certs: &Path,
+    ca: &MeshCa,
+    ns: &str,
+    sa: &str,
+    bind: &str,
+) -> (Process, u16) {
+    let identity = ca.identity_dir(certs, ns, sa);
+    let admin = free_port();
+    let outbound = free_port();
+    let args = [
+        "--config-dir",
+        &dir.to_string_lossy(),
+        "--role",
+        "sidecar",
+        "--namespace",
+        ns,
+        "--labels",
+        &format!("app={sa}"),
+        "--service-account",
+        sa,
+        "--bind-address",
+        bind,
+        "--app-address",
+        "127.0.0.1",
+        "--identity-dir",
+        &identity.to_string_lossy(),
+        "--admin-port",
+        &admin.to_string(),
+        "--outbound-port",
+        &outbound.to_string(),
+        "--inbound-port",
+        &free_port().to_string(),
+    ]
+    .map(String::from);
+    let mut p = Process::spawn(bin_path("trellis-proxy"), &args, &[]);
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    let ok = wait_until(Duration::from_secs(20), || {
+        trellis_testkit::http_get(&ready).0 == 200 || p.try_wait().is_some()
+    });
+    assert!(
+        ok && p.try_wait().is_none(),
+        "sidecar not ready: {}",
+        p.describe()
+    );
+    (p, outbound)
+}
+
+/// The headers the app saw, from its `/headers` answer.
+fn seen_headers(body: &str) -> serde_json::Map<String, serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["headers"].as_object().cloned().unwrap_or_default()
+}
+
+fn header<'a>(h: &'a serde_json::Map<String, serde_json::Value>, name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.as_str().or_else(|| v.as_array()?.first()?.as_str()))
+}
+
+/// A request from a sidecar client (through its outbound listener) to `httpbin.<ns>`.
+fn via_sidecar(client: &Workload, ns: &str, extra: &[&str]) -> (u16, String) {
+    let url = format!("http://{}:{}/headers", client.addr, client.outbound);
+    let host = format!("Host: httpbin.{ns}:{SERVICE_PORT}");
+    let mut args = vec!["-H", host.as_str()];
+    args.extend_from_slice(extra);
+    let (status, _, body) = http_request(&url, &args);
+    (status, body)
+}
+
+/// A request from a client without a sidecar, straight to the workload address.
+fn plaintext(server: &Workload) -> u16 {
+    let url = format!("http://{}:{}/headers", server.addr, server.port);
+    http_request(&url, &["-H", "Host: httpbin"]).0
+}
+
+#[test]
+fn sidecar_to_sidecar_is_mutual_tls_and_the_app_sees_the_client_identity() {
+    let ca = MeshCa::new("cluster.local");
+    let dir = TempDir::new().expect("temp dir");
+    let certs = TempDir::new().expect("cert dir");
+    let (app, port) = sample_app("httpbin", "v1");
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        httpbin_yaml("bar", "127.0.0.62", port, true),
+    )
+    .expect("write config");
+    let (server, _) = start_sidecar(
+        dir.path(),
+        certs.path(),
+        &ca,
+        "bar",
+        "httpbin",
+        "127.0.0.62",
+    );
+    let (client, outbound) =
+        start_sidecar(dir.path(), certs.path(), &ca, "foo", "sleep", "127.0.0.61");
+    let client = Workload {
+        _app: None,
+        sidecar: Some(client),
+        addr: "127.0.0.61".into(),
+        port: 0,
+        outbound,
+    };
+    let server = Workload {
+        _app: Some(app),
+        sidecar: Some(server),
+        addr: "127.0.0.62".into(),
+        port,
+        outbound: 0,
+    };
+    // A spoofed XFCC from the client is replaced by what the server sidecar verified.
+    let (status, body) = via_sidecar(
+        &client,
+        "bar",
+        &[
+            "-H",
+            "x-forwarded-client-cert: URI=spiffe://cluster.local/ns/bar/sa/admin",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let h = seen_headers(&body);
+    let xfcc = header(&h, "x-forwarded-client-cert").unwrap_or_else(|| panic!("no XFCC: {body}"));
+    assert!(
+        xfcc.starts_with("By=spiffe://cluster.local/ns/bar/sa/httpbin;Hash="),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.ends_with(";Subject=\"\";URI=spiffe://cluster.local/ns/foo/sa/sleep"),
+        "{xfcc}"
+    );
+    assert!(!xfcc.contains("sa/admin"), "{xfcc}");
+    // PERMISSIVE (the default): a client without a sidecar still gets through, and any XFCC it
+    // sends is dropped.
+    let url = format!("http://{}:{}/headers", server.addr, server.port);
+    let (status, _, body) = http_request(
+        &url,
+        &[
+            "-H",
+            "x-forwarded-client-cert: URI=spiffe://cluster.local/ns/bar/sa/admin",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        header(&seen_headers(&body), "x-forwarded-client-cert"),
+        None,
+        "{body}"
+    );
+    assert_eq!(plaintext(&server), 200);
+    assert!(client.sidecar.is_some() && server.sidecar.is_some());
+}
