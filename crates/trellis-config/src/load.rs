@@ -22,6 +22,9 @@ pub(crate) const ISTIO_API_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
 ];
 
+/// `apiVersion`s of Istio's `security.istio.io` kinds.
+const SECURITY_API_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
+
 /// Kinds this loader understands.
 const KINDS: &[&str] = &[
     "VirtualService",
@@ -33,6 +36,7 @@ const KINDS: &[&str] = &[
     "EndpointSlice",
     "HealthCheckPolicy",
     "DestinationPolicy",
+    "PeerAuthentication",
     "List",
 ];
 
@@ -49,7 +53,6 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "WorkloadGroup",
     "ProxyConfig",
     "Telemetry",
-    "PeerAuthentication",
     "AuthorizationPolicy",
     "RequestAuthentication",
     "HTTPRoute",
@@ -75,7 +78,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 9],
+    resources: [usize; 10],
 }
 
 #[derive(Deserialize, Default)]
@@ -168,6 +171,7 @@ impl Loader {
             endpoint_slices,
             health_check_policies,
             destination_policies,
+            peer_authentications,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -183,6 +187,7 @@ impl Loader {
                 endpoint_slices.len(),
                 health_check_policies.len(),
                 destination_policies.len(),
+                peer_authentications.len(),
             ],
         }
     }
@@ -192,7 +197,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp, pa] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -202,6 +207,7 @@ impl Loader {
         s.endpoint_slices.truncate(es);
         s.health_check_policies.truncate(hc);
         s.destination_policies.truncate(dp);
+        s.peer_authentications.truncate(pa);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -347,6 +353,10 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.destination_policies, r);
             }
+            "PeerAuthentication" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.peer_authentications, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -480,6 +490,7 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
         "HealthCheckPolicy" | "DestinationPolicy" => TRELLIS_API_VERSIONS,
+        "PeerAuthentication" => SECURITY_API_VERSIONS,
         _ => return None,
     };
     (!accepted.contains(&api_version)).then_some(accepted)

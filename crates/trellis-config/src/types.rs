@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod istio;
 pub mod kube;
+pub mod peer_authentication;
 pub mod route_actions;
 pub mod trellis;
 
 pub use istio::*;
 pub use kube::*;
+pub use peer_authentication::*;
 pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
 pub use trellis::*;
 
@@ -70,6 +72,8 @@ pub struct Snapshot {
     pub health_check_policies: Vec<Resource<HealthCheckPolicy>>,
     /// `trellis.dev/v1alpha1` `DestinationPolicy`.
     pub destination_policies: Vec<Resource<DestinationPolicy>>,
+    /// `security.istio.io` PeerAuthentication.
+    pub peer_authentications: Vec<Resource<PeerAuthentication>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -137,6 +141,7 @@ impl Snapshot {
             + self.endpoint_slices.len()
             + self.health_check_policies.len()
             + self.destination_policies.len()
+            + self.peer_authentications.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -16,6 +16,7 @@ mod balancing;
 mod health;
 mod resilience;
 mod routes;
+mod security;
 mod traffic;
 
 pub use resilience::{RETRY_NON_IDEMPOTENT, RETRY_ON};
@@ -147,6 +148,13 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         spans,
         &mut out,
         |rep, r| health::health_check_policy(rep, &r.spec),
+    );
+    each(
+        &snapshot.peer_authentications,
+        "PeerAuthentication",
+        spans,
+        &mut out,
+        |rep, r| security::peer_authentication(rep, &r.spec),
     );
     each(&snapshot.gateways, "Gateway", spans, &mut out, |rep, r| {
         gateway(rep, &r.spec)

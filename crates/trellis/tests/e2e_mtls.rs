@@ -208,3 +208,171 @@ fn sidecar_to_sidecar_is_mutual_tls_and_the_app_sees_the_client_identity() {
     assert_eq!(plaintext(&server), 200);
     assert!(client.sidecar.is_some() && server.sidecar.is_some());
 }
+
+/// Istio's migration task: `httpbin` and `sleep` in `foo` and `bar` (with sidecars) and in
+/// `legacy` (without), then STRICT in `foo`, then a port-level exception.
+struct Migration {
+    dir: TempDir,
+    _certs: TempDir,
+    httpbin: Vec<(String, Workload)>,
+    sleep: Vec<(String, Workload)>,
+}
+
+impl Migration {
+    fn start() -> Migration {
+        let ca = MeshCa::new("cluster.local");
+        let dir = TempDir::new().expect("temp dir");
+        let certs = TempDir::new().expect("cert dir");
+        let mut yaml = Vec::new();
+        let mut apps = Vec::new();
+        for (i, ns) in ["foo", "bar", "legacy"].into_iter().enumerate() {
+            let (app, port) = sample_app("httpbin", ns);
+            let sidecar = ns != "legacy";
+            let addr = if sidecar {
+                format!("127.0.0.{}", 81 + i)
+            } else {
+                "127.0.0.1".to_string()
+            };
+            yaml.push(httpbin_yaml(ns, &addr, port, sidecar));
+            apps.push((ns, app, port, addr));
+        }
+        write_config(dir.path(), "mesh.yaml", &yaml.join("---\n"));
+        let mut httpbin = Vec::new();
+        for (ns, app, port, addr) in apps {
+            let sidecar = (ns != "legacy")
+                .then(|| start_sidecar(dir.path(), certs.path(), &ca, ns, "httpbin", &addr).0);
+            let w = Workload {
+                _app: Some(app),
+                sidecar,
+                addr,
+                port,
+                outbound: 0,
+            };
+            httpbin.push((ns.to_string(), w));
+        }
+        let mut sleep = Vec::new();
+        for (i, ns) in ["foo", "bar", "legacy"].into_iter().enumerate() {
+            let addr = format!("127.0.0.{}", 91 + i);
+            let (sidecar, outbound) = if ns == "legacy" {
+                (None, 0)
+            } else {
+                let (p, o) = start_sidecar(dir.path(), certs.path(), &ca, ns, "sleep", &addr);
+                (Some(p), o)
+            };
+            let w = Workload {
+                _app: None,
+                sidecar,
+                addr,
+                port: 0,
+                outbound,
+            };
+            sleep.push((ns.to_string(), w));
+        }
+        Migration {
+            dir,
+            _certs: certs,
+            httpbin,
+            sleep,
+        }
+    }
+
+    /// `sleep.<from>` → `httpbin.<to>`: the status (0 when the connection was refused or closed).
+    fn call(&self, from: &str, to: &str) -> u16 {
+        let client = &self.sleep.iter().find(|(n, _)| n == from).expect("sleep").1;
+        let server = &self
+            .httpbin
+            .iter()
+            .find(|(n, _)| n == to)
+            .expect("httpbin")
+            .1;
+        if client.sidecar.is_some() {
+            via_sidecar(client, to, &[]).0
+        } else {
+            plaintext(server)
+        }
+    }
+
+    /// Every pair's status, as `sleep.X to httpbin.Y: S` lines.
+    fn matrix(&self) -> String {
+        let mut out = Vec::new();
+        for from in ["foo", "bar", "legacy"] {
+            for to in ["foo", "bar", "legacy"] {
+                out.push(format!(
+                    "sleep.{from} to httpbin.{to}: {}",
+                    self.call(from, to)
+                ));
+            }
+        }
+        out.join("\n")
+    }
+
+    fn port(&self, ns: &str) -> u16 {
+        self.httpbin
+            .iter()
+            .find(|(n, _)| n == ns)
+            .expect("httpbin")
+            .1
+            .port
+    }
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename config");
+}
+
+/// The matrix with every pair 200 except those listed as failing.
+fn expected(failing: &[(&str, &str)]) -> String {
+    let mut out = Vec::new();
+    for from in ["foo", "bar", "legacy"] {
+        for to in ["foo", "bar", "legacy"] {
+            let status = if failing.contains(&(from, to)) {
+                0
+            } else {
+                200
+            };
+            out.push(format!("sleep.{from} to httpbin.{to}: {status}"));
+        }
+    }
+    out.join("\n")
+}
+
+/// Polls until the matrix is `want` (config changes reach the proxies by polling).
+fn wait_for_matrix(m: &Migration, want: &str) {
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(20), || {
+        last = m.matrix();
+        last == want
+    });
+    assert!(ok, "want:\n{want}\ngot:\n{last}");
+}
+
+#[test]
+fn mutual_tls_migration() {
+    let m = Migration::start();
+    // PERMISSIVE (nothing configured): every pair talks, sidecar clients over mTLS.
+    wait_for_matrix(&m, &expected(&[]));
+    // STRICT in foo: the client without a sidecar can no longer reach httpbin.foo.
+    write_config(
+        m.dir.path(),
+        "pa-foo.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: foo}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    wait_for_matrix(&m, &expected(&[("legacy", "foo")]));
+    // A workload policy with a port-level exception lets plaintext in on that port again.
+    let exception = format!(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{name: httpbin, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  mtls: {{mode: STRICT}}\n  portLevelMtls:\n    \"{}\": {{mode: PERMISSIVE}}\n",
+        m.port("foo")
+    );
+    write_config(m.dir.path(), "pa-httpbin.yaml", &exception);
+    wait_for_matrix(&m, &expected(&[]));
+    // Mesh-wide STRICT (root namespace): only `legacy` (whose httpbin has no sidecar) stays
+    // reachable from the plaintext client; the port-level exception in foo still wins.
+    write_config(
+        m.dir.path(),
+        "pa-mesh.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    wait_for_matrix(&m, &expected(&[("legacy", "bar")]));
+}
