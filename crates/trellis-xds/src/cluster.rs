@@ -377,7 +377,8 @@ fn outbound_cluster(
     let budget = crate::resilience::RetryBudgetSpec::for_host(ctx, host);
     crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
     cluster.health_checks = crate::health::health_checks(ctx, host, port, subset, http2);
-    crate::mtls::apply_auto_mtls(&mut cluster, cla.as_ref(), host, port);
+    let tls = crate::mtls::client_tls(dr.map(|d| &d.spec), subset_rule, port);
+    crate::mtls::apply_client_tls(&mut cluster, cla.as_ref(), host, port, tls);
     (cluster, cla)
 }
 

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::TransportSocketMatch};
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::core::v3::{
     Metadata, TrafficDirection, TransportSocket, transport_socket,
 };
@@ -31,10 +32,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    UpstreamTlsContext, common_tls_context,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext, common_tls_context,
+    subject_alt_name_matcher,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{BoolValue, Struct};
 use envoy_types::util::pack_any;
+use trellis_config::{ClientTlsMode, ClientTlsSettings, DestinationRule, Subset};
 
 use crate::cluster::inbound_name;
 use crate::cluster::string_struct;
@@ -77,9 +81,136 @@ pub fn mark_endpoint(labels: &BTreeMap<String, String>, metadata: &mut Metadata)
     }
 }
 
+/// The DestinationRule `tls` for cluster `port`/`subset`, layered as the rest of the traffic
+/// policy: top level, replaced by its matching `portLevelSettings`, then the subset's, replaced
+/// by the subset's matching `portLevelSettings`.
+pub fn client_tls<'a>(
+    dr: Option<&'a DestinationRule>,
+    subset: Option<&'a Subset>,
+    port: u32,
+) -> Option<&'a ClientTlsSettings> {
+    let mut tls = None;
+    let layers = [
+        dr.and_then(|d| d.traffic_policy.as_ref()),
+        subset.and_then(|s| s.traffic_policy.as_ref()),
+    ];
+    for layer in layers.into_iter().flatten() {
+        if layer.tls.is_some() {
+            tls = layer.tls.as_ref();
+        }
+        let port_level = layer
+            .port_level_settings
+            .iter()
+            .find(|p| p.port.as_ref().is_some_and(|s| s.number == port));
+        if let Some(p) = port_level {
+            tls = p.tls.as_ref();
+        }
+    }
+    tls
+}
+
+/// TLS toward an outbound cluster: the DestinationRule's `tls` when it sets a mode, else auto
+/// mTLS (Istio's two transport socket matches, when any endpoint is marked `tlsMode: istio`).
+pub fn apply_client_tls(
+    cluster: &mut Cluster,
+    assignment: Option<&ClusterLoadAssignment>,
+    host: &str,
+    port: u32,
+    tls: Option<&ClientTlsSettings>,
+) {
+    if let Some(t) = tls
+        && let Some(mode) = t.mode
+    {
+        cluster.transport_socket = match mode {
+            ClientTlsMode::Disable => None,
+            ClientTlsMode::IstioMutual => {
+                let mut ctx = istio_mutual(host, port);
+                if !t.sni.is_empty() {
+                    ctx.sni = t.sni.clone();
+                }
+                if let Some(common) = ctx.common_tls_context.as_mut()
+                    && let Some(
+                        common_tls_context::ValidationContextType::CombinedValidationContext(v),
+                    ) = common.validation_context_type.as_mut()
+                {
+                    v.default_validation_context = Some(san_matchers(&t.subject_alt_names));
+                }
+                Some(tls_socket(&ctx))
+            }
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+                Some(tls_socket(&file_context(t, mode)))
+            }
+        };
+        return;
+    }
+    apply_auto_mtls(cluster, assignment, host, port);
+}
+
+/// SIMPLE / MUTUAL with files: `caCertificates` as the trusted CA (none: the server is not
+/// verified, as Envoy without a validation context), `subjectAltNames`, and for MUTUAL the
+/// client certificate and key. `credentialName` (SDS from a Kubernetes secret) is for gateways
+/// and not read here.
+fn file_context(t: &ClientTlsSettings, mode: ClientTlsMode) -> UpstreamTlsContext {
+    let file = |f: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(f.to_string())),
+        ..Default::default()
+    };
+    let mut validation = san_matchers(&t.subject_alt_names);
+    if !t.ca_certificates.is_empty() {
+        validation.trusted_ca = Some(file(&t.ca_certificates));
+    }
+    let has_validation = validation != CertificateValidationContext::default();
+    let tls_certificates = if mode == ClientTlsMode::Mutual
+        && !t.client_certificate.is_empty()
+        && !t.private_key.is_empty()
+    {
+        vec![TlsCertificate {
+            certificate_chain: Some(file(&t.client_certificate)),
+            private_key: Some(file(&t.private_key)),
+            ..Default::default()
+        }]
+    } else {
+        Vec::new()
+    };
+    UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates,
+            validation_context_type: has_validation.then_some(
+                common_tls_context::ValidationContextType::ValidationContext(validation),
+            ),
+            ..Default::default()
+        }),
+        sni: t.sni.clone(),
+        ..Default::default()
+    }
+}
+
+/// `match_typed_subject_alt_names`: each name exact, as a URI SAN when it looks like one
+/// (`spiffe://…`), else a DNS SAN.
+fn san_matchers(names: &[String]) -> CertificateValidationContext {
+    CertificateValidationContext {
+        match_typed_subject_alt_names: names
+            .iter()
+            .map(|n| SubjectAltNameMatcher {
+                san_type: if n.contains("://") {
+                    subject_alt_name_matcher::SanType::Uri as i32
+                } else {
+                    subject_alt_name_matcher::SanType::Dns as i32
+                },
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(n.clone())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Auto mTLS on an outbound cluster: when any endpoint is marked `tlsMode: istio`, add Istio's
 /// two transport socket matches.
-pub fn apply_auto_mtls(
+fn apply_auto_mtls(
     cluster: &mut Cluster,
     assignment: Option<&ClusterLoadAssignment>,
     host: &str,
@@ -309,6 +440,39 @@ mod tests {
         assert_eq!(protocols(&disable), vec!["raw_buffer"]);
         let permissive = capture_listener("127.0.0.5", 9080, InboundMode::Permissive, &rc);
         assert_eq!(protocols(&permissive), vec!["tls", "raw_buffer"]);
+    }
+
+    #[test]
+    fn mutual_uses_the_files_and_simple_presents_no_certificate() {
+        let t = ClientTlsSettings {
+            mode: Some(ClientTlsMode::Mutual),
+            client_certificate: "/c.pem".into(),
+            private_key: "/k.pem".into(),
+            ca_certificates: "/ca.pem".into(),
+            sni: "api.example.com".into(),
+            ..Default::default()
+        };
+        let mutual = file_context(&t, ClientTlsMode::Mutual);
+        let common = mutual.common_tls_context.clone().unwrap_or_default();
+        assert_eq!(common.tls_certificates.len(), 1);
+        assert_eq!(mutual.sni, "api.example.com");
+        let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+            &common.validation_context_type
+        else {
+            panic!("no validation context: {common:?}");
+        };
+        assert_eq!(
+            v.trusted_ca.as_ref().and_then(|d| d.specifier.clone()),
+            Some(data_source::Specifier::Filename("/ca.pem".into()))
+        );
+        let simple = file_context(&t, ClientTlsMode::Simple);
+        assert!(
+            simple
+                .common_tls_context
+                .unwrap_or_default()
+                .tls_certificates
+                .is_empty()
+        );
     }
 
     #[test]

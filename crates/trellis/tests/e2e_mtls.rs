@@ -376,3 +376,94 @@ fn mutual_tls_migration() {
     );
     wait_for_matrix(&m, &expected(&[("legacy", "bar")]));
 }
+
+fn destination_rule(tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin, namespace: foo}}\nspec:\n  host: httpbin.bar.svc.cluster.local\n  trafficPolicy:\n    tls: {tls}\n"
+    )
+}
+
+#[test]
+fn destination_rule_tls_modes() {
+    let ca = MeshCa::new("cluster.local");
+    let dir = TempDir::new().expect("temp dir");
+    let certs = TempDir::new().expect("cert dir");
+    let (app, port) = sample_app("httpbin", "v1");
+    write_config(
+        dir.path(),
+        "mesh.yaml",
+        &httpbin_yaml("bar", "127.0.0.102", port, true),
+    );
+    let (server, _) = start_sidecar(
+        dir.path(),
+        certs.path(),
+        &ca,
+        "bar",
+        "httpbin",
+        "127.0.0.102",
+    );
+    let (client, outbound) =
+        start_sidecar(dir.path(), certs.path(), &ca, "foo", "sleep", "127.0.0.101");
+    let _server = (app, server);
+    let client = Workload {
+        _app: None,
+        sidecar: Some(client),
+        addr: "127.0.0.101".into(),
+        port: 0,
+        outbound,
+    };
+    // The client's XFCC URI as the app saw it: `Some("")` for a plaintext request (no XFCC),
+    // `None` when the request failed.
+    let seen = || {
+        let (status, body) = via_sidecar(&client, "bar", &[]);
+        (status == 200).then(|| {
+            let h = seen_headers(&body);
+            header(&h, "x-forwarded-client-cert")
+                .and_then(|x| x.split(";URI=").nth(1))
+                .unwrap_or("")
+                .to_string()
+        })
+    };
+    let expect = |tls: &str, want: Option<&str>| {
+        write_config(dir.path(), "dr.yaml", &destination_rule(tls));
+        let mut last = None;
+        let ok = wait_until(Duration::from_secs(20), || {
+            last = seen();
+            last.as_deref() == want
+        });
+        assert!(ok, "tls {tls}: want {want:?}, got {last:?}");
+    };
+    let sleep = "spiffe://cluster.local/ns/foo/sa/sleep";
+    // No DestinationRule: auto mTLS.
+    assert_eq!(seen().as_deref(), Some(sleep));
+    // DISABLE: plaintext even toward a sidecar (PERMISSIVE lets it in; no XFCC).
+    expect("{mode: DISABLE}", Some(""));
+    // ISTIO_MUTUAL with the server's identity listed, then with another one.
+    expect(
+        "{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/bar/sa/httpbin]}",
+        Some(sleep),
+    );
+    expect(
+        "{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/bar/sa/other]}",
+        None,
+    );
+    // MUTUAL with files: the client presents the file certificate.
+    let files = ca.identity_dir(certs.path(), "foo", "files-client");
+    let f = |name: &str| files.join(name).to_string_lossy().into_owned();
+    let mutual = format!(
+        "{{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}, subjectAltNames: [spiffe://cluster.local/ns/bar/sa/httpbin]}}",
+        f("cert-chain.pem"),
+        f("key.pem"),
+        f("root-cert.pem")
+    );
+    expect(
+        &mutual,
+        Some("spiffe://cluster.local/ns/foo/sa/files-client"),
+    );
+    // SIMPLE presents no client certificate: the sidecar, which requires one, refuses it.
+    let simple = format!(
+        "{{mode: SIMPLE, caCertificates: {}, subjectAltNames: [spiffe://cluster.local/ns/bar/sa/httpbin]}}",
+        f("root-cert.pem")
+    );
+    expect(&simple, None);
+}

@@ -256,6 +256,43 @@ impl UpstreamVerifier {
     }
 }
 
+impl UpstreamVerifier {
+    fn verify_chain(
+        &self,
+        parsed: &ParsedCertificate<'_>,
+        bundle: &Arc<TrustBundle>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), Error> {
+        verify_server_cert_signed_by_trust_anchor(
+            parsed,
+            &self.root_store(bundle),
+            intermediates,
+            now,
+            provider().signature_verification_algorithms.all,
+        )
+    }
+}
+
+/// One of `expected` is a URI or DNS SAN of the certificate (nothing expected: any).
+fn check_sans(end_entity: &[u8], expected: &[String]) -> Result<(), Error> {
+    if expected.is_empty() {
+        return Ok(());
+    }
+    let info = cert::read(end_entity)
+        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let found = info
+        .uris
+        .iter()
+        .chain(&info.dns)
+        .any(|name| expected.contains(name));
+    if found {
+        Ok(())
+    } else {
+        Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+    }
+}
+
 impl fmt::Debug for UpstreamVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("UpstreamVerifier")
@@ -276,21 +313,21 @@ impl ServerCertVerifier for UpstreamVerifier {
             Roots::Fixed(b) => (Arc::clone(b), false),
         };
         let parsed = ParsedCertificate::try_from(end_entity)?;
-        let provider = provider();
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.root_store(&bundle),
-            intermediates,
-            now,
-            provider.signature_verification_algorithms.all,
-        )?;
         if mesh {
+            self.verify_chain(&parsed, &bundle, intermediates, now)?;
             check_spiffe(end_entity, &bundle, &self.expected)?;
-        } else if self.expected.is_empty() {
-            // SIMPLE / MUTUAL toward a non-mesh server: the usual host name check.
-            rustls::client::verify_server_name(&parsed, server_name)?;
+        } else if bundle.roots.is_empty() {
+            // No `trusted_ca`: like Envoy without a validation context, the chain is not
+            // verified; listed SANs still are.
+            check_sans(end_entity, &self.expected)?;
         } else {
-            check_spiffe(end_entity, &TrustBundle::default(), &self.expected)?;
+            self.verify_chain(&parsed, &bundle, intermediates, now)?;
+            if self.expected.is_empty() {
+                // SIMPLE / MUTUAL toward a non-mesh server: the usual host name check.
+                rustls::client::verify_server_name(&parsed, server_name)?;
+            } else {
+                check_sans(end_entity, &self.expected)?;
+            }
         }
         Ok(ServerCertVerified::assertion())
     }

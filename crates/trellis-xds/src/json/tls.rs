@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     TlsCertificate, UpstreamTlsContext, common_tls_context,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use serde_json::{Value, json};
@@ -124,6 +125,19 @@ fn common(c: &CommonTlsContext) -> Value {
 fn validation_context(v: &CertificateValidationContext) -> Value {
     Obj::default()
         .opt("trustedCa", v.trusted_ca.as_ref().map(data))
+        .list(
+            "matchTypedSubjectAltNames",
+            v.match_typed_subject_alt_names
+                .iter()
+                .map(|m| {
+                    let exact = match m.matcher.as_ref().and_then(|s| s.match_pattern.as_ref()) {
+                        Some(string_matcher::MatchPattern::Exact(e)) => json!({ "exact": e }),
+                        _ => json!({}),
+                    };
+                    json!({ "sanType": m.san_type().as_str_name(), "matcher": exact })
+                })
+                .collect(),
+        )
         .done()
 }
 
