@@ -226,3 +226,54 @@ fn peer_of(conn: &rustls::ServerConnection, store: &IdentityStore) -> Peer {
         })),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig;
+    use envoy_types::util::pack_any;
+    use trellis_xds::mtls::{InboundMode, capture_listener, inbound_tls_context};
+
+    use super::*;
+
+    fn chains(mode: InboundMode) -> Vec<FilterChain> {
+        let rc = Default::default();
+        capture_listener("127.0.0.5", 9080, mode, &rc).filter_chains
+    }
+
+    #[test]
+    fn modes_map_to_plaintext_and_tls_acceptance() {
+        let permissive = InboundTls::from_chains(&chains(InboundMode::Permissive));
+        let permissive = permissive.expect("valid").expect("tls");
+        assert!(permissive.plaintext && permissive.require_client_certificate);
+        let strict = InboundTls::from_chains(&chains(InboundMode::Strict));
+        assert!(!strict.expect("valid").expect("tls").plaintext);
+        let disable = InboundTls::from_chains(&chains(InboundMode::Disable));
+        assert!(
+            disable.expect("valid").is_none(),
+            "no TLS chain: a plaintext listener"
+        );
+    }
+
+    #[test]
+    fn an_unknown_sds_secret_is_rejected_with_its_path() {
+        let mut ctx = inbound_tls_context();
+        if let Some(c) = ctx.common_tls_context.as_mut() {
+            c.tls_certificate_sds_secret_configs = vec![SdsSecretConfig {
+                name: "kubernetes://my-secret".into(),
+                ..Default::default()
+            }];
+        }
+        let mut chains = chains(InboundMode::Strict);
+        chains[0].transport_socket = Some(TransportSocket {
+            name: TLS_SOCKET.into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+        });
+        let (field, why) = InboundTls::from_chains(&chains).expect_err("rejected");
+        assert_eq!(
+            field,
+            "filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs"
+        );
+        assert!(why.contains("\"default\""), "{why}");
+    }
+}

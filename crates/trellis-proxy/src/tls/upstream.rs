@@ -321,3 +321,64 @@ fn string_of(v: &envoy_types::pb::google::protobuf::Value) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use trellis_config::load_str;
+    use trellis_xds::mtls::TRANSPORT_SOCKET_MATCH;
+
+    use super::*;
+
+    fn cluster() -> Cluster {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a, namespace: default, labels: {app: a}}\nspec: {address: 10.0.0.1, labels: {app: a, security.istio.io/tlsMode: istio}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a, namespace: default}\nspec:\n  hosts: [a.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: a}}\n  resolution: STATIC\n";
+        let loaded = load_str("a.yaml", yaml).expect("valid");
+        let registry = trellis_config::Registry::from_snapshot(&loaded.snapshot);
+        let proxy = trellis_xds::ProxyIdentity {
+            role: trellis_xds::Role::Sidecar,
+            ..Default::default()
+        };
+        let res = trellis_xds::compile(&loaded.snapshot, &registry, &proxy);
+        res.clusters
+            .into_iter()
+            .find(|c| c.name == "outbound|80||a.example.com")
+            .expect("cluster")
+    }
+
+    fn marked(tls_mode: &str) -> Metadata {
+        Metadata {
+            filter_metadata: [(
+                TRANSPORT_SOCKET_MATCH.to_string(),
+                tls_mode_struct(tls_mode),
+            )]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn tls_mode_struct(v: &str) -> envoy_types::pb::google::protobuf::Struct {
+        use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+        Struct {
+            fields: [(
+                "tlsMode".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue(v.into())),
+                },
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn endpoints_marked_istio_get_istio_mutual_and_others_plaintext() {
+        let store = Arc::new(IdentityStore::default());
+        let sockets = TransportSockets::compile(&cluster(), &store).expect("compiles");
+        let tls = sockets.for_endpoint(Some(&marked("istio"))).expect("tls");
+        assert_eq!(tls.sni, "outbound_.80_._.a.example.com");
+        assert_eq!(tls.alpn, ["istio-peer-exchange", "istio"]);
+        assert_eq!(tls.source, Source::Mesh);
+        assert!(sockets.for_endpoint(Some(&marked("disabled"))).is_none());
+        assert!(sockets.for_endpoint(None).is_none());
+    }
+}
