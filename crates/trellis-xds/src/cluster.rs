@@ -378,7 +378,11 @@ fn outbound_cluster(
     crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
     cluster.health_checks = crate::health::health_checks(ctx, host, port, subset, http2);
     let tls = crate::mtls::client_tls(dr.map(|d| &d.spec), subset_rule, port);
-    crate::mtls::apply_client_tls(&mut cluster, cla.as_ref(), host, port, tls);
+    let disabled = service.is_some_and(|s| {
+        crate::peer_authentication::service_mode(ctx, &s.namespace)
+            == crate::mtls::InboundMode::Disable
+    });
+    crate::mtls::apply_client_tls(&mut cluster, cla.as_ref(), host, port, tls, disabled);
     (cluster, cla)
 }
 

@@ -110,13 +110,16 @@ pub fn client_tls<'a>(
 }
 
 /// TLS toward an outbound cluster: the DestinationRule's `tls` when it sets a mode, else auto
-/// mTLS (Istio's two transport socket matches, when any endpoint is marked `tlsMode: istio`).
+/// mTLS (Istio's two transport socket matches, when any endpoint is marked `tlsMode: istio`),
+/// unless the service's namespace or the mesh has PeerAuthentication DISABLE
+/// (`mtls_disabled`, Istio's best-effort inference).
 pub fn apply_client_tls(
     cluster: &mut Cluster,
     assignment: Option<&ClusterLoadAssignment>,
     host: &str,
     port: u32,
     tls: Option<&ClientTlsSettings>,
+    mtls_disabled: bool,
 ) {
     if let Some(t) = tls
         && let Some(mode) = t.mode
@@ -143,7 +146,9 @@ pub fn apply_client_tls(
         };
         return;
     }
-    apply_auto_mtls(cluster, assignment, host, port);
+    if !mtls_disabled {
+        apply_auto_mtls(cluster, assignment, host, port);
+    }
 }
 
 /// SIMPLE / MUTUAL with files: `caCertificates` as the trusted CA (none: the server is not

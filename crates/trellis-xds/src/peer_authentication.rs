@@ -50,6 +50,30 @@ pub(crate) fn inbound_mode(ctx: &Context<'_>, port: u32) -> InboundMode {
     }
 }
 
+/// Istio's best-effort guess, for clients, of the mode of a service's workloads: only mesh and
+/// namespace policies count (workload policies are per pod). Auto mTLS sends plaintext to a
+/// service whose guessed mode is DISABLE.
+pub(crate) fn service_mode(ctx: &Context<'_>, namespace: &str) -> InboundMode {
+    let all = &ctx.snapshot.peer_authentications;
+    let scope = |ns: &str| {
+        all.iter()
+            .filter(|r| r.meta.namespace == ns && r.spec.selector.is_none())
+            .min_by(|a, b| a.meta.name.cmp(&b.meta.name))
+    };
+    let mut mode = MtlsMode::Permissive;
+    for pa in [scope(ROOT_NAMESPACE), scope(namespace)]
+        .into_iter()
+        .flatten()
+    {
+        inherit(&mut mode, pa.spec.mtls.as_ref().map(|m| m.mode));
+    }
+    match mode {
+        MtlsMode::Strict => InboundMode::Strict,
+        MtlsMode::Disable => InboundMode::Disable,
+        MtlsMode::Permissive | MtlsMode::Unset => InboundMode::Permissive,
+    }
+}
+
 fn inherit(mode: &mut MtlsMode, set: Option<MtlsMode>) {
     if let Some(m) = set.filter(|m| *m != MtlsMode::Unset) {
         *mode = m;
@@ -112,6 +136,20 @@ spec:
         assert_eq!(mode_for(p, "foo", &httpbin, 80), InboundMode::Strict);
         assert_eq!(mode_for(p, "foo", &httpbin, 8080), InboundMode::Disable);
         assert_eq!(mode_for(p, "foo", &httpbin, 9090), InboundMode::Strict);
+        let loaded = trellis_config::load_str("pa.yaml", p).expect("valid");
+        let registry = trellis_config::Registry::default();
+        let proxy = ProxyIdentity::default();
+        let ctx = Context {
+            snapshot: &loaded.snapshot,
+            registry: &registry,
+            proxy: &proxy,
+        };
+        assert_eq!(service_mode(&ctx, "legacy"), InboundMode::Permissive);
+        assert_eq!(
+            service_mode(&ctx, "foo"),
+            InboundMode::Strict,
+            "workload policies do not count"
+        );
         assert_eq!(
             mode_for(p, "foo", &[("app", "sleep")], 8080),
             InboundMode::Strict,

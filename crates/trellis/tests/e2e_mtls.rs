@@ -375,6 +375,14 @@ fn mutual_tls_migration() {
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
     );
     wait_for_matrix(&m, &expected(&[("legacy", "bar")]));
+    // DISABLE in bar: its sidecar takes plaintext only, and client sidecars, inferring the mode
+    // from the namespace policy as Istio does, stop using mTLS toward it.
+    write_config(
+        m.dir.path(),
+        "pa-bar.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: bar}\nspec: {mtls: {mode: DISABLE}}\n",
+    );
+    wait_for_matrix(&m, &expected(&[]));
 }
 
 fn destination_rule(tls: &str) -> String {
