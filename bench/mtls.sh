@@ -159,13 +159,17 @@ latency trellis 127.0.0.3 18090 be.bench:80
 [ -n "$ENVOY" ] && latency envoy 127.0.0.1 18092 be
 python3 -c "import sys; d=float(sys.argv[1]); print('added p99: trellis=%.3fms' % (float(sys.argv[2]) - d) + ('' if len(sys.argv) < 4 else ' envoy=%.3fms' % (float(sys.argv[3]) - d)))" $P99_direct $P99_trellis ${P99_envoy:-}
 
+CLIENTS=${CLIENTS:-1}  # parallel `openssl s_time` processes (all on CPU1)
 handshakes() { # name host:port
   local t0; t0=$(date +%s.%N)
-  local out; out=$(taskset -c 1 openssl s_time -connect $2 -new -time 10 \
-    -cert $W/id-client/cert-chain.pem -key $W/id-client/key.pem -CAfile $W/root.pem 2>&1)
+  for i in $(seq $CLIENTS); do
+    taskset -c 1 openssl s_time -connect $2 -new -time 10 \
+      -cert $W/id-client/cert-chain.pem -key $W/id-client/key.pem -CAfile $W/root.pem >$W/st.$i 2>&1 &
+  done
+  wait $(jobs -p | tail -n $CLIENTS)
   local t1; t1=$(date +%s.%N)
   # "N connections in T real seconds, ..." (T is rounded to seconds: time it ourselves)
-  local n; n=$(echo "$out" | grep -m1 "real seconds" | awk '{print $1}')
+  local n; n=$(cat $W/st.* | grep "real seconds" | awk '{s += $1} END {print s}')
   printf "%-14s full mTLS handshakes: %s in %.2fs -> %s/s\n" $1 "$n" "$(echo "$t1 - $t0" | bc)" \
     "$(python3 -c "print(round($n / ($t1 - $t0)))" 2>/dev/null)"
 }
