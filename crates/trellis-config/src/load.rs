@@ -40,6 +40,7 @@ const KINDS: &[&str] = &[
     "AuthorizationPolicy",
     "MeshConfig",
     "RequestAuthentication",
+    "PeerAuthentication",
     "List",
 ];
 
@@ -56,7 +57,6 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "WorkloadGroup",
     "ProxyConfig",
     "Telemetry",
-    "PeerAuthentication",
     "HTTPRoute",
     "GRPCRoute",
     "TLSRoute",
@@ -80,7 +80,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 12],
+    resources: [usize; 13],
 }
 
 #[derive(Deserialize, Default)]
@@ -176,6 +176,7 @@ impl Loader {
             authorization_policies,
             mesh_configs,
             request_authentications,
+            peer_authentications,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -194,6 +195,7 @@ impl Loader {
                 authorization_policies.len(),
                 mesh_configs.len(),
                 request_authentications.len(),
+                peer_authentications.len(),
             ],
         }
     }
@@ -203,7 +205,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra, pa] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -216,6 +218,7 @@ impl Loader {
         s.authorization_policies.truncate(ap);
         s.mesh_configs.truncate(mc);
         s.request_authentications.truncate(ra);
+        s.peer_authentications.truncate(pa);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -373,6 +376,10 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.request_authentications, r);
             }
+            "PeerAuthentication" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.peer_authentications, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -506,7 +513,9 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
         "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" => TRELLIS_API_VERSIONS,
-        "AuthorizationPolicy" | "RequestAuthentication" => SECURITY_API_VERSIONS,
+        "AuthorizationPolicy" | "RequestAuthentication" | "PeerAuthentication" => {
+            SECURITY_API_VERSIONS
+        }
         _ => return None,
     };
     (!accepted.contains(&api_version)).then_some(accepted)

@@ -15,6 +15,7 @@ pub mod authorization;
 pub mod istio;
 pub mod kube;
 pub mod request_authentication;
+pub mod peer_authentication;
 pub mod route_actions;
 pub mod trellis;
 
@@ -22,6 +23,7 @@ pub use authorization::*;
 pub use istio::*;
 pub use kube::*;
 pub use request_authentication::*;
+pub use peer_authentication::*;
 pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
 pub use trellis::*;
 
@@ -80,6 +82,8 @@ pub struct Snapshot {
     pub mesh_configs: Vec<Resource<MeshConfig>>,
     /// `security.istio.io` `RequestAuthentication`.
     pub request_authentications: Vec<Resource<RequestAuthentication>>,
+    /// `security.istio.io` PeerAuthentication.
+    pub peer_authentications: Vec<Resource<PeerAuthentication>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -158,6 +162,7 @@ impl Snapshot {
             + self.authorization_policies.len()
             + self.mesh_configs.len()
             + self.request_authentications.len()
+            + self.peer_authentications.len()
     }
 
     pub fn is_empty(&self) -> bool {

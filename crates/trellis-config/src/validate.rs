@@ -18,6 +18,7 @@ mod health;
 mod request_authentication;
 mod resilience;
 mod routes;
+mod security;
 mod traffic;
 
 pub use authorization::{ACTIONS, DRY_RUN_ANNOTATION, bracketed};
@@ -150,6 +151,13 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         spans,
         &mut out,
         |rep, r| health::health_check_policy(rep, &r.spec),
+    );
+    each(
+        &snapshot.peer_authentications,
+        "PeerAuthentication",
+        spans,
+        &mut out,
+        |rep, r| security::peer_authentication(rep, &r.spec),
     );
     each(&snapshot.gateways, "Gateway", spans, &mut out, |rep, r| {
         gateway(rep, &r.spec)

@@ -78,6 +78,10 @@ pub struct Args {
     /// certificate once there is one.
     #[arg(long, env = "TRELLIS_CA_ROOT")]
     pub ca_root: Option<PathBuf>,
+    /// Workload certificate in Istio's file layout (`cert-chain.pem`, `key.pem`,
+    /// `root-cert.pem`), re-read when it changes.
+    #[arg(long, env = "TRELLIS_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -150,6 +154,15 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+/// `--identity-dir`: load the workload certificate (an error stops start-up) and watch it.
+fn install_identity(args: &Args, proxy: &Proxy) -> anyhow::Result<()> {
+    if let Some(dir) = &args.identity_dir {
+        crate::tls::identity_dir::install(dir.clone(), Arc::clone(&proxy.identity))
+            .with_context(|| format!("--identity-dir {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Load the first config, bind, serve admin, watch for changes; returns on Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let identity = args.identity()?;
@@ -181,6 +194,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
     start_ca_client(&args, &proxy)?;
+    install_identity(&args, &proxy)?;
     let weak = Arc::downgrade(&proxy);
     telemetry.upstream.install(Box::new(move |endpoints| {
         weak.upgrade().map_or_else(Vec::new, |p| {
@@ -313,6 +327,7 @@ async fn run_xds(
         telemetry.xds.clone(),
     );
     start_ca_client(&args, &proxy)?;
+    install_identity(&args, &proxy)?;
     let identity = Arc::clone(&proxy.identity);
     let mut listeners = Listeners::new(proxy);
     let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::default()));

@@ -16,4 +16,5 @@ pub mod security;
 pub mod source;
 pub mod tcp_proxy;
 pub mod telemetry;
+pub mod tls;
 pub mod xds_client;

@@ -24,6 +24,8 @@ pub mod sni;
 
 use crate::proxy::{ConnInfo, Proxy, poll_registered};
 use crate::runtime::{HttpSettings, Runtime, RuntimeError};
+use crate::tls::inbound::{Accepted, InboundTls};
+use crate::tls::stream::Stream;
 
 /// hyper's read buffer must hold the request line plus the header block.
 const HEAD_SLACK: usize = 8 * 1024;
@@ -165,8 +167,27 @@ async fn accept_loop(
                     ));
                     continue;
                 }
+                let tls = proxy
+                    .runtime
+                    .load()
+                    .listeners
+                    .get(&name)
+                    .and_then(|l| l.tls.clone());
+                if let Some(tls) = tls {
+                    tokio::spawn(serve_tls(
+                        Arc::clone(&proxy),
+                        Arc::clone(&name),
+                        tls,
+                        stream,
+                    ));
+                    continue;
+                }
                 let conn = Arc::new(ConnInfo::new(Arc::clone(&name), remote, local));
-                tokio::spawn(serve_connection(Arc::clone(&proxy), conn, stream));
+                tokio::spawn(serve_connection(
+                    Arc::clone(&proxy),
+                    conn,
+                    Stream::Plain(stream),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -205,8 +226,27 @@ fn server_builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn serve_connection(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStream) {
+/// A connection to a listener that terminates TLS: classify it, complete the handshake and
+/// record the peer, then serve it like any other (or close it when no chain accepts it).
+async fn serve_tls(proxy: Arc<Proxy>, name: Arc<str>, tls: Arc<InboundTls>, stream: TcpStream) {
+    let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
+    let mut conn = ConnInfo::new(name, remote, local);
+    let stream = match tls.accept(&proxy.identity, stream).await {
+        Some(Accepted::Tls(s, peer)) => {
+            conn.peer = peer;
+            s
+        }
+        Some(Accepted::Plain(s)) => s,
+        None => return,
+    };
+    serve_connection(proxy, Arc::new(conn), stream).await;
+}
+
+async fn serve_connection(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: Stream) {
+    let _ = stream.tcp().set_nodelay(true);
     let settings = match proxy.runtime.load().listeners.get(&conn.listener) {
         Some(l) => l.settings.clone(),
         None => return,

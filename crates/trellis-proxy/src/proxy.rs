@@ -169,9 +169,9 @@ impl Local {
 impl Proxy {
     pub fn new(runtime: Runtime, telemetry: Arc<Telemetry>) -> Proxy {
         Proxy {
+            identity: Arc::clone(&runtime.identity),
             runtime: ArcSwap::from_pointee(runtime),
             telemetry,
-            identity: Arc::default(),
         }
     }
 
@@ -282,6 +282,7 @@ async fn forward(
         return Err(Local::new(StatusCode::BAD_REQUEST, "DPE", msg.into()));
     }
     let (mut parts, body) = req.into_parts();
+    settings.xfcc.apply(&conn.peer, &mut parts.headers);
     check_header_limits(
         &parts.headers,
         settings.max_headers_count,

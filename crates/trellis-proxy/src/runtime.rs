@@ -67,6 +67,8 @@ pub struct Runtime {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// L4 (tcp_proxy) listeners; names are unique across both listener maps.
     pub tcp_listeners: HashMap<Arc<str>, Arc<TcpListener>>,
+    /// The workload's identity, carried from snapshot to snapshot (upstream TLS reads it).
+    pub identity: Arc<crate::security::IdentityStore>,
 }
 
 impl Runtime {
@@ -85,6 +87,7 @@ impl Runtime {
             clusters: xclusters,
             endpoints,
         } = res;
+        let identity = prev.map(|p| Arc::clone(&p.identity)).unwrap_or_default();
         let eds_names: Vec<String> = xclusters.iter().map(|c| eds_name(c).to_owned()).collect();
         let mut users: HashMap<&str, usize> = HashMap::with_capacity(eds_names.len());
         for n in &eds_names {
@@ -108,7 +111,7 @@ impl Runtime {
                 None
             };
             let assignment = owned.as_ref().or_else(|| assignments.get(eds.as_str()));
-            let compiled = Cluster::compile(&c, assignment, before.map(|c| &**c))?;
+            let compiled = Cluster::compile(&c, assignment, before.map(|c| &**c), &identity)?;
             if clusters
                 .insert(Arc::clone(&compiled.name), Arc::new(compiled))
                 .is_some()
@@ -162,6 +165,7 @@ impl Runtime {
             routes,
             clusters,
             tcp_listeners,
+            identity,
         })
     }
 

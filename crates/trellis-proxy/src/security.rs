@@ -54,6 +54,19 @@ impl IdentityStore {
     }
 }
 
+impl std::fmt::Debug for IdentityStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let identity = self.identity.load();
+        f.debug_struct("IdentityStore")
+            .field(
+                "spiffe_id",
+                &identity.as_ref().map(|i| i.spiffe_id.as_str()),
+            )
+            .field("roots", &self.bundle.load().roots.len())
+            .finish()
+    }
+}
+
 /// The downstream peer of one connection, as its verified mTLS certificate says (all `None` on a
 /// plaintext connection).
 #[derive(Clone, Debug, Default)]
@@ -65,6 +78,21 @@ pub struct Peer {
     pub namespace: Option<Arc<str>>,
     /// SNI the client sent (`connection.sni`).
     pub sni: Option<Arc<str>>,
+    /// The verified client certificate's details (for `x-forwarded-client-cert`).
+    pub certificate: Option<Arc<PeerCertificate>>,
+}
+
+/// What `x-forwarded-client-cert` reports about a verified client certificate.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificate {
+    /// Lower-case hex SHA-256 of the DER certificate.
+    pub hash: String,
+    pub subject: String,
+    /// The URI SAN (the SPIFFE ID).
+    pub uri: Option<String>,
+    pub dns: Vec<String>,
+    /// Our own certificate's URI SAN on that connection (`By`).
+    pub local_uri: Option<String>,
 }
 
 /// The request's end user, from a JWT that verified. Put in the request's `http::Extensions` by

@@ -4,7 +4,8 @@
 //! sleeping, and make HTTP requests through `curl`. Also the external tools
 //! several crates' tests share: a real [`etcd::Etcd`] and `promtool check metrics`.
 //!
-//! It must stay small, std-only (plus `tempfile`), and never be used by
+//! It must stay small, std-only (plus `tempfile`, and `rcgen` for [`certs`]' throwaway mesh
+//! certificates), and never be used by
 //! production code. Binaries must be built first: `cargo build --workspace --bins`.
 //!
 //! ```no_run
@@ -16,6 +17,7 @@
 //! assert!(body.contains("\"version\": \"v2\""));
 //! ```
 
+pub mod certs;
 pub mod etcd;
 mod http;
 mod mesh;

@@ -377,6 +377,12 @@ fn outbound_cluster(
     let budget = crate::resilience::RetryBudgetSpec::for_host(ctx, host);
     crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);
     cluster.health_checks = crate::health::health_checks(ctx, host, port, subset, http2);
+    let tls = crate::mtls::client_tls(dr.map(|d| &d.spec), subset_rule, port);
+    let disabled = service.is_some_and(|s| {
+        crate::peer_authentication::service_mode(ctx, &s.namespace)
+            == crate::mtls::InboundMode::Disable
+    });
+    crate::mtls::apply_client_tls(&mut cluster, cla.as_ref(), host, port, tls, disabled);
     (cluster, cla)
 }
 
@@ -442,12 +448,14 @@ fn endpoint_metadata(e: &Endpoint, namespace: &str) -> Metadata {
         .labels
         .get("version")
         .or_else(|| e.labels.get("app.kubernetes.io/version"));
-    istio_metadata(string_struct(&[
+    let mut metadata = istio_metadata(string_struct(&[
         ("workload", label(WORKLOAD_NAME_LABEL)),
         ("namespace", namespace),
         ("app", app.map(String::as_str).unwrap_or("")),
         ("version", version.map(String::as_str).unwrap_or("")),
-    ]))
+    ]));
+    crate::mtls::mark_endpoint(&e.labels, &mut metadata);
+    metadata
 }
 
 /// Label naming an endpoint's workload (the registry has no workload names yet).

@@ -44,6 +44,7 @@ use crate::{Cluster, ClusterLoadAssignment, Listener, Resources, RouteConfigurat
 
 mod lb;
 mod rbac;
+mod tls;
 
 /// A JSON object under construction that leaves out proto3 default values.
 #[derive(Default)]
@@ -136,6 +137,10 @@ fn filter_chain(c: &FilterChain) -> Value {
             c.filter_chain_match.as_ref().map(filter_chain_match),
         )
         .list("filters", c.filters.iter().map(network_filter).collect())
+        .opt(
+            "transportSocket",
+            c.transport_socket.as_ref().map(tls::transport_socket),
+        )
         .done()
 }
 
@@ -222,6 +227,8 @@ fn any_value(any: &Any) -> Value {
         JwtAuthentication::decode(bytes)
             .ok()
             .map(|m| jwt::jwt_authentication(&m))
+    } else if let Some(tls) = tls::any_value(any) {
+        tls
     } else {
         rbac::filter_config(any).or_else(|| actions::filter_config(any))
     };
@@ -233,6 +240,7 @@ pub fn http_connection_manager(h: &HttpConnectionManager) -> Value {
         .map(|c| c.as_str_name())
         .unwrap_or("AUTO");
     let (rds, inline) = route_specifier(h.route_specifier.as_ref());
+    let (forward_cert, set_cert) = tls::client_cert_fields(h);
     Obj::typed(&HttpConnectionManager::type_url())
         .str("statPrefix", &h.stat_prefix)
         .opt("codecType", Some(json!(codec)))
@@ -292,6 +300,8 @@ pub fn http_connection_manager(h: &HttpConnectionManager) -> Value {
                 .map(|u| json!({ "upgradeType": u.upgrade_type }))
                 .collect(),
         )
+        .opt("forwardClientCertDetails", forward_cert)
+        .opt("setCurrentClientCertDetails", set_cert)
         .done()
 }
 
@@ -672,6 +682,17 @@ pub fn cluster(c: &Cluster) -> Value {
         .list(
             "healthChecks",
             c.health_checks.iter().map(lb::health_check).collect(),
+        )
+        .list(
+            "transportSocketMatches",
+            c.transport_socket_matches
+                .iter()
+                .map(tls::transport_socket_match)
+                .collect(),
+        )
+        .opt(
+            "transportSocket",
+            c.transport_socket.as_ref().map(tls::transport_socket),
         );
     match c.lb_config.as_ref().and_then(lb::lb_config) {
         Some((k, v)) => o.opt(k, Some(v)).done(),

@@ -40,7 +40,7 @@ pub fn compile(ctx: &Context<'_>) -> Compiled {
         }
     }
     let mut routes = outbound_routes(ctx, &services, &mut refs);
-    let (inbound_routes, inbound_clusters) = inbound_side(ctx);
+    let (inbound_routes, inbound_clusters, target_ports) = inbound_side(ctx);
     let outbound_name = proxy.outbound_port.to_string();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     let listeners = vec![
@@ -75,7 +75,8 @@ pub fn compile(ctx: &Context<'_>) -> Compiled {
         |service| selects_proxy(service, ctx),
         &mut refs,
     );
-    let listeners = listeners.into_iter().chain(l4).collect();
+    let capture = crate::mtls::sidecar_capture(ctx, &target_ports);
+    let listeners = listeners.into_iter().chain(l4).chain(capture).collect();
     Compiled {
         listeners,
         routes,
@@ -248,7 +249,7 @@ pub fn client_names(host: &str, service_namespace: &str, proxy_namespace: &str) 
 /// Inline inbound route config and the `inbound|<targetPort>||` clusters. The lowest target
 /// port takes every request (`*`); other target ports are chosen by the `:authority` port
 /// (service port or target port), e.g. `*:9090`.
-fn inbound_side(ctx: &Context<'_>) -> (RouteConfiguration, Vec<Cluster>) {
+fn inbound_side(ctx: &Context<'_>) -> (RouteConfiguration, Vec<Cluster>, Vec<u32>) {
     let proxy = ctx.proxy;
     // target port -> (service ports, http2)
     let mut ports: BTreeMap<u32, (BTreeSet<u32>, bool)> = BTreeMap::new();
@@ -289,12 +290,13 @@ fn inbound_side(ctx: &Context<'_>) -> (RouteConfiguration, Vec<Cluster>) {
     (
         route_config("virtualInbound", unique_domains(vhosts)),
         clusters,
+        ports.into_keys().collect(),
     )
 }
 
 /// Services of the proxy's namespace whose selector (Service selector or ServiceEntry
 /// `workloadSelector`) is non-empty and matches the proxy's labels.
-fn selects_proxy(service: &Service, ctx: &Context<'_>) -> bool {
+pub(crate) fn selects_proxy(service: &Service, ctx: &Context<'_>) -> bool {
     let labels = &ctx.proxy.labels;
     service.namespace == ctx.proxy.namespace
         && !service.selector.is_empty()

@@ -122,6 +122,7 @@ impl Cluster {
         c: &XCluster,
         assignment: Option<&ClusterLoadAssignment>,
         prev: Option<&Cluster>,
+        identity: &Arc<crate::security::IdentityStore>,
     ) -> Result<Cluster, RuntimeError> {
         let err = |field: &str, reason: String| RuntimeError::Cluster {
             name: c.name.clone(),
@@ -199,6 +200,8 @@ impl Cluster {
                 },
             },
             circuit: Arc::clone(&circuit),
+            sockets: crate::tls::upstream::TransportSockets::compile(c, identity)
+                .map_err(|(f, why)| err(&f, why))?,
         };
         let endpoints = match assignment {
             Some(a) => endpoints(a, resolve_dns, prev, &pools).map_err(|(f, why)| err(&f, why))?,
@@ -388,18 +391,25 @@ fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>,
 struct PoolSettings {
     options: PoolOptions,
     circuit: Arc<CircuitState>,
+    sockets: crate::tls::upstream::TransportSockets,
 }
 
 impl PoolSettings {
     /// The previous endpoint's pool when it fits, a new one otherwise.
-    fn pool(&self, addr: SocketAddr, prev: Option<&Endpoint>) -> Arc<EndpointPool> {
+    fn pool(
+        &self,
+        addr: SocketAddr,
+        metadata: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>,
+        prev: Option<&Endpoint>,
+    ) -> Arc<EndpointPool> {
+        let tls = self.sockets.for_endpoint(metadata);
         match prev {
-            Some(e) if e.pool.fits(&self.options, &self.circuit) => Arc::clone(&e.pool),
-            _ => Arc::new(EndpointPool::new(
-                addr,
-                self.options,
-                Arc::clone(&self.circuit),
-            )),
+            Some(e) if e.pool.fits(&self.options, &self.circuit, tls.as_deref()) => {
+                Arc::clone(&e.pool)
+            }
+            _ => Arc::new(
+                EndpointPool::new(addr, self.options, Arc::clone(&self.circuit)).with_tls(tls),
+            ),
         }
     }
 }
@@ -483,7 +493,7 @@ fn endpoints(
                 locality: locality.clone(),
                 workload: WorkloadLabels::from_metadata(lb.metadata.as_ref()),
                 state,
-                pool: pools.pool(addr, before),
+                pool: pools.pool(addr, lb.metadata.as_ref(), before),
             });
         }
     }

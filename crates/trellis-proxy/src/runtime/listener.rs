@@ -35,6 +35,8 @@ pub struct Listener {
     pub authz: Arc<HttpAuthz>,
     /// `envoy.filters.http.jwt_authn`, when configured.
     pub jwt: Option<Arc<super::jwt::JwtAuthn>>,
+    /// TLS termination, when a filter chain carries a `DownstreamTlsContext`.
+    pub tls: Option<Arc<crate::tls::inbound::InboundTls>>,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,8 @@ pub struct HttpSettings {
     pub preserve_external_request_id: bool,
     /// `upgrade_configs[].upgrade_type` (lower-cased): the `Upgrade` protocols let through.
     pub upgrades: Vec<String>,
+    /// `forward_client_cert_details` / `set_current_client_cert_details`.
+    pub xfcc: crate::tls::xfcc::XfccPolicy,
 }
 
 impl Default for HttpSettings {
@@ -79,6 +83,7 @@ impl Default for HttpSettings {
             generate_request_id: true,
             preserve_external_request_id: false,
             upgrades: Vec::new(),
+            xfcc: Default::default(),
         }
     }
 }
@@ -177,6 +182,9 @@ impl Listener {
             }
         };
         let authz = HttpAuthz::from_hcm(&hcm).map_err(|(f, why)| err(&f, why))?;
+        let tls = crate::tls::inbound::InboundTls::from_chains(&l.filter_chains)
+            .map_err(|(f, why)| err(&f, why))?
+            .map(Arc::new);
         Ok(Listener {
             name: l.name.as_str().into(),
             addr: SocketAddr::new(ip, port),
@@ -184,6 +192,7 @@ impl Listener {
             routes,
             authz: Arc::new(authz),
             jwt,
+            tls,
         })
     }
 }
@@ -236,6 +245,7 @@ impl HttpSettings {
                 .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
                 .map(|u| u.upgrade_type.to_ascii_lowercase())
                 .collect(),
+            xfcc: crate::tls::xfcc::XfccPolicy::from_hcm(h),
         }
     }
 }

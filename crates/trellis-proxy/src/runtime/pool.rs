@@ -86,6 +86,8 @@ pub struct EndpointPool {
     idle: Mutex<Vec<Idle>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
     reaping: AtomicBool,
+    /// TLS toward this endpoint (its transport socket), `None` for plaintext.
+    tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
 }
 
 /// An HTTP/1.1 connection lent to one request; back to the pool with `release` once the
@@ -126,12 +128,26 @@ impl EndpointPool {
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             reaping: AtomicBool::new(false),
+            tls: None,
         }
     }
 
     /// Whether this pool can serve a cluster with these settings and circuit state.
-    pub fn fits(&self, options: &PoolOptions, circuit: &Arc<CircuitState>) -> bool {
-        self.options == *options && Arc::ptr_eq(&self.circuit, circuit)
+    pub fn fits(
+        &self,
+        options: &PoolOptions,
+        circuit: &Arc<CircuitState>,
+        tls: Option<&crate::tls::upstream::UpstreamTls>,
+    ) -> bool {
+        self.options == *options
+            && Arc::ptr_eq(&self.circuit, circuit)
+            && self.tls.as_deref() == tls
+    }
+
+    /// Connect with TLS (`None`: plaintext).
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::upstream::UpstreamTls>>) -> EndpointPool {
+        self.tls = tls;
+        self
     }
 
     /// Send `req` on a pooled (or new) connection. For HTTP/1.1 the connection comes back as a
@@ -299,6 +315,26 @@ impl EndpointPool {
         });
     }
 
+    /// A connected stream, with TLS when the endpoint's transport socket says so (the
+    /// handshake shares the connect timeout).
+    async fn stream(&self) -> Result<crate::tls::stream::Stream, UpstreamError> {
+        let tcp = self.tcp().await?;
+        let Some(tls) = &self.tls else {
+            return Ok(crate::tls::stream::Stream::Plain(tcp));
+        };
+        match tokio::time::timeout(self.connect_timeout, tls.connect(tcp)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(UpstreamError::Connect(std::io::Error::new(
+                e.kind(),
+                format!("tls handshake with {}: {e}", self.addr),
+            ))),
+            Err(_) => Err(UpstreamError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("tls handshake timeout after {:?}", self.connect_timeout),
+            ))),
+        }
+    }
+
     async fn tcp(&self) -> Result<TcpStream, UpstreamError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
@@ -328,7 +364,7 @@ impl EndpointPool {
         &self,
         slot: ConnectionSlot,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let io = TokioIo::new(self.tcp().await?);
+        let io = TokioIo::new(self.stream().await?);
         let (tx, conn) = http1::Builder::new()
             // One `send` per request rather than `writev` (see `listeners::server_builder`).
             .writev(false)
@@ -350,7 +386,7 @@ impl EndpointPool {
         &self,
         slot: ConnectionSlot,
     ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        let io = TokioIo::new(self.tcp().await?);
+        let io = TokioIo::new(self.stream().await?);
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))

@@ -81,6 +81,7 @@ impl Req {
             principal: Some(Arc::from(principal)),
             namespace: ns.map(Arc::from),
             sni: Some(Arc::from("outbound_.8000_._.httpbin.foo.svc.cluster.local")),
+            certificate: None,
         };
         self
     }
