@@ -211,6 +211,45 @@ fn retry_after_sets_the_wait_before_the_retry() {
     );
 }
 
+/// `Retry-After` as an HTTP-date (RFC 9110): a 503 saying "not before now + 2 s" (second
+/// precision, so at least one second away) delays the retry until then.
+#[test]
+fn retry_after_as_an_http_date_sets_the_wait() {
+    let apps = Apps::start(&[("shop", "v1")]);
+    let gw = shop(&[apps.port("shop/v1")], "", "", "");
+    let mut c = gw.client();
+    let start = Instant::now();
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
+    let query = date.replace(' ', "%20").replace(',', "%2C");
+    let r = c
+        .get(
+            "shop.local",
+            &format!("/flaky/date/1?retry_after={query}"),
+            &[],
+        )
+        .expect("request");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json_u64(&r.body, "attempt"), Some(2), "{}", r.body);
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    // A date already past means "now": retried at once, without the (jittered) backoff the
+    // test could not tell apart, but still retried.
+    let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(60));
+    let query = past.replace(' ', "%20").replace(',', "%2C");
+    let r = c
+        .get(
+            "shop.local",
+            &format!("/flaky/past/1?retry_after={query}"),
+            &[],
+        )
+        .expect("request");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json_u64(&r.body, "attempt"), Some(2), "{}", r.body);
+}
+
 /// `perTryTimeout` bounds each attempt; when all time out the answer is 504 `UT,URX`. The route
 /// `timeout` bounds them all: a 2 s upstream delay with a 0.5 s timeout is 504 `UT`.
 #[test]
