@@ -172,8 +172,25 @@ fn route<'l>(
 }
 
 /// Replays `head`, then copies both ways (half-close passed on) until both are done, an error,
-/// or the chain's idle timeout.
-async fn splice(down: &mut Counted<'_>, mut up: TcpStream, head: &[u8], chain: &TcpChain) {
+/// the chain's idle timeout, or its maximum connection duration.
+async fn splice(down: &mut Counted<'_>, up: TcpStream, head: &[u8], chain: &TcpChain) {
+    let Some(max) = chain.max_duration else {
+        return splice_until_idle(down, up, head, chain).await;
+    };
+    if tokio::time::timeout(max, splice_until_idle(down, up, head, chain))
+        .await
+        .is_err()
+    {
+        tracing::debug!(max = ?max, "max connection duration reached; closing connection");
+    }
+}
+
+async fn splice_until_idle(
+    down: &mut Counted<'_>,
+    mut up: TcpStream,
+    head: &[u8],
+    chain: &TcpChain,
+) {
     let _ = up.set_nodelay(true);
     if !head.is_empty()
         && let Err(e) = up.write_all(head).await

@@ -516,6 +516,18 @@ pub fn destination_rule<'a>(
     candidates.first().map(|(_, dr)| *dr)
 }
 
+/// The merged `connectionPool` of the DestinationRule for `host` (and `subset`) at `port`.
+pub fn connection_pool(
+    ctx: &Context<'_>,
+    host: &str,
+    port: u32,
+    subset: &str,
+) -> Option<ConnectionPoolSettings> {
+    let dr = destination_rule(ctx, host)?;
+    let subset_rule = dr.spec.subsets.iter().find(|s| s.name == subset);
+    effective_policy(Some(&dr.spec), subset_rule, port).connection_pool
+}
+
 /// Istio's `MergeTrafficPolicies`: top level, replaced by its port-level settings, then the
 /// subset's set fields, replaced by the subset's port-level settings.
 fn effective_policy(dr: Option<&DestinationRule>, subset: Option<&Subset>, port: u32) -> Policy {

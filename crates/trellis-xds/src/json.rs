@@ -191,6 +191,10 @@ fn tcp_proxy(t: &TcpProxy) -> Value {
         None => o,
     }
     .opt("idleTimeout", t.idle_timeout.as_ref().map(duration))
+    .opt(
+        "maxDownstreamConnectionDuration",
+        t.max_downstream_connection_duration.as_ref().map(duration),
+    )
     .done()
 }
 
@@ -332,6 +336,10 @@ fn common_http_options(o: &CommonHttpProtocolOptions) -> Value {
         .opt(
             "maxRequestsPerConnection",
             o.max_requests_per_connection.map(|v| json!(v.value)),
+        )
+        .opt(
+            "maxConnectionDuration",
+            o.max_connection_duration.as_ref().map(duration),
         )
         .done()
 }

@@ -15,6 +15,9 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
@@ -220,13 +223,24 @@ pub fn apply_connection_pool(
             ..Default::default()
         });
     }
+    // Istio: `http.idleTimeout`, else `tcp.idleTimeout`, is the upstream connection idle
+    // timeout; `tcp.maxConnectionDuration` the connection age limit; `http.maxConcurrentStreams`
+    // applies to HTTP/2 clusters only.
     let idle = http
         .and_then(|h| h.idle_timeout.as_ref())
+        .or_else(|| tcp.and_then(|t| t.idle_timeout.as_ref()))
         .and_then(|d| d.get());
     let per_connection = http
         .and_then(|h| h.max_requests_per_connection)
         .filter(|v| *v > 0);
-    if idle.is_none() && per_connection.is_none() {
+    let max_duration = tcp
+        .and_then(|t| t.max_connection_duration.as_ref())
+        .and_then(|d| d.get());
+    let max_streams = http
+        .and_then(|h| h.max_concurrent_streams)
+        .filter(|v| *v > 0);
+    if idle.is_none() && per_connection.is_none() && max_duration.is_none() && max_streams.is_none()
+    {
         return;
     }
     let Some(any) = cluster
@@ -244,6 +258,18 @@ pub fn apply_connection_pool(
     }
     if let Some(n) = per_connection {
         common.max_requests_per_connection = Some(UInt32Value {
+            value: n.unsigned_abs(),
+        });
+    }
+    if let Some(d) = max_duration {
+        common.max_connection_duration = Some(proto_duration(d));
+    }
+    if let Some(n) = max_streams
+        && let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
+            &mut opts.upstream_protocol_options
+        && let Some(ProtocolConfig::Http2ProtocolOptions(h2)) = &mut explicit.protocol_config
+    {
+        h2.max_concurrent_streams = Some(UInt32Value {
             value: n.unsigned_abs(),
         });
     }

@@ -144,7 +144,7 @@ impl Cluster {
             .connect_timeout
             .as_ref()
             .map_or(DEFAULT_CONNECT_TIMEOUT, duration);
-        let (protocol, idle, per_connection) =
+        let (protocol, idle, per_connection, max_connection_duration) =
             upstream_options(c).map_err(|why| err("typed_extension_protocol_options", why))?;
         #[allow(deprecated)] // the contract names the cluster-level field
         let idle_timeout = idle
@@ -189,6 +189,7 @@ impl Cluster {
                 connect_timeout,
                 idle_timeout,
                 max_requests_per_connection: per_connection,
+                max_connection_duration,
                 max_connections: limits.max_connections,
                 max_pending_requests: limits.max_pending_requests,
                 keepalive: Keepalive {
@@ -353,10 +354,13 @@ impl WorkloadLabels {
     }
 }
 
-/// Protocol, idle timeout and `max_requests_per_connection` (0: unlimited).
-fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>, u32), String> {
+/// Protocol, idle timeout, `max_requests_per_connection` (0: unlimited) and
+/// `max_connection_duration` (absent or 0: none).
+type UpstreamOptions = (UpstreamProtocol, Option<Duration>, u32, Option<Duration>);
+
+fn upstream_options(c: &XCluster) -> Result<UpstreamOptions, String> {
     let Some(any) = c.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
-        return Ok((UpstreamProtocol::Http1, None, 0));
+        return Ok((UpstreamProtocol::Http1, None, 0, None));
     };
     let opts = HttpProtocolOptions::decode(any.value.as_slice())
         .map_err(|e| format!("{HTTP_OPTIONS} does not decode: {e}"))?;
@@ -370,6 +374,12 @@ fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>,
         .as_ref()
         .and_then(|o| o.max_requests_per_connection)
         .map_or(0, |v| v.value);
+    let max_duration = opts
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.max_connection_duration.as_ref())
+        .map(duration)
+        .filter(|d| !d.is_zero());
     let protocol = match &opts.upstream_protocol_options {
         Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
             Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
@@ -381,7 +391,7 @@ fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>,
         None => UpstreamProtocol::Http1,
         Some(_) => return Err("only explicit_http_config is supported".into()),
     };
-    Ok((protocol, idle, per_connection))
+    Ok((protocol, idle, per_connection, max_duration))
 }
 
 /// What an endpoint's connection pool is built with.

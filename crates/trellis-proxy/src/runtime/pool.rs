@@ -1,7 +1,9 @@
 //! Upstream connections for one endpoint, on hyper's connection API: a bounded stack of idle
 //! HTTP/1.1 connections (most recently used first, checked before reuse), or one shared,
 //! multiplexed HTTP/2 connection. Connects lazily with a timeout; idle connections expire after
-//! the cluster's idle timeout and after `max_requests_per_connection` requests. Enforces the
+//! the cluster's idle timeout, after `max_requests_per_connection` requests and, once
+//! `max_connection_duration` old, are not reused (an HTTP/1.1 connection closes when its
+//! request ends, an HTTP/2 one is replaced and drains its streams). Enforces the
 //! cluster's connection circuit breakers: at most `max_connections` open (cluster-wide, counted in
 //! the shared `CircuitState`), then requests wait for a connection in a queue of at most
 //! `max_pending_requests`, beyond which they overflow (`UO`). A pool belongs to an endpoint
@@ -50,6 +52,8 @@ pub struct PoolOptions {
     pub idle_timeout: Duration,
     /// 0: unlimited.
     pub max_requests_per_connection: u32,
+    /// Age after which a connection takes no new request (`max_connection_duration`).
+    pub max_connection_duration: Option<Duration>,
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub keepalive: Keepalive,
@@ -70,6 +74,8 @@ pub enum Connection {
         tx: http1::SendRequest<RequestBody>,
         /// Requests this connection served before this one.
         uses: u32,
+        /// When the connection was established.
+        opened: Instant,
     },
     Http2(http2::SendRequest<RequestBody>),
 }
@@ -84,7 +90,7 @@ pub struct EndpointPool {
     pub options: PoolOptions,
     circuit: Arc<CircuitState>,
     idle: Mutex<Vec<Idle>>,
-    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    shared: Mutex<Option<(http2::SendRequest<RequestBody>, Instant)>>,
     reaping: AtomicBool,
 }
 
@@ -94,6 +100,7 @@ pub struct EndpointPool {
 pub struct Lease {
     tx: http1::SendRequest<RequestBody>,
     uses: u32,
+    opened: Instant,
     pool: Weak<EndpointPool>,
 }
 
@@ -102,6 +109,7 @@ struct Idle {
     tx: http1::SendRequest<RequestBody>,
     uses: u32,
     since: Instant,
+    opened: Instant,
 }
 
 impl UpstreamError {
@@ -150,18 +158,21 @@ impl EndpointPool {
     pub async fn connection(self: &Arc<Self>) -> Result<Connection, UpstreamError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                if let Some((tx, uses)) = self.checkout() {
-                    return Ok(Connection::Http1 { tx, uses });
+                if let Some((tx, uses, opened)) = self.checkout() {
+                    return Ok(Connection::Http1 { tx, uses, opened });
                 }
                 // Boxed: the connect and wait state machines are large and rarely needed;
                 // inline they would be copied along with every request's future.
                 Box::pin(self.connect_or_wait()).await
             }
             UpstreamProtocol::Http2 => {
+                let max_age = self.options.max_connection_duration;
                 let shared = lock(&self.shared)
                     .as_ref()
-                    .filter(|t| !t.is_closed())
-                    .cloned();
+                    .filter(|(t, opened)| {
+                        !t.is_closed() && max_age.is_none_or(|m| opened.elapsed() < m)
+                    })
+                    .map(|(t, _)| t.clone());
                 match shared {
                     Some(tx) => Ok(Connection::Http2(tx)),
                     None => {
@@ -172,7 +183,8 @@ impl EndpointPool {
                             ));
                         };
                         let tx = Box::pin(self.connect_h2(slot)).await?;
-                        *lock(&self.shared) = Some(tx.clone());
+                        // A replaced connection drains: it ends once its streams are done.
+                        *lock(&self.shared) = Some((tx.clone(), Instant::now()));
                         Ok(Connection::Http2(tx))
                     }
                 }
@@ -187,11 +199,16 @@ impl EndpointPool {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
         match conn {
-            Connection::Http1 { mut tx, uses } => {
+            Connection::Http1 {
+                mut tx,
+                uses,
+                opened,
+            } => {
                 let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
                 let lease = Lease {
                     tx,
                     uses: uses + 1,
+                    opened,
                     pool: Arc::downgrade(self),
                 };
                 Ok((resp, Some(lease)))
@@ -212,13 +229,18 @@ impl EndpointPool {
             let changed = self.circuit.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some((tx, uses)) = self.checkout() {
-                return Ok(Connection::Http1 { tx, uses });
+            if let Some((tx, uses, opened)) = self.checkout() {
+                return Ok(Connection::Http1 { tx, uses, opened });
             }
             if let Some(slot) = self.circuit.open_connection(self.options.max_connections) {
                 drop(pending);
                 let tx = self.connect_h1(slot).await?;
-                return Ok(Connection::Http1 { tx, uses: 0 });
+                let opened = Instant::now();
+                return Ok(Connection::Http1 {
+                    tx,
+                    uses: 0,
+                    opened,
+                });
             }
             if pending.is_none() {
                 pending = Some(self.circuit.pend(self.options.max_pending_requests).ok_or(
@@ -232,16 +254,17 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is ready; drops closed and expired ones.
-    fn checkout(&self) -> Option<(http1::SendRequest<RequestBody>, u32)> {
+    fn checkout(&self) -> Option<(http1::SendRequest<RequestBody>, u32, Instant)> {
         let mut idle = lock(&self.idle);
         let mut busy = Vec::new();
         let mut found = None;
         while let Some(c) = idle.pop() {
-            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout {
+            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout || self.too_old(c.opened)
+            {
                 continue;
             }
             if c.tx.is_ready() {
-                found = Some((c.tx, c.uses));
+                found = Some((c.tx, c.uses, c.opened));
                 break;
             }
             // Still finishing its previous exchange: keep it for later.
@@ -251,23 +274,28 @@ impl EndpointPool {
         found
     }
 
-    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<RequestBody>, uses: u32) {
+    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<RequestBody>, uses: u32, opened: Instant) {
         let limit = self.options.max_requests_per_connection;
         if tx.is_closed() || (limit > 0 && uses >= limit) {
             // Dropping the sender closes the connection; its slot frees when it ends.
             return;
         }
+        if self.too_old(opened) {
+            return;
+        }
+        let back = Idle {
+            tx,
+            uses,
+            since: Instant::now(),
+            opened,
+        };
         {
             let mut idle = lock(&self.idle);
             if idle.len() >= MAX_IDLE_PER_ENDPOINT {
                 // The oldest goes: it is the first to expire anyway.
                 idle.remove(0);
             }
-            idle.push(Idle {
-                tx,
-                uses,
-                since: Instant::now(),
-            });
+            idle.push(back);
         }
         self.circuit.changed.notify_waiters();
         if !self.reaping.swap(true, Ordering::AcqRel) {
@@ -275,7 +303,15 @@ impl EndpointPool {
         }
     }
 
-    /// While connections sit idle, close those idle for longer than the idle timeout.
+    /// Whether a connection opened at `opened` has reached `max_connection_duration`.
+    fn too_old(&self, opened: Instant) -> bool {
+        self.options
+            .max_connection_duration
+            .is_some_and(|max| opened.elapsed() >= max)
+    }
+
+    /// While connections sit idle, close those idle for longer than the idle timeout (or
+    /// older than `max_connection_duration`).
     fn spawn_reaper(self: &Arc<Self>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             self.reaping.store(false, Ordering::Release);
@@ -283,14 +319,20 @@ impl EndpointPool {
         };
         let pool = Arc::downgrade(self);
         let every = self
-            .idle_timeout
+            .options
+            .max_connection_duration
+            .map_or(self.idle_timeout, |m| m.min(self.idle_timeout))
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
         handle.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = lock(&pool.idle);
-                idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < pool.idle_timeout);
+                idle.retain(|c| {
+                    !c.tx.is_closed()
+                        && c.since.elapsed() < pool.idle_timeout
+                        && !pool.too_old(c.opened)
+                });
                 if idle.is_empty() {
                     pool.reaping.store(false, Ordering::Release);
                     return;
@@ -374,7 +416,7 @@ impl Lease {
     /// The response was read to its end: the connection may serve the next request.
     pub fn release(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.tx, self.uses);
+            pool.checkin(self.tx, self.uses, self.opened);
         }
     }
 }

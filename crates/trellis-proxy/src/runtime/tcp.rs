@@ -54,6 +54,9 @@ pub struct TcpChain {
     pub action: RouteAction,
     /// Close the connection after this long without bytes either way (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Close the connection this long after it was spliced, busy or not
+    /// (`max_downstream_connection_duration`; `None`: never).
+    pub max_duration: Option<Duration>,
     /// Connections picked so far (from a random start), for [`TcpChain::pick`].
     picks: AtomicU64,
 }
@@ -141,6 +144,11 @@ impl TcpListener {
                 Some(d) if d.is_zero() => None,
                 Some(d) => Some(d),
             };
+            let max_duration = proxy
+                .max_downstream_connection_duration
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero());
             let m = chain.filter_chain_match.as_ref();
             let names = m.map(|m| m.server_names.as_slice()).unwrap_or_default();
             if names.is_empty() {
@@ -181,6 +189,7 @@ impl TcpListener {
                 stat_prefix: proxy.stat_prefix.as_str().into(),
                 action,
                 idle_timeout,
+                max_duration,
                 picks: AtomicU64::new(fastrand::u64(..)),
             });
         }
@@ -394,6 +403,7 @@ mod tests {
                 total: 100,
             },
             idle_timeout: None,
+            max_duration: None,
             picks: AtomicU64::new(fastrand::u64(..)),
         };
         for n in [50, 200, 1000] {
