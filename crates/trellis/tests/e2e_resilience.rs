@@ -494,3 +494,65 @@ fn put_bodies_are_replayed_up_to_64_kib() {
     assert_eq!((r.status, flags(&r)), (503, "-"), "streamed, not retried");
     assert_eq!(counter(&gw, "trellis_upstream_rq_retry_total"), 1.0);
 }
+
+/// `retryRemoteLocalities` (Envoy's `previous_priorities`, updated every 2 attempts as Istio
+/// sets it): with the same-zone endpoint answering 503, its priority takes all traffic, so
+/// without the flag every attempt goes there and fails; with it, the third attempt avoids the
+/// priority already tried and the other zone answers.
+#[test]
+fn retry_remote_localities_lets_retries_leave_the_local_zone() {
+    let apps = Apps::start(&[("shop", "zone1"), ("shop", "zone2")]);
+    let (local, remote) = (apps.port("shop/zone1"), apps.port("shop/zone2"));
+    let (code, _, body) =
+        trellis_testkit::http_get(&format!("http://127.0.0.1:{local}/fault/status/503"));
+    assert_eq!(code, 200, "{body}");
+    let run = |flag: &str| {
+        let port = gateway_port();
+        let yaml = docs(&[
+            gateway_yaml(port),
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: shop, namespace: default}}\nspec:\n  hosts: [{SVC}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {local}}}, locality: region1/zone1}}\n  - {{address: 127.0.0.1, ports: {{http: {remote}}}, locality: region1/zone2}}\n"
+            ),
+            virtual_service_yaml(
+                "shop",
+                &["*"],
+                &format!(
+                    "  - route: [{{destination: {}}}]\n    retries: {{attempts: 3, retryOn: 5xx{flag}}}\n",
+                    dest(SVC, None, 8080)
+                ),
+            ),
+            // Locality priorities need outlier detection (as in Istio); no ejection here.
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: shop, namespace: default}}\nspec:\n  host: {SVC}\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 100, interval: 10s, baseEjectionTime: 30s}}\n"
+            ),
+        ]);
+        let dir = trellis_testkit::TempDir::new().expect("temp dir");
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write mesh.yaml");
+        let mut args: Vec<&str> = GATEWAY_ARGS.to_vec();
+        args.extend_from_slice(&["--locality", "region1/zone1"]);
+        let (proxy, admin) = trellis_testkit::proxy(dir.path(), &args);
+        let gw = Gateway {
+            dir,
+            port,
+            admin,
+            proxy,
+        };
+        assert!(trellis_testkit::wait_for_port(
+            gw.addr(),
+            Duration::from_secs(10)
+        ));
+        let r = gw.client().get("shop.local", "/get", &[]).expect("request");
+        let retries = counter(&gw, "trellis_upstream_rq_retry_total");
+        (r, retries)
+    };
+    let (r, retries) = run("");
+    assert_eq!((r.status, flags(&r)), (503, "URX"), "{r:?}");
+    assert_eq!(retries, 3.0);
+    let (r, retries) = run(", retryRemoteLocalities: true");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.served_by(), "shop/zone2", "{r:?}");
+    assert_eq!(
+        retries, 2.0,
+        "attempts 1 and 2 in zone1, the third in zone2"
+    );
+}

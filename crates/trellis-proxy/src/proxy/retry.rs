@@ -29,12 +29,12 @@ use hyper::body::Incoming;
 use super::body::{RequestBody, RequestLog};
 use super::mirror::Tee;
 use super::{Local, headers, poll_registered, root_cause};
-use crate::runtime::Cluster;
 use crate::runtime::balancer::InFlight;
 use crate::runtime::circuit::RetrySlot;
 use crate::runtime::outlier::Outcome as Observed;
 use crate::runtime::pool::{Lease, UpstreamError};
 use crate::runtime::retry::{Outcome, RetryPolicy};
+use crate::runtime::{Cluster, locality};
 use crate::telemetry::upstream_stats::ClusterStats;
 
 /// Request bodies up to this size are buffered so that a retry can send them again; larger
@@ -138,11 +138,16 @@ impl Attempts<'_> {
         let mut moved = false;
         let mut sent = false;
         let mut _retry_slot: Option<RetrySlot> = None;
+        let update_frequency = self.policy.map_or(0, |p| p.previous_priorities);
         loop {
+            tried.update_levels(attempt, update_frequency);
             let Some(index) = self.pick(attempt, &tried) else {
                 let msg = format!("no healthy upstream for cluster {:?}\n", cluster.name);
                 return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
             };
+            if update_frequency > 0 {
+                tried.add_level(cluster, index);
+            }
             let endpoint = &cluster.endpoints[index];
             tried.add(index);
             if moved && let Some(k) = &kept {
@@ -357,10 +362,15 @@ impl Attempts<'_> {
             Some(p) if attempt > 1 && p.avoid_previous_hosts => p.host_selection_attempts,
             _ => 1,
         };
+        let avoid = tried.avoided_levels;
         let mut chosen = None;
         for _ in 0..tries {
-            let e = cluster.pick(self.hash)?;
-            let i = cluster.endpoints.iter().position(|x| std::ptr::eq(x, e))?;
+            let i = if avoid != 0 {
+                locality::pick_avoiding(cluster, self.hash, avoid)?
+            } else {
+                let e = cluster.pick(self.hash)?;
+                cluster.endpoints.iter().position(|x| std::ptr::eq(x, e))?
+            };
             chosen = Some(i);
             if !tried.contains(i) {
                 break;
@@ -440,18 +450,40 @@ impl Attempts<'_> {
     }
 }
 
-/// Endpoints already tried (by index; beyond 64 endpoints only the first 64 are remembered).
+/// Endpoints already tried (by index; beyond 64 endpoints only the first 64 are remembered),
+/// and for `previous_priorities` the priority levels tried (by position, as bits).
 #[derive(Default)]
-struct Tried(u64);
+struct Tried {
+    endpoints: u64,
+    levels: u64,
+    /// The levels the next pick avoids: those of the attempts before the last update.
+    avoided_levels: u64,
+}
 
 impl Tried {
     fn add(&mut self, i: usize) {
         if i < 64 {
-            self.0 |= 1 << i;
+            self.endpoints |= 1 << i;
         }
     }
     fn contains(&self, i: usize) -> bool {
-        i < 64 && self.0 & (1 << i) != 0
+        i < 64 && self.endpoints & (1 << i) != 0
+    }
+
+    /// Before attempt `attempt` (1-based) under `update_frequency` (0: off): every
+    /// `update_frequency` attempts, the levels tried so far become the ones to avoid (Envoy's
+    /// `previous_priorities`: with 2, attempts 1-2 use the normal priority load, 3-4 avoid the
+    /// levels of 1-2, 5-6 those of 1-4, ...).
+    fn update_levels(&mut self, attempt: u32, update_frequency: u32) {
+        if update_frequency > 0 && attempt > 1 && (attempt - 1).is_multiple_of(update_frequency) {
+            self.avoided_levels = self.levels;
+        }
+    }
+
+    fn add_level(&mut self, cluster: &Cluster, i: usize) {
+        if let Some(k) = locality::level_of(cluster, i).filter(|k| *k < 64) {
+            self.levels |= 1 << k;
+        }
     }
 }
 
@@ -600,6 +632,33 @@ fn with_urx(mut local: Local) -> Local {
 mod tests {
     use super::*;
     use std::time::SystemTime;
+
+    #[test]
+    fn previous_priorities_avoid_the_levels_tried_before_each_update() {
+        let mut t = Tried::default();
+        // Update frequency 2: attempts 1 and 2 avoid nothing, 3 and 4 the levels of 1-2.
+        t.update_levels(1, 2);
+        t.levels |= 1; // attempt 1 went to level 0
+        t.update_levels(2, 2);
+        assert_eq!(t.avoided_levels, 0);
+        t.levels |= 1; // attempt 2 too
+        t.update_levels(3, 2);
+        assert_eq!(t.avoided_levels, 0b1);
+        t.levels |= 0b10; // attempt 3 went to level 1
+        t.update_levels(4, 2);
+        assert_eq!(t.avoided_levels, 0b1);
+        t.update_levels(5, 2);
+        assert_eq!(t.avoided_levels, 0b11);
+        // Off: never avoids anything.
+        let mut off = Tried {
+            levels: 0b111,
+            ..Tried::default()
+        };
+        for attempt in 1..6 {
+            off.update_levels(attempt, 0);
+            assert_eq!(off.avoided_levels, 0);
+        }
+    }
 
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {
