@@ -184,3 +184,64 @@ fn busy_tcp_connections_close_at_max_connection_duration() {
         "closed after {closed_after:?}"
     );
 }
+
+/// `http.maxConcurrentStreams` on an HTTP/2 upstream (`h2UpgradePolicy: UPGRADE`): each
+/// connection carries at most that many streams. With one connection allowed and one stream
+/// per connection, a second concurrent request overflows (503 `UO`); without the stream limit
+/// the same single connection carries both.
+#[test]
+fn http2_max_concurrent_streams_caps_streams_per_connection() {
+    let apps = Apps::start(&[("pool", "v1")]);
+    let run = |http: &str| {
+        let port = gateway_port();
+        let yaml = docs(&[
+            gateway_yaml(port),
+            service_entry_yaml("pool", SVC, 8080, "HTTP", &[ep(apps.port("pool/v1"), "v1")]),
+            virtual_service_yaml(
+                "pool",
+                &["*"],
+                &format!(
+                    "  - route: [{{destination: {}}}]\n    retries: {{attempts: 0}}\n",
+                    dest(SVC, None, 8080)
+                ),
+            ),
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: pool, namespace: default}}\nspec:\n  host: {SVC}\n  trafficPolicy:\n    connectionPool:\n      tcp: {{maxConnections: 1}}\n      http: {http}\n"
+            ),
+        ]);
+        let gw = Gateway::start(port, &yaml);
+        let statuses: Vec<(u16, String)> = std::thread::scope(|s| {
+            let slow = s.spawn(|| {
+                let r = gw
+                    .client()
+                    .get("pool.local", "/delay/2", &[])
+                    .expect("slow");
+                (
+                    r.status,
+                    r.headers
+                        .get("x-trellis-flags")
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            });
+            // Let the slow request take its stream first.
+            std::thread::sleep(Duration::from_millis(500));
+            let r = gw.client().get("pool.local", "/get", &[]).expect("second");
+            let second = (
+                r.status,
+                r.headers
+                    .get("x-trellis-flags")
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            vec![slow.join().expect("join"), second]
+        });
+        statuses
+    };
+    let limited = run("{h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 1}");
+    assert_eq!(limited[0].0, 200, "{limited:?}");
+    assert_eq!(limited[1], (503, "UO".to_string()), "{limited:?}");
+    let shared = run("{h2UpgradePolicy: UPGRADE}");
+    assert_eq!(shared[0].0, 200, "{shared:?}");
+    assert_eq!(shared[1].0, 200, "one connection, two streams: {shared:?}");
+}

@@ -1,6 +1,8 @@
 //! Upstream connections for one endpoint, on hyper's connection API: a bounded stack of idle
 //! HTTP/1.1 connections (most recently used first, checked before reuse), or one shared,
-//! multiplexed HTTP/2 connection. Connects lazily with a timeout; idle connections expire after
+//! multiplexed HTTP/2 connection (more when `max_concurrent_streams` caps the streams of each:
+//! a request goes to the first connection with a free stream, else a new connection is opened
+//! within `max_connections`, else it overflows). Connects lazily with a timeout; idle connections expire after
 //! the cluster's idle timeout, after `max_requests_per_connection` requests and, once
 //! `max_connection_duration` old, are not reused (an HTTP/1.1 connection closes when its
 //! request ends, an HTTP/2 one is replaced and drains its streams). Enforces the
@@ -11,7 +13,7 @@
 //! balance or retry.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,9 @@ pub struct PoolOptions {
     pub max_requests_per_connection: u32,
     /// Age after which a connection takes no new request (`max_connection_duration`).
     pub max_connection_duration: Option<Duration>,
+    /// Streams per HTTP/2 connection (`http2_protocol_options.max_concurrent_streams`); 0:
+    /// unlimited (one connection per endpoint).
+    pub max_concurrent_streams: u32,
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub keepalive: Keepalive,
@@ -77,7 +82,25 @@ pub enum Connection {
         /// When the connection was established.
         opened: Instant,
     },
-    Http2(http2::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>, StreamSlot),
+}
+
+/// One stream counted on an HTTP/2 connection until dropped (with the response).
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicU32>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A shared HTTP/2 connection.
+#[derive(Debug)]
+struct H2Conn {
+    tx: http2::SendRequest<RequestBody>,
+    opened: Instant,
+    streams: Arc<AtomicU32>,
 }
 
 /// Connections to one endpoint.
@@ -90,18 +113,22 @@ pub struct EndpointPool {
     pub options: PoolOptions,
     circuit: Arc<CircuitState>,
     idle: Mutex<Vec<Idle>>,
-    shared: Mutex<Option<(http2::SendRequest<RequestBody>, Instant)>>,
+    shared: Mutex<Vec<H2Conn>>,
     reaping: AtomicBool,
 }
 
 /// An HTTP/1.1 connection lent to one request; back to the pool with `release` once the
-/// response has been read to its end, closed if dropped instead.
+/// response has been read to its end, closed if dropped instead. For HTTP/2, the request's
+/// stream counted on its connection until then.
 #[derive(Debug)]
-pub struct Lease {
-    tx: http1::SendRequest<RequestBody>,
-    uses: u32,
-    opened: Instant,
-    pool: Weak<EndpointPool>,
+pub enum Lease {
+    Http1 {
+        tx: http1::SendRequest<RequestBody>,
+        uses: u32,
+        opened: Instant,
+        pool: Weak<EndpointPool>,
+    },
+    Http2(StreamSlot),
 }
 
 #[derive(Debug)]
@@ -132,7 +159,7 @@ impl EndpointPool {
             options,
             circuit,
             idle: Mutex::new(Vec::new()),
-            shared: Mutex::new(None),
+            shared: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
         }
     }
@@ -166,28 +193,26 @@ impl EndpointPool {
                 Box::pin(self.connect_or_wait()).await
             }
             UpstreamProtocol::Http2 => {
-                let max_age = self.options.max_connection_duration;
-                let shared = lock(&self.shared)
-                    .as_ref()
-                    .filter(|(t, opened)| {
-                        !t.is_closed() && max_age.is_none_or(|m| opened.elapsed() < m)
-                    })
-                    .map(|(t, _)| t.clone());
-                match shared {
-                    Some(tx) => Ok(Connection::Http2(tx)),
-                    None => {
-                        let Some(slot) = self.circuit.open_connection(self.options.max_connections)
-                        else {
-                            return Err(UpstreamError::Overflow(
-                                "cluster has max_connections open",
-                            ));
-                        };
-                        let tx = Box::pin(self.connect_h2(slot)).await?;
-                        // A replaced connection drains: it ends once its streams are done.
-                        *lock(&self.shared) = Some((tx.clone(), Instant::now()));
-                        Ok(Connection::Http2(tx))
-                    }
+                if let Some(conn) = self.h2_with_free_stream() {
+                    return Ok(conn);
                 }
+                let Some(slot) = self.circuit.open_connection(self.options.max_connections) else {
+                    return Err(UpstreamError::Overflow(
+                        if self.options.max_concurrent_streams > 0 {
+                            "cluster has max_connections open, each with max_concurrent_streams streams"
+                        } else {
+                            "cluster has max_connections open"
+                        },
+                    ));
+                };
+                let tx = Box::pin(self.connect_h2(slot)).await?;
+                let streams = Arc::new(AtomicU32::new(1));
+                lock(&self.shared).push(H2Conn {
+                    tx: tx.clone(),
+                    opened: Instant::now(),
+                    streams: Arc::clone(&streams),
+                });
+                Ok(Connection::Http2(tx, StreamSlot(streams)))
             }
         }
     }
@@ -205,7 +230,7 @@ impl EndpointPool {
                 opened,
             } => {
                 let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
-                let lease = Lease {
+                let lease = Lease::Http1 {
                     tx,
                     uses: uses + 1,
                     opened,
@@ -213,12 +238,30 @@ impl EndpointPool {
                 };
                 Ok((resp, Some(lease)))
             }
-            Connection::Http2(mut tx) => {
+            Connection::Http2(mut tx, stream) => {
                 tx.ready().await.map_err(UpstreamError::Request)?;
                 let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
-                Ok((resp, None))
+                Ok((resp, Some(Lease::Http2(stream))))
             }
         }
+    }
+
+    /// A stream on a usable HTTP/2 connection: open, younger than `max_connection_duration`
+    /// and below `max_concurrent_streams`. Closed and too old connections are forgotten (an
+    /// old one drains: it ends once its streams are done).
+    fn h2_with_free_stream(&self) -> Option<Connection> {
+        let max_streams = self.options.max_concurrent_streams;
+        let mut shared = lock(&self.shared);
+        shared.retain(|c| !c.tx.is_closed() && !self.too_old(c.opened));
+        shared.iter().find_map(|c| {
+            let taken = c
+                .streams
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (max_streams == 0 || n < max_streams).then_some(n + 1)
+                })
+                .is_ok();
+            taken.then(|| Connection::Http2(c.tx.clone(), StreamSlot(Arc::clone(&c.streams))))
+        })
     }
 
     /// HTTP/1.1 without an idle connection: connect if the cluster may open one more, else
@@ -413,10 +456,17 @@ impl EndpointPool {
 }
 
 impl Lease {
-    /// The response was read to its end: the connection may serve the next request.
+    /// The response was read to its end: the connection (or stream) may serve the next request.
     pub fn release(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.tx, self.uses, self.opened);
+        if let Lease::Http1 {
+            tx,
+            uses,
+            opened,
+            pool,
+        } = self
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.checkin(tx, uses, opened);
         }
     }
 }
