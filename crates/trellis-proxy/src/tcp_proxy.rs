@@ -29,6 +29,8 @@ use crate::runtime::{TcpChain, TcpListener};
 use crate::telemetry::tcp_metrics::{TcpLabels, TcpSeries};
 use crate::telemetry::{ActiveConnection, RequestRecord};
 
+mod tunnel;
+
 /// One downstream connection: where and when it arrived.
 struct Conn<'a> {
     start: SystemTime,
@@ -124,13 +126,28 @@ pub async fn serve(
         ..outcome
     };
     let _in_flight = InFlight::new(&endpoint.state);
-    let upstream = match connect(endpoint.addr, cluster.connect_timeout).await {
+    let mut upstream = match connect(endpoint.addr, cluster.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed; closing connection");
             // A local-origin failure for outlier detection, as Envoy's tcp_proxy reports it.
             cluster.report(endpoint, crate::runtime::outlier::Outcome::ConnectFailed);
             return conn.finish(outcome.failed("UF"));
+        }
+    };
+    // Through an HTTP proxy (DestinationRule `tunnel`): CONNECT first; a refusal is a connect
+    // failure (`UF`).
+    let early = match &chain.tunnel {
+        None => Vec::new(),
+        Some(hostname) => {
+            match tunnel::open(&mut upstream, hostname, cluster.connect_timeout).await {
+                Ok(early) => early,
+                Err(e) => {
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "tunnel not opened; closing connection");
+                    cluster.report(endpoint, crate::runtime::outlier::Outcome::ConnectFailed);
+                    return conn.finish(outcome.failed("UF"));
+                }
+            }
         }
     };
     let series = proxy.telemetry.tcp_series(&labels(cluster, endpoint, ""));
@@ -143,7 +160,13 @@ pub async fn serve(
         bytes: &bytes,
         series: series.as_deref(),
     };
-    splice(&mut down, upstream, head, chain).await;
+    if !early.is_empty()
+        && let Err(e) = down.write_all(&early).await
+    {
+        tracing::debug!(error = %e, "write tunnel data downstream");
+    } else {
+        splice(&mut down, upstream, head, chain).await;
+    }
     if let Some(s) = &series {
         s.closed.fetch_add(1, Relaxed);
     }

@@ -28,7 +28,7 @@ use envoy_types::util::pack_any;
 use trellis_config::{
     ConnectionPoolSettings, DestinationRule, Endpoint, H2UpgradePolicy, LoadBalancerSettings,
     OutlierDetection, Protocol, Registry, Resolution, Resource, Service, ServicePort, SimpleLb,
-    Subset, resolve_host,
+    Subset, TunnelSettings, resolve_host,
 };
 
 use crate::lb;
@@ -526,6 +526,15 @@ pub fn connection_pool(
     let dr = destination_rule(ctx, host)?;
     let subset_rule = dr.spec.subsets.iter().find(|s| s.name == subset);
     effective_policy(Some(&dr.spec), subset_rule, port).connection_pool
+}
+
+/// The DestinationRule `tunnel` for `host` (the subset's, else the top level's).
+pub fn tunnel(ctx: &Context<'_>, host: &str, subset: &str) -> Option<TunnelSettings> {
+    let dr = destination_rule(ctx, host)?;
+    let subset_rule = dr.spec.subsets.iter().find(|s| s.name == subset);
+    subset_rule
+        .and_then(|s| s.traffic_policy.as_ref()?.tunnel.clone())
+        .or_else(|| dr.spec.traffic_policy.as_ref()?.tunnel.clone())
 }
 
 /// Istio's `MergeTrafficPolicies`: top level, replaced by its port-level settings, then the

@@ -196,6 +196,15 @@ fn tcp_proxy(t: &TcpProxy) -> Value {
         "maxDownstreamConnectionDuration",
         t.max_downstream_connection_duration.as_ref().map(duration),
     )
+    .opt(
+        "tunnelingConfig",
+        t.tunneling_config.as_ref().map(|c| {
+            Obj::default()
+                .str("hostname", &c.hostname)
+                .opt("usePost", c.use_post.then_some(json!(true)))
+                .done()
+        }),
+    )
     .done()
 }
 

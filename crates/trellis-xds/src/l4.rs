@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    TcpProxy, tcp_proxy::ClusterSpecifier, tcp_proxy::WeightedCluster,
+    TcpProxy, tcp_proxy::ClusterSpecifier, tcp_proxy::TunnelingConfig, tcp_proxy::WeightedCluster,
     tcp_proxy::weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
@@ -455,7 +455,8 @@ fn route_proxy(
     with_pool_timeouts(tcp_proxy(&format!("{}.{ns}", vs.meta.name), targets), scope)
 }
 
-/// As Istio for a single destination: `idle_timeout` = the DestinationRule's
+/// As Istio for a single destination: `tunneling_config` from the DestinationRule's `tunnel`;
+/// `idle_timeout` = its
 /// `connectionPool.tcp.idleTimeout` (absent: Envoy's 1 h) and `max_downstream_connection_duration`
 /// = its `tcp.maxConnectionDuration`. A weighted split keeps the defaults (Istio does too).
 fn with_pool_timeouts(mut proxy: TcpProxy, scope: L4Scope<'_>) -> TcpProxy {
@@ -471,6 +472,15 @@ fn with_pool_timeouts(mut proxy: TcpProxy, scope: L4Scope<'_>) -> TcpProxy {
     let Ok(port) = port.parse::<u32>() else {
         return proxy;
     };
+    if let Some(t) = crate::cluster::tunnel(scope.ctx, host, subset) {
+        // Istio's `tunnelingconfig`: CONNECT (or POST) to `targetHost:targetPort` through the
+        // destination, which must be an HTTP proxy.
+        proxy.tunneling_config = Some(TunnelingConfig {
+            hostname: format!("{}:{}", t.target_host, t.target_port),
+            use_post: t.protocol.eq_ignore_ascii_case("POST"),
+            ..Default::default()
+        });
+    }
     let pool = crate::cluster::connection_pool(scope.ctx, host, port, subset);
     let Some(tcp) = pool.as_ref().and_then(|p| p.tcp.as_ref()) else {
         return proxy;
