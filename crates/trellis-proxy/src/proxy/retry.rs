@@ -634,6 +634,29 @@ mod tests {
     use std::time::SystemTime;
 
     #[test]
+    fn kept_head_rebuilds_the_same_request_head() {
+        let mut req = Request::builder()
+            .method("PUT")
+            .uri("http://shop.local/items/1?x=2")
+            .version(Version::HTTP_11);
+        // More headers than are kept inline, with a repeated name.
+        for i in 0..12 {
+            req = req.header(format!("x-h{i}"), format!("v{i}"));
+        }
+        req = req.header("x-h3", "again").header("cookie", "a=1");
+        let (parts, ()) = req.body(()).expect("request").into_parts();
+        let kept = KeptHead::of(&parts);
+        assert_eq!(kept.spill.len(), parts.headers.len() - KEPT_INLINE);
+        let again = kept.parts();
+        assert_eq!(again.method, parts.method);
+        assert_eq!(again.uri, parts.uri);
+        assert_eq!(again.version, parts.version);
+        assert_eq!(again.headers, parts.headers);
+        let x3: Vec<_> = again.headers.get_all("x-h3").iter().collect();
+        assert_eq!(x3, ["v3", "again"]);
+    }
+
+    #[test]
     fn previous_priorities_avoid_the_levels_tried_before_each_update() {
         let mut t = Tried::default();
         // Update frequency 2: attempts 1 and 2 avoid nothing, 3 and 4 the levels of 1-2.
