@@ -406,7 +406,6 @@ async fn forward(
     }
     let tee = plan.mirror(&parts, &body);
     let wait = route.timeout.unwrap_or(settings.stream_idle_timeout);
-    let mut timer = conn.take_response_timer(wait);
     let attempts = retry::Attempts {
         cluster,
         policy: route.retry.as_deref(),
@@ -415,6 +414,7 @@ async fn forward(
         wait,
         hash: hash.as_ref().map(|h| h.hash),
     };
+    let mut timer = conn.take_response_timer(attempts.first_wait());
     let mut result = attempts.run(parts, body, tee, &mut timer, log).await;
     conn.put_response_timer(timer);
     if let Ok(resp) = &mut result {

@@ -29,6 +29,8 @@ use crate::runtime::{TcpChain, TcpListener};
 use crate::telemetry::tcp_metrics::{TcpLabels, TcpSeries};
 use crate::telemetry::{ActiveConnection, RequestRecord};
 
+mod tunnel;
+
 /// One downstream connection: where and when it arrived.
 struct Conn<'a> {
     start: SystemTime,
@@ -131,13 +133,28 @@ pub async fn serve(
         ..outcome
     };
     let _in_flight = InFlight::new(&endpoint.state);
-    let upstream = match connect(endpoint.addr, cluster.connect_timeout).await {
+    let mut upstream = match connect(endpoint.addr, cluster.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed; closing connection");
             // A local-origin failure for outlier detection, as Envoy's tcp_proxy reports it.
             cluster.report(endpoint, crate::runtime::outlier::Outcome::ConnectFailed);
             return conn.finish(outcome.failed("UF"));
+        }
+    };
+    // Through an HTTP proxy (DestinationRule `tunnel`): CONNECT first; a refusal is a connect
+    // failure (`UF`).
+    let early = match &chain.tunnel {
+        None => Vec::new(),
+        Some(hostname) => {
+            match tunnel::open(&mut upstream, hostname, cluster.connect_timeout).await {
+                Ok(early) => early,
+                Err(e) => {
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "tunnel not opened; closing connection");
+                    cluster.report(endpoint, crate::runtime::outlier::Outcome::ConnectFailed);
+                    return conn.finish(outcome.failed("UF"));
+                }
+            }
         }
     };
     let series = proxy.telemetry.tcp_series(&labels(cluster, endpoint, ""));
@@ -150,7 +167,13 @@ pub async fn serve(
         bytes: &bytes,
         series: series.as_deref(),
     };
-    splice(&mut down, upstream, head, chain).await;
+    if !early.is_empty()
+        && let Err(e) = down.write_all(&early).await
+    {
+        tracing::debug!(error = %e, "write tunnel data downstream");
+    } else {
+        splice(&mut down, upstream, head, chain).await;
+    }
     if let Some(s) = &series {
         s.closed.fetch_add(1, Relaxed);
     }
@@ -179,8 +202,25 @@ fn route<'l>(
 }
 
 /// Replays `head`, then copies both ways (half-close passed on) until both are done, an error,
-/// or the chain's idle timeout.
-async fn splice(down: &mut Counted<'_>, mut up: TcpStream, head: &[u8], chain: &TcpChain) {
+/// the chain's idle timeout, or its maximum connection duration.
+async fn splice(down: &mut Counted<'_>, up: TcpStream, head: &[u8], chain: &TcpChain) {
+    let Some(max) = chain.max_duration else {
+        return splice_until_idle(down, up, head, chain).await;
+    };
+    if tokio::time::timeout(max, splice_until_idle(down, up, head, chain))
+        .await
+        .is_err()
+    {
+        tracing::debug!(max = ?max, "max connection duration reached; closing connection");
+    }
+}
+
+async fn splice_until_idle(
+    down: &mut Counted<'_>,
+    mut up: TcpStream,
+    head: &[u8],
+    chain: &TcpChain,
+) {
     let _ = up.set_nodelay(true);
     if !head.is_empty()
         && let Err(e) = up.write_all(head).await

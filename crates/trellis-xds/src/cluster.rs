@@ -28,7 +28,7 @@ use envoy_types::util::pack_any;
 use trellis_config::{
     ConnectionPoolSettings, DestinationRule, Endpoint, H2UpgradePolicy, LoadBalancerSettings,
     OutlierDetection, Protocol, Registry, Resolution, Resource, Service, ServicePort, SimpleLb,
-    Subset, resolve_host,
+    Subset, TunnelSettings, resolve_host,
 };
 
 use crate::lb;
@@ -522,6 +522,27 @@ pub fn destination_rule<'a>(
             .then(a.key().cmp(&b.key()))
     });
     candidates.first().map(|(_, dr)| *dr)
+}
+
+/// The merged `connectionPool` of the DestinationRule for `host` (and `subset`) at `port`.
+pub fn connection_pool(
+    ctx: &Context<'_>,
+    host: &str,
+    port: u32,
+    subset: &str,
+) -> Option<ConnectionPoolSettings> {
+    let dr = destination_rule(ctx, host)?;
+    let subset_rule = dr.spec.subsets.iter().find(|s| s.name == subset);
+    effective_policy(Some(&dr.spec), subset_rule, port).connection_pool
+}
+
+/// The DestinationRule `tunnel` for `host` (the subset's, else the top level's).
+pub fn tunnel(ctx: &Context<'_>, host: &str, subset: &str) -> Option<TunnelSettings> {
+    let dr = destination_rule(ctx, host)?;
+    let subset_rule = dr.spec.subsets.iter().find(|s| s.name == subset);
+    subset_rule
+        .and_then(|s| s.traffic_policy.as_ref()?.tunnel.clone())
+        .or_else(|| dr.spec.traffic_policy.as_ref()?.tunnel.clone())
 }
 
 /// Istio's `MergeTrafficPolicies`: top level, replaced by its port-level settings, then the

@@ -32,6 +32,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
@@ -199,6 +200,19 @@ fn tcp_proxy(t: &TcpProxy) -> Value {
         None => o,
     }
     .opt("idleTimeout", t.idle_timeout.as_ref().map(duration))
+    .opt(
+        "maxDownstreamConnectionDuration",
+        t.max_downstream_connection_duration.as_ref().map(duration),
+    )
+    .opt(
+        "tunnelingConfig",
+        t.tunneling_config.as_ref().map(|c| {
+            Obj::default()
+                .str("hostname", &c.hostname)
+                .opt("usePost", c.use_post.then_some(json!(true)))
+                .done()
+        }),
+    )
     .done()
 }
 
@@ -219,6 +233,15 @@ fn any_value(any: &Any) -> Value {
         TlsInspector::decode(bytes)
             .ok()
             .map(|_| Obj::typed(&TlsInspector::type_url()).done())
+    } else if any.type_url == PreviousPrioritiesConfig::type_url() {
+        PreviousPrioritiesConfig::decode(bytes).ok().map(|m| {
+            Obj::typed(&PreviousPrioritiesConfig::type_url())
+                .num(
+                    "updateFrequency",
+                    u64::try_from(m.update_frequency).unwrap_or(0),
+                )
+                .done()
+        })
     } else if any.type_url == Router::type_url() {
         Router::decode(bytes)
             .ok()
@@ -360,6 +383,10 @@ fn common_http_options(o: &CommonHttpProtocolOptions) -> Value {
         .opt(
             "maxRequestsPerConnection",
             o.max_requests_per_connection.map(|v| json!(v.value)),
+        )
+        .opt(
+            "maxConnectionDuration",
+            o.max_connection_duration.as_ref().map(duration),
         )
         .done()
 }
@@ -539,10 +566,20 @@ fn retry_policy(p: &RetryPolicy) -> Value {
             .opt("maxInterval", b.max_interval.as_ref().map(duration))
             .done()
     });
+    let priority = p.retry_priority.as_ref().map(|r| {
+        let typed = r.config_type.as_ref().map(|c| match c {
+            retry_policy::retry_priority::ConfigType::TypedConfig(a) => any_value(a),
+        });
+        Obj::default()
+            .str("name", &r.name)
+            .opt("typedConfig", typed)
+            .done()
+    });
     Obj::default()
         .str("retryOn", &p.retry_on)
         .opt("numRetries", p.num_retries.map(|v| json!(v.value)))
         .opt("perTryTimeout", p.per_try_timeout.as_ref().map(duration))
+        .opt("retryPriority", priority)
         .list("retryHostPredicate", predicates.collect())
         .num(
             "hostSelectionRetryMaxAttempts",

@@ -16,9 +16,10 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    TcpProxy, tcp_proxy::ClusterSpecifier, tcp_proxy::WeightedCluster,
+    TcpProxy, tcp_proxy::ClusterSpecifier, tcp_proxy::TunnelingConfig, tcp_proxy::WeightedCluster,
     tcp_proxy::weighted_cluster::ClusterWeight,
 };
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use envoy_types::util::pack_any;
 use trellis_config::{
     Gateway, Protocol, Resource, RouteDestination, Server, ServerTlsMode, Service, TcpRoute,
@@ -197,13 +198,15 @@ pub fn sidecar_listeners<'a>(
                         refs,
                     );
                 }
-                chains.catch_all(|_| tcp_proxy("", own()), refs);
+                chains.catch_all(|_| with_pool_timeouts(tcp_proxy("", own()), scope), refs);
             } else {
                 match vs.and_then(|vs| applicable_tcp_route(vs, scope).map(|r| (vs, r))) {
                     Some((vs, r)) => {
                         chains.catch_all(|refs| route_proxy(vs, &r.route, scope, refs), refs)
                     }
-                    None => chains.catch_all(|_| tcp_proxy("", own()), refs),
+                    None => {
+                        chains.catch_all(|_| with_pool_timeouts(tcp_proxy("", own()), scope), refs)
+                    }
                 }
             }
         }
@@ -449,7 +452,50 @@ fn route_proxy(
 ) -> TcpProxy {
     let ns = vs.meta.namespace.as_str();
     let targets = destinations(route, ns, scope, refs);
-    tcp_proxy(&format!("{}.{ns}", vs.meta.name), targets)
+    with_pool_timeouts(tcp_proxy(&format!("{}.{ns}", vs.meta.name), targets), scope)
+}
+
+/// As Istio for a single destination: `tunneling_config` from the DestinationRule's `tunnel`;
+/// `idle_timeout` = its
+/// `connectionPool.tcp.idleTimeout` (absent: Envoy's 1 h) and `max_downstream_connection_duration`
+/// = its `tcp.maxConnectionDuration`. A weighted split keeps the defaults (Istio does too).
+fn with_pool_timeouts(mut proxy: TcpProxy, scope: L4Scope<'_>) -> TcpProxy {
+    let Some(ClusterSpecifier::Cluster(name)) = &proxy.cluster_specifier else {
+        return proxy;
+    };
+    let mut parts = name.splitn(4, '|');
+    let (Some("outbound"), Some(port), Some(subset), Some(host)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return proxy;
+    };
+    let Ok(port) = port.parse::<u32>() else {
+        return proxy;
+    };
+    if let Some(t) = crate::cluster::tunnel(scope.ctx, host, subset) {
+        // Istio's `tunnelingconfig`: CONNECT (or POST) to `targetHost:targetPort` through the
+        // destination, which must be an HTTP proxy.
+        proxy.tunneling_config = Some(TunnelingConfig {
+            hostname: format!("{}:{}", t.target_host, t.target_port),
+            use_post: t.protocol.eq_ignore_ascii_case("POST"),
+            ..Default::default()
+        });
+    }
+    let pool = crate::cluster::connection_pool(scope.ctx, host, port, subset);
+    let Some(tcp) = pool.as_ref().and_then(|p| p.tcp.as_ref()) else {
+        return proxy;
+    };
+    let proto = |d: Option<&trellis_config::Duration>| {
+        d.and_then(|d| d.get()).map(|d| ProtoDuration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        })
+    };
+    if let Some(idle) = proto(tcp.idle_timeout.as_ref()) {
+        proxy.idle_timeout = Some(idle);
+    }
+    proxy.max_downstream_connection_duration = proto(tcp.max_connection_duration.as_ref());
+    proxy
 }
 
 /// Whether a VirtualService's hosts meet the server's hosts it may bind (`ns/host` forms).

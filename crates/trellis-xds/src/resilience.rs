@@ -14,7 +14,11 @@ use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, RetryPolicy, header_matcher, retry_policy,
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
@@ -35,6 +39,9 @@ pub const DEFAULT_RETRY_ON: &str =
 /// idempotent methods). `:method` must match this for `retriable_request_headers`.
 pub const IDEMPOTENT_METHODS: &str = "GET|HEAD|OPTIONS|TRACE|PUT|DELETE";
 pub const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+pub const PREVIOUS_PRIORITIES: &str = "envoy.retry_priorities.previous_priorities";
+/// Istio's `update_frequency` for `retryRemoteLocalities`.
+pub const PREVIOUS_PRIORITIES_UPDATE_FREQUENCY: i32 = 2;
 /// Linkerd's default retry budget: retries may add 20% to the requests, plus 10 a second.
 pub const DEFAULT_RETRY_PERCENT: f64 = 20.0;
 pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
@@ -124,6 +131,9 @@ pub fn retry_policy(retries: Option<&HttpRetry>, non_idempotent: bool) -> Option
         if r.retry_ignore_previous_hosts == Some(false) {
             out.retry_host_predicate.clear();
         }
+        if r.retry_remote_localities == Some(true) {
+            out.retry_priority = Some(previous_priorities());
+        }
         if let Some(d) = r.backoff.as_ref().and_then(|d| d.get()) {
             out.retry_back_off = Some(retry_policy::RetryBackOff {
                 base_interval: Some(proto_duration(d)),
@@ -160,6 +170,20 @@ fn parse_retry_on(s: &str) -> (String, Vec<u32>) {
         }
     }
     (conditions.join(","), codes)
+}
+
+/// `retryRemoteLocalities`: Istio's `previous_priorities` retry priority, updated every two
+/// attempts (the first two use the normal priority load, later ones avoid the priorities
+/// already tried).
+fn previous_priorities() -> retry_policy::RetryPriority {
+    retry_policy::RetryPriority {
+        name: PREVIOUS_PRIORITIES.into(),
+        config_type: Some(retry_policy::retry_priority::ConfigType::TypedConfig(
+            pack_any(PreviousPrioritiesConfig {
+                update_frequency: PREVIOUS_PRIORITIES_UPDATE_FREQUENCY,
+            }),
+        )),
+    }
 }
 
 fn previous_hosts() -> retry_policy::RetryHostPredicate {
@@ -220,13 +244,24 @@ pub fn apply_connection_pool(
             ..Default::default()
         });
     }
+    // Istio: `http.idleTimeout`, else `tcp.idleTimeout`, is the upstream connection idle
+    // timeout; `tcp.maxConnectionDuration` the connection age limit; `http.maxConcurrentStreams`
+    // applies to HTTP/2 clusters only.
     let idle = http
         .and_then(|h| h.idle_timeout.as_ref())
+        .or_else(|| tcp.and_then(|t| t.idle_timeout.as_ref()))
         .and_then(|d| d.get());
     let per_connection = http
         .and_then(|h| h.max_requests_per_connection)
         .filter(|v| *v > 0);
-    if idle.is_none() && per_connection.is_none() {
+    let max_duration = tcp
+        .and_then(|t| t.max_connection_duration.as_ref())
+        .and_then(|d| d.get());
+    let max_streams = http
+        .and_then(|h| h.max_concurrent_streams)
+        .filter(|v| *v > 0);
+    if idle.is_none() && per_connection.is_none() && max_duration.is_none() && max_streams.is_none()
+    {
         return;
     }
     let Some(any) = cluster
@@ -244,6 +279,18 @@ pub fn apply_connection_pool(
     }
     if let Some(n) = per_connection {
         common.max_requests_per_connection = Some(UInt32Value {
+            value: n.unsigned_abs(),
+        });
+    }
+    if let Some(d) = max_duration {
+        common.max_connection_duration = Some(proto_duration(d));
+    }
+    if let Some(n) = max_streams
+        && let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
+            &mut opts.upstream_protocol_options
+        && let Some(ProtocolConfig::Http2ProtocolOptions(h2)) = &mut explicit.protocol_config
+    {
+        h2.max_concurrent_streams = Some(UInt32Value {
             value: n.unsigned_abs(),
         });
     }

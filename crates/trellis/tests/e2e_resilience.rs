@@ -211,6 +211,45 @@ fn retry_after_sets_the_wait_before_the_retry() {
     );
 }
 
+/// `Retry-After` as an HTTP-date (RFC 9110): a 503 saying "not before now + 2 s" (second
+/// precision, so at least one second away) delays the retry until then.
+#[test]
+fn retry_after_as_an_http_date_sets_the_wait() {
+    let apps = Apps::start(&[("shop", "v1")]);
+    let gw = shop(&[apps.port("shop/v1")], "", "", "");
+    let mut c = gw.client();
+    let start = Instant::now();
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
+    let query = date.replace(' ', "%20").replace(',', "%2C");
+    let r = c
+        .get(
+            "shop.local",
+            &format!("/flaky/date/1?retry_after={query}"),
+            &[],
+        )
+        .expect("request");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json_u64(&r.body, "attempt"), Some(2), "{}", r.body);
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    // A date already past means "now": retried at once, without the (jittered) backoff the
+    // test could not tell apart, but still retried.
+    let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(60));
+    let query = past.replace(' ', "%20").replace(',', "%2C");
+    let r = c
+        .get(
+            "shop.local",
+            &format!("/flaky/past/1?retry_after={query}"),
+            &[],
+        )
+        .expect("request");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json_u64(&r.body, "attempt"), Some(2), "{}", r.body);
+}
+
 /// `perTryTimeout` bounds each attempt; when all time out the answer is 504 `UT,URX`. The route
 /// `timeout` bounds them all: a 2 s upstream delay with a 0.5 s timeout is 504 `UT`.
 #[test]
@@ -454,4 +493,66 @@ fn put_bodies_are_replayed_up_to_64_kib() {
         .expect("request");
     assert_eq!((r.status, flags(&r)), (503, "-"), "streamed, not retried");
     assert_eq!(counter(&gw, "trellis_upstream_rq_retry_total"), 1.0);
+}
+
+/// `retryRemoteLocalities` (Envoy's `previous_priorities`, updated every 2 attempts as Istio
+/// sets it): with the same-zone endpoint answering 503, its priority takes all traffic, so
+/// without the flag every attempt goes there and fails; with it, the third attempt avoids the
+/// priority already tried and the other zone answers.
+#[test]
+fn retry_remote_localities_lets_retries_leave_the_local_zone() {
+    let apps = Apps::start(&[("shop", "zone1"), ("shop", "zone2")]);
+    let (local, remote) = (apps.port("shop/zone1"), apps.port("shop/zone2"));
+    let (code, _, body) =
+        trellis_testkit::http_get(&format!("http://127.0.0.1:{local}/fault/status/503"));
+    assert_eq!(code, 200, "{body}");
+    let run = |flag: &str| {
+        let port = gateway_port();
+        let yaml = docs(&[
+            gateway_yaml(port),
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: shop, namespace: default}}\nspec:\n  hosts: [{SVC}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {local}}}, locality: region1/zone1}}\n  - {{address: 127.0.0.1, ports: {{http: {remote}}}, locality: region1/zone2}}\n"
+            ),
+            virtual_service_yaml(
+                "shop",
+                &["*"],
+                &format!(
+                    "  - route: [{{destination: {}}}]\n    retries: {{attempts: 3, retryOn: 5xx{flag}}}\n",
+                    dest(SVC, None, 8080)
+                ),
+            ),
+            // Locality priorities need outlier detection (as in Istio); no ejection here.
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: shop, namespace: default}}\nspec:\n  host: {SVC}\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 100, interval: 10s, baseEjectionTime: 30s}}\n"
+            ),
+        ]);
+        let dir = trellis_testkit::TempDir::new().expect("temp dir");
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write mesh.yaml");
+        let mut args: Vec<&str> = GATEWAY_ARGS.to_vec();
+        args.extend_from_slice(&["--locality", "region1/zone1"]);
+        let (proxy, admin) = trellis_testkit::proxy(dir.path(), &args);
+        let gw = Gateway {
+            dir,
+            port,
+            admin,
+            proxy,
+        };
+        assert!(trellis_testkit::wait_for_port(
+            gw.addr(),
+            Duration::from_secs(10)
+        ));
+        let r = gw.client().get("shop.local", "/get", &[]).expect("request");
+        let retries = counter(&gw, "trellis_upstream_rq_retry_total");
+        (r, retries)
+    };
+    let (r, retries) = run("");
+    assert_eq!((r.status, flags(&r)), (503, "URX"), "{r:?}");
+    assert_eq!(retries, 3.0);
+    let (r, retries) = run(", retryRemoteLocalities: true");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.served_by(), "shop/zone2", "{r:?}");
+    assert_eq!(
+        retries, 2.0,
+        "attempts 1 and 2 in zone1, the third in zone2"
+    );
 }

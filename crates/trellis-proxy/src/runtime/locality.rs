@@ -222,7 +222,7 @@ pub fn pick(c: &Cluster, hash: Option<u64>) -> Option<usize> {
     // Envoy's panic mode: below the threshold, health is ignored.
     let panic = (count as f64) * 100.0 < c.panic_threshold * n as f64;
     let ok = |i: u32| panic || healthy[i as usize];
-    let level = choose_level(&c.topology.levels, &ok, hash)?;
+    let level = choose_level(&c.topology.levels, &ok, &|_| false, hash)?;
     let candidates: Vec<u32> = if c.topology.locality_weighted {
         let group = choose_locality(&level.localities, &ok)?;
         group.endpoints.iter().copied().filter(|i| ok(*i)).collect()
@@ -238,12 +238,59 @@ pub fn pick(c: &Cluster, hash: Option<u64>) -> Option<usize> {
     Some(choose_endpoint(c, &candidates, in_flight))
 }
 
-/// Envoy's priority load: each level's health is `1.4 × healthy / total` (capped at 100%);
-/// levels take load in order until 100% is given; when the total health is below 100% the
-/// loads are normalised.
+/// The endpoint for a retry that avoids the priority levels whose bit is set in `avoid` (by
+/// position in [`Topology::levels`]; Envoy's `previous_priorities`): those levels count as
+/// without health, so their load goes to the others. When every level with healthy endpoints
+/// is avoided, the normal choice is made (Envoy resets the priority load then too).
+pub fn pick_avoiding(c: &Cluster, hash: Option<u64>, avoid: u64) -> Option<usize> {
+    let levels = &c.topology.levels;
+    if avoid == 0 || levels.len() <= 1 {
+        return pick(c, hash);
+    }
+    let in_flight = |i: usize| c.endpoints[i].state.in_flight.load(Relaxed);
+    let healthy: Vec<bool> = c
+        .endpoints
+        .iter()
+        .map(|e| e.health.is_healthy(&c.outlier_stats))
+        .collect();
+    let count = healthy.iter().filter(|h| **h).count();
+    let panic = (count as f64) * 100.0 < c.panic_threshold * c.endpoints.len() as f64;
+    let ok = |i: u32| panic || healthy[i as usize];
+    let skip = |k: usize| k < 64 && avoid & (1 << k) != 0;
+    let Some(level) = choose_level(levels, &ok, &skip, hash) else {
+        return pick(c, hash);
+    };
+    let candidates: Vec<u32> = if c.topology.locality_weighted {
+        let group = choose_locality(&level.localities, &ok)?;
+        group.endpoints.iter().copied().filter(|i| ok(*i)).collect()
+    } else {
+        level.endpoints.iter().copied().filter(|i| ok(*i)).collect()
+    };
+    if candidates.is_empty() {
+        return pick(c, hash);
+    }
+    if let (Some(h), Some(t)) = (hash, &c.hash_table) {
+        return t.find(h, |i| candidates.contains(&(i as u32)));
+    }
+    Some(choose_endpoint(c, &candidates, in_flight))
+}
+
+/// The position in [`Topology::levels`] of the level holding endpoint `i`.
+pub fn level_of(c: &Cluster, i: usize) -> Option<usize> {
+    let priority = c.endpoints.get(i)?.priority;
+    c.topology
+        .levels
+        .iter()
+        .position(|l| l.priority == priority)
+}
+
+/// Envoy's priority load: each level's health is `1.4 × healthy / total` (capped at 100%;
+/// none for a `skip`ped level); levels take load in order until 100% is given; when the total
+/// health is below 100% the loads are normalised.
 fn choose_level<'a>(
     levels: &'a [Level],
     ok: &impl Fn(u32) -> bool,
+    skip: &impl Fn(usize) -> bool,
     hash: Option<u64>,
 ) -> Option<&'a Level> {
     if levels.len() == 1 {
@@ -251,7 +298,11 @@ fn choose_level<'a>(
     }
     let health: Vec<f64> = levels
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(k, l)| {
+            if skip(k) {
+                return 0.0;
+            }
             let good = l.endpoints.iter().filter(|i| ok(**i)).count() as f64;
             (OVERPROVISIONING * 100.0 * good / l.endpoints.len().max(1) as f64).min(100.0)
         })
@@ -391,10 +442,18 @@ mod tests {
     }
 
     fn shares(levels: &[Level], ok: impl Fn(u32) -> bool) -> Vec<f64> {
+        shares_skipping(levels, ok, |_| false)
+    }
+
+    fn shares_skipping(
+        levels: &[Level],
+        ok: impl Fn(u32) -> bool,
+        skip: impl Fn(usize) -> bool,
+    ) -> Vec<f64> {
         let runs = 20_000;
         let mut c = vec![0usize; levels.len()];
         for _ in 0..runs {
-            if let Some(l) = choose_level(levels, &ok, None) {
+            if let Some(l) = choose_level(levels, &ok, &skip, None) {
                 c[levels.iter().position(|x| std::ptr::eq(x, l)).unwrap_or(0)] += 1;
             }
         }
@@ -421,7 +480,24 @@ mod tests {
             "{s:?}"
         );
         // Nothing healthy anywhere: no level.
-        assert!(choose_level(&levels, &|_| false, None).is_none());
+        assert!(choose_level(&levels, &|_| false, &|_| false, None).is_none());
+    }
+
+    #[test]
+    fn skipped_levels_give_their_load_to_the_others() {
+        let levels = [level(0, 10), level(1, 10), level(2, 10)];
+        // P0 skipped (a retry avoiding it): all to P1, healthy.
+        assert_eq!(
+            shares_skipping(&levels, |_| true, |k| k == 0),
+            vec![0.0, 100.0, 0.0]
+        );
+        // P0 and P1 skipped: P2.
+        assert_eq!(
+            shares_skipping(&levels, |_| true, |k| k <= 1),
+            vec![0.0, 0.0, 100.0]
+        );
+        // Every level skipped: no level (the caller falls back to the normal choice).
+        assert!(choose_level(&levels, &|_| true, &|_| true, None).is_none());
     }
 
     #[test]

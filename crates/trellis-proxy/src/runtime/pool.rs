@@ -1,7 +1,11 @@
 //! Upstream connections for one endpoint, on hyper's connection API: a bounded stack of idle
 //! HTTP/1.1 connections (most recently used first, checked before reuse), or one shared,
-//! multiplexed HTTP/2 connection. Connects lazily with a timeout; idle connections expire after
-//! the cluster's idle timeout and after `max_requests_per_connection` requests. Enforces the
+//! multiplexed HTTP/2 connection (more when `max_concurrent_streams` caps the streams of each:
+//! a request goes to the first connection with a free stream, else a new connection is opened
+//! within `max_connections`, else it overflows). Connects lazily with a timeout; idle connections expire after
+//! the cluster's idle timeout, after `max_requests_per_connection` requests and, once
+//! `max_connection_duration` old, are not reused (an HTTP/1.1 connection closes when its
+//! request ends, an HTTP/2 one is replaced and drains its streams). Enforces the
 //! cluster's connection circuit breakers: at most `max_connections` open (cluster-wide, counted in
 //! the shared `CircuitState`), then requests wait for a connection in a queue of at most
 //! `max_pending_requests`, beyond which they overflow (`UO`). A pool belongs to an endpoint
@@ -9,7 +13,7 @@
 //! balance or retry.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,6 +54,11 @@ pub struct PoolOptions {
     pub idle_timeout: Duration,
     /// 0: unlimited.
     pub max_requests_per_connection: u32,
+    /// Age after which a connection takes no new request (`max_connection_duration`).
+    pub max_connection_duration: Option<Duration>,
+    /// Streams per HTTP/2 connection (`http2_protocol_options.max_concurrent_streams`); 0:
+    /// unlimited (one connection per endpoint).
+    pub max_concurrent_streams: u32,
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub keepalive: Keepalive,
@@ -70,8 +79,28 @@ pub enum Connection {
         tx: http1::SendRequest<RequestBody>,
         /// Requests this connection served before this one.
         uses: u32,
+        /// When the connection was established.
+        opened: Instant,
     },
-    Http2(http2::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>, StreamSlot),
+}
+
+/// One stream counted on an HTTP/2 connection until dropped (with the response).
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicU32>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A shared HTTP/2 connection.
+#[derive(Debug)]
+struct H2Conn {
+    tx: http2::SendRequest<RequestBody>,
+    opened: Instant,
+    streams: Arc<AtomicU32>,
 }
 
 /// Connections to one endpoint.
@@ -84,19 +113,24 @@ pub struct EndpointPool {
     pub options: PoolOptions,
     circuit: Arc<CircuitState>,
     idle: Mutex<Vec<Idle>>,
-    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    shared: Mutex<Vec<H2Conn>>,
     reaping: AtomicBool,
     /// TLS toward this endpoint (its transport socket), `None` for plaintext.
     tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
 }
 
 /// An HTTP/1.1 connection lent to one request; back to the pool with `release` once the
-/// response has been read to its end, closed if dropped instead.
+/// response has been read to its end, closed if dropped instead. For HTTP/2, the request's
+/// stream counted on its connection until then.
 #[derive(Debug)]
-pub struct Lease {
-    tx: http1::SendRequest<RequestBody>,
-    uses: u32,
-    pool: Weak<EndpointPool>,
+pub enum Lease {
+    Http1 {
+        tx: http1::SendRequest<RequestBody>,
+        uses: u32,
+        opened: Instant,
+        pool: Weak<EndpointPool>,
+    },
+    Http2(StreamSlot),
 }
 
 #[derive(Debug)]
@@ -104,6 +138,7 @@ struct Idle {
     tx: http1::SendRequest<RequestBody>,
     uses: u32,
     since: Instant,
+    opened: Instant,
 }
 
 impl UpstreamError {
@@ -126,7 +161,7 @@ impl EndpointPool {
             options,
             circuit,
             idle: Mutex::new(Vec::new()),
-            shared: Mutex::new(None),
+            shared: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
             tls: None,
         }
@@ -166,32 +201,34 @@ impl EndpointPool {
     pub async fn connection(self: &Arc<Self>) -> Result<Connection, UpstreamError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                if let Some((tx, uses)) = self.checkout() {
-                    return Ok(Connection::Http1 { tx, uses });
+                if let Some((tx, uses, opened)) = self.checkout() {
+                    return Ok(Connection::Http1 { tx, uses, opened });
                 }
                 // Boxed: the connect and wait state machines are large and rarely needed;
                 // inline they would be copied along with every request's future.
                 Box::pin(self.connect_or_wait()).await
             }
             UpstreamProtocol::Http2 => {
-                let shared = lock(&self.shared)
-                    .as_ref()
-                    .filter(|t| !t.is_closed())
-                    .cloned();
-                match shared {
-                    Some(tx) => Ok(Connection::Http2(tx)),
-                    None => {
-                        let Some(slot) = self.circuit.open_connection(self.options.max_connections)
-                        else {
-                            return Err(UpstreamError::Overflow(
-                                "cluster has max_connections open",
-                            ));
-                        };
-                        let tx = Box::pin(self.connect_h2(slot)).await?;
-                        *lock(&self.shared) = Some(tx.clone());
-                        Ok(Connection::Http2(tx))
-                    }
+                if let Some(conn) = self.h2_with_free_stream() {
+                    return Ok(conn);
                 }
+                let Some(slot) = self.circuit.open_connection(self.options.max_connections) else {
+                    return Err(UpstreamError::Overflow(
+                        if self.options.max_concurrent_streams > 0 {
+                            "cluster has max_connections open, each with max_concurrent_streams streams"
+                        } else {
+                            "cluster has max_connections open"
+                        },
+                    ));
+                };
+                let tx = Box::pin(self.connect_h2(slot)).await?;
+                let streams = Arc::new(AtomicU32::new(1));
+                lock(&self.shared).push(H2Conn {
+                    tx: tx.clone(),
+                    opened: Instant::now(),
+                    streams: Arc::clone(&streams),
+                });
+                Ok(Connection::Http2(tx, StreamSlot(streams)))
             }
         }
     }
@@ -203,21 +240,44 @@ impl EndpointPool {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
         match conn {
-            Connection::Http1 { mut tx, uses } => {
+            Connection::Http1 {
+                mut tx,
+                uses,
+                opened,
+            } => {
                 let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
-                let lease = Lease {
+                let lease = Lease::Http1 {
                     tx,
                     uses: uses + 1,
+                    opened,
                     pool: Arc::downgrade(self),
                 };
                 Ok((resp, Some(lease)))
             }
-            Connection::Http2(mut tx) => {
+            Connection::Http2(mut tx, stream) => {
                 tx.ready().await.map_err(UpstreamError::Request)?;
                 let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
-                Ok((resp, None))
+                Ok((resp, Some(Lease::Http2(stream))))
             }
         }
+    }
+
+    /// A stream on a usable HTTP/2 connection: open, younger than `max_connection_duration`
+    /// and below `max_concurrent_streams`. Closed and too old connections are forgotten (an
+    /// old one drains: it ends once its streams are done).
+    fn h2_with_free_stream(&self) -> Option<Connection> {
+        let max_streams = self.options.max_concurrent_streams;
+        let mut shared = lock(&self.shared);
+        shared.retain(|c| !c.tx.is_closed() && !self.too_old(c.opened));
+        shared.iter().find_map(|c| {
+            let taken = c
+                .streams
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (max_streams == 0 || n < max_streams).then_some(n + 1)
+                })
+                .is_ok();
+            taken.then(|| Connection::Http2(c.tx.clone(), StreamSlot(Arc::clone(&c.streams))))
+        })
     }
 
     /// HTTP/1.1 without an idle connection: connect if the cluster may open one more, else
@@ -228,13 +288,18 @@ impl EndpointPool {
             let changed = self.circuit.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some((tx, uses)) = self.checkout() {
-                return Ok(Connection::Http1 { tx, uses });
+            if let Some((tx, uses, opened)) = self.checkout() {
+                return Ok(Connection::Http1 { tx, uses, opened });
             }
             if let Some(slot) = self.circuit.open_connection(self.options.max_connections) {
                 drop(pending);
                 let tx = self.connect_h1(slot).await?;
-                return Ok(Connection::Http1 { tx, uses: 0 });
+                let opened = Instant::now();
+                return Ok(Connection::Http1 {
+                    tx,
+                    uses: 0,
+                    opened,
+                });
             }
             if pending.is_none() {
                 pending = Some(self.circuit.pend(self.options.max_pending_requests).ok_or(
@@ -248,16 +313,17 @@ impl EndpointPool {
     }
 
     /// The most recently used idle connection that is ready; drops closed and expired ones.
-    fn checkout(&self) -> Option<(http1::SendRequest<RequestBody>, u32)> {
+    fn checkout(&self) -> Option<(http1::SendRequest<RequestBody>, u32, Instant)> {
         let mut idle = lock(&self.idle);
         let mut busy = Vec::new();
         let mut found = None;
         while let Some(c) = idle.pop() {
-            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout {
+            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout || self.too_old(c.opened)
+            {
                 continue;
             }
             if c.tx.is_ready() {
-                found = Some((c.tx, c.uses));
+                found = Some((c.tx, c.uses, c.opened));
                 break;
             }
             // Still finishing its previous exchange: keep it for later.
@@ -267,23 +333,28 @@ impl EndpointPool {
         found
     }
 
-    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<RequestBody>, uses: u32) {
+    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<RequestBody>, uses: u32, opened: Instant) {
         let limit = self.options.max_requests_per_connection;
         if tx.is_closed() || (limit > 0 && uses >= limit) {
             // Dropping the sender closes the connection; its slot frees when it ends.
             return;
         }
+        if self.too_old(opened) {
+            return;
+        }
+        let back = Idle {
+            tx,
+            uses,
+            since: Instant::now(),
+            opened,
+        };
         {
             let mut idle = lock(&self.idle);
             if idle.len() >= MAX_IDLE_PER_ENDPOINT {
                 // The oldest goes: it is the first to expire anyway.
                 idle.remove(0);
             }
-            idle.push(Idle {
-                tx,
-                uses,
-                since: Instant::now(),
-            });
+            idle.push(back);
         }
         self.circuit.changed.notify_waiters();
         if !self.reaping.swap(true, Ordering::AcqRel) {
@@ -291,7 +362,15 @@ impl EndpointPool {
         }
     }
 
-    /// While connections sit idle, close those idle for longer than the idle timeout.
+    /// Whether a connection opened at `opened` has reached `max_connection_duration`.
+    fn too_old(&self, opened: Instant) -> bool {
+        self.options
+            .max_connection_duration
+            .is_some_and(|max| opened.elapsed() >= max)
+    }
+
+    /// While connections sit idle, close those idle for longer than the idle timeout (or
+    /// older than `max_connection_duration`).
     fn spawn_reaper(self: &Arc<Self>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             self.reaping.store(false, Ordering::Release);
@@ -299,14 +378,20 @@ impl EndpointPool {
         };
         let pool = Arc::downgrade(self);
         let every = self
-            .idle_timeout
+            .options
+            .max_connection_duration
+            .map_or(self.idle_timeout, |m| m.min(self.idle_timeout))
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
         handle.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = lock(&pool.idle);
-                idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < pool.idle_timeout);
+                idle.retain(|c| {
+                    !c.tx.is_closed()
+                        && c.since.elapsed() < pool.idle_timeout
+                        && !pool.too_old(c.opened)
+                });
                 if idle.is_empty() {
                     pool.reaping.store(false, Ordering::Release);
                     return;
@@ -407,10 +492,17 @@ impl EndpointPool {
 }
 
 impl Lease {
-    /// The response was read to its end: the connection may serve the next request.
+    /// The response was read to its end: the connection (or stream) may serve the next request.
     pub fn release(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.tx, self.uses);
+        if let Lease::Http1 {
+            tx,
+            uses,
+            opened,
+            pool,
+        } = self
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.checkin(tx, uses, opened);
         }
     }
 }

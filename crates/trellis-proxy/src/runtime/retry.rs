@@ -58,6 +58,10 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     /// How many picks a retry makes to find an untried endpoint (Envoy's default is 1).
     pub host_selection_attempts: u32,
+    /// `previous_priorities` retry priority (Istio's `retryRemoteLocalities`): its
+    /// `update_frequency`; 0 when not configured. Attempts after each `update_frequency` ones
+    /// avoid the priority levels those went to.
+    pub previous_priorities: u32,
     /// Requests that may be retried after reaching the upstream.
     retriable_requests: Retriable,
 }
@@ -167,6 +171,7 @@ impl RetryPolicy {
             host_selection_attempts: u32::try_from(p.host_selection_retry_max_attempts)
                 .unwrap_or(1)
                 .max(1),
+            previous_priorities: previous_priorities(p.retry_priority.as_ref())?,
             retriable_requests,
         })
     }
@@ -255,6 +260,34 @@ impl RetryPolicy {
 }
 
 /// `[":method" safe_regex "GET|HEAD"]` (not inverted) → the methods; `None` for anything else.
+/// The `update_frequency` of a `previous_priorities` retry priority (0: none). Another retry
+/// priority plugin is an error: the proxy would not do what it asks.
+fn previous_priorities(p: Option<&xroute::retry_policy::RetryPriority>) -> Result<u32, String> {
+    use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+    use prost::Message;
+    use xroute::retry_policy::retry_priority::ConfigType;
+    let Some(p) = p else { return Ok(0) };
+    if p.name != "envoy.retry_priorities.previous_priorities" {
+        return Err(format!(
+            "retry_priority {:?} is not supported; use envoy.retry_priorities.previous_priorities",
+            p.name
+        ));
+    }
+    let frequency = match &p.config_type {
+        Some(ConfigType::TypedConfig(any)) => {
+            PreviousPrioritiesConfig::decode(any.value.as_slice())
+                .map_err(|e| format!("retry_priority.typed_config does not decode: {e}"))?
+                .update_frequency
+        }
+        None => 0,
+    };
+    // Envoy requires update_frequency > 0.
+    u32::try_from(frequency)
+        .ok()
+        .filter(|f| *f > 0)
+        .ok_or_else(|| format!("retry_priority update_frequency {frequency} must be > 0"))
+}
+
 fn method_list(headers: &[xroute::HeaderMatcher]) -> Option<Box<[http::Method]>> {
     use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
     use xroute::header_matcher::HeaderMatchSpecifier;

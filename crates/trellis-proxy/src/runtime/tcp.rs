@@ -56,6 +56,12 @@ pub struct TcpChain {
     pub action: RouteAction,
     /// Close the connection after this long without bytes either way (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Open each connection as an HTTP CONNECT tunnel to this `host:port` through the
+    /// upstream (tcp_proxy `tunneling_config`).
+    pub tunnel: Option<Arc<str>>,
+    /// Close the connection this long after it was spliced, busy or not
+    /// (`max_downstream_connection_duration`; `None`: never).
+    pub max_duration: Option<Duration>,
     /// Connections picked so far (from a random start), for [`TcpChain::pick`].
     picks: AtomicU64,
 }
@@ -149,6 +155,27 @@ impl TcpListener {
                 Some(d) if d.is_zero() => None,
                 Some(d) => Some(d),
             };
+            let max_duration = proxy
+                .max_downstream_connection_duration
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero());
+            let tunnel = match &proxy.tunneling_config {
+                None => None,
+                Some(t) if t.use_post => {
+                    return Err(err(
+                        at(".filters[0].typed_config.tunneling_config.use_post"),
+                        "POST tunnels are not supported; use CONNECT".into(),
+                    ));
+                }
+                Some(t) if t.hostname.is_empty() => {
+                    return Err(err(
+                        at(".filters[0].typed_config.tunneling_config.hostname"),
+                        "empty; give the tunnel's host:port".into(),
+                    ));
+                }
+                Some(t) => Some(Arc::from(t.hostname.as_str())),
+            };
             let m = chain.filter_chain_match.as_ref();
             let names = m.map(|m| m.server_names.as_slice()).unwrap_or_default();
             if names.is_empty() {
@@ -190,6 +217,8 @@ impl TcpListener {
                 stat_prefix: proxy.stat_prefix.as_str().into(),
                 action,
                 idle_timeout,
+                tunnel,
+                max_duration,
                 picks: AtomicU64::new(fastrand::u64(..)),
             });
         }
@@ -404,6 +433,8 @@ mod tests {
                 total: 100,
             },
             idle_timeout: None,
+            tunnel: None,
+            max_duration: None,
             picks: AtomicU64::new(fastrand::u64(..)),
         };
         for n in [50, 200, 1000] {
