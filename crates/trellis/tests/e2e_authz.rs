@@ -381,3 +381,175 @@ fn tcp_authorization_by_port_and_fail_closed_rules() {
     await_echo(b, true, &mut gw);
     assert_ne!(echo_via(a), "tcp-echo/v1");
 }
+
+/// What one path variant must do under a normalization mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// 403 from RBAC: the path normalized to `/admin`.
+    Denied,
+    /// 400: the path cannot be normalized safely.
+    Rejected,
+    /// Forwarded, and the application saw exactly this path.
+    Arrives(&'static str),
+}
+
+use Expect::{Arrives, Denied, Rejected};
+
+/// Every variant from Istio's normalization docs and security bulletins, against a DENY of
+/// `/admin`, with what Istio documents for NONE, BASE, MERGE_SLASHES and
+/// DECODE_AND_MERGE_SLASHES.
+const BYPASS: &[(&str, [Expect; 4])] = &[
+    ("/admin", [Denied, Denied, Denied, Denied]),
+    ("/admin?x=1", [Denied, Denied, Denied, Denied]),
+    (
+        "//admin",
+        [Arrives("//admin"), Arrives("//admin"), Denied, Denied],
+    ),
+    (
+        "/%2Fadmin",
+        [
+            Arrives("/%2Fadmin"),
+            Arrives("/%2Fadmin"),
+            Arrives("/%2Fadmin"),
+            Denied,
+        ],
+    ),
+    (
+        "/%2fadmin",
+        [
+            Arrives("/%2fadmin"),
+            Arrives("/%2fadmin"),
+            Arrives("/%2fadmin"),
+            Denied,
+        ],
+    ),
+    (
+        "/%5Cadmin",
+        [
+            Arrives("/%5Cadmin"),
+            Arrives("/%5Cadmin"),
+            Arrives("/%5Cadmin"),
+            Denied,
+        ],
+    ),
+    ("/%61dmin", [Arrives("/%61dmin"), Denied, Denied, Denied]),
+    (
+        "/%61%64%6D%69%6E",
+        [Arrives("/%61%64%6D%69%6E"), Denied, Denied, Denied],
+    ),
+    ("/./admin", [Arrives("/./admin"), Denied, Denied, Denied]),
+    (
+        "/a/../admin",
+        [Arrives("/a/../admin"), Denied, Denied, Denied],
+    ),
+    (
+        "/%2e/admin",
+        [Arrives("/%2e/admin"), Denied, Denied, Denied],
+    ),
+    (
+        "/x/%2E%2E/admin",
+        [Arrives("/x/%2E%2E/admin"), Denied, Denied, Denied],
+    ),
+    (
+        "/./a/..//admin",
+        [
+            Arrives("/./a/..//admin"),
+            Arrives("//admin"),
+            Denied,
+            Denied,
+        ],
+    ),
+    (
+        "/\\admin",
+        [Arrives("/\\admin"), Arrives("//admin"), Denied, Denied],
+    ),
+    ("\\admin", [Rejected; 4]),
+    // The HTTP parser drops a fragment before anything sees the path (Envoy answers 400): the
+    // path authorized and forwarded is `/admin`, so it is denied.
+    ("/admin#frag", [Denied; 4]),
+    // Case is not normalized (Istio: paths compare case-sensitively).
+    ("/ADMIN", [Arrives("/ADMIN"); 4]),
+    // Path parameters are not stripped: `/admin;x` is another path to Istio and to us.
+    ("/admin;x", [Arrives("/admin;x"); 4]),
+    ("/admin%00", [Rejected; 4]),
+    (
+        "/adm%zzin",
+        [Arrives("/adm%zzin"), Rejected, Rejected, Rejected],
+    ),
+];
+
+const MODES: [&str; 4] = ["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"];
+
+fn mesh_config(mode: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  pathNormalization: {{normalization: {mode}}}\n"
+    )
+}
+
+/// The bypass suite: for each mode, every variant is denied, rejected or arrives exactly as
+/// the table says, and `/admin` itself never reaches the application.
+#[test]
+fn path_normalization_modes_close_the_documented_bypasses() {
+    let deny = policy(
+        "deny-admin",
+        "foo",
+        "  action: DENY\n  rules:\n  - to: [{operation: {paths: [/admin]}}]\n",
+    );
+    let mut w = Workload::start(&[("deny.yaml", &deny), ("mesh.yaml", &mesh_config("NONE"))]);
+    // A probe per mode that behaves differently from the previous mode.
+    let probes = ["/./admin", "/./admin", "//admin", "/%2Fadmin"];
+    for (m, mode) in MODES.iter().enumerate() {
+        w.apply("mesh.yaml", &mesh_config(mode));
+        let want = BYPASS
+            .iter()
+            .find(|(p, _)| *p == probes[m])
+            .map(|(_, e)| e[m])
+            .expect("probe in table");
+        let mut last = (0, String::new());
+        let applied = wait_until(RELOAD, || {
+            last = w.send("GET", probes[m]);
+            (last.0 == 403) == (want == Denied)
+        });
+        assert!(applied, "mode {mode} never applied: {last:?}");
+        for (variant, expects) in BYPASS {
+            let before = w.arrived();
+            let (status, body) = w.send("GET", variant);
+            let after = w.arrived();
+            let arrived: Vec<&String> = after.iter().skip(before.len()).collect();
+            match expects[m] {
+                Denied => {
+                    assert_eq!(
+                        (status, body.as_str()),
+                        (403, "RBAC: access denied"),
+                        "{mode} {variant}"
+                    );
+                    assert!(
+                        arrived.is_empty(),
+                        "{mode} {variant} arrived as {arrived:?}"
+                    );
+                }
+                Rejected => {
+                    assert_eq!(status, 400, "{mode} {variant}: {body}");
+                    assert!(
+                        arrived.is_empty(),
+                        "{mode} {variant} arrived as {arrived:?}"
+                    );
+                }
+                Arrives(path) => {
+                    assert!(
+                        status != 403 && status != 400 && status != 0,
+                        "{mode} {variant}: {status} {body}"
+                    );
+                    assert_eq!(arrived, [path], "{mode} {variant}");
+                }
+            }
+        }
+        assert!(
+            !w.arrived()
+                .iter()
+                .any(|p| p == "/admin" || p.starts_with("/admin?")),
+            "{mode}: /admin reached the application: {:?}",
+            w.arrived()
+        );
+    }
+}
