@@ -495,7 +495,7 @@ fn path_normalization_modes_close_the_documented_bypasses() {
         "foo",
         "  action: DENY\n  rules:\n  - to: [{operation: {paths: [/admin]}}]\n",
     );
-    let mut w = Workload::start(&[("deny.yaml", &deny), ("mesh.yaml", &mesh_config("NONE"))]);
+    let w = Workload::start(&[("deny.yaml", &deny), ("mesh.yaml", &mesh_config("NONE"))]);
     // A probe per mode that behaves differently from the previous mode.
     let probes = ["/./admin", "/./admin", "//admin", "/%2Fadmin"];
     for (m, mode) in MODES.iter().enumerate() {
