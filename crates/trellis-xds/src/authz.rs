@@ -112,7 +112,11 @@ fn rbac_configs(
     trust_domain: &str,
 ) -> Vec<(Option<Rbac>, Option<Rbac>)> {
     let mut out = Vec::new();
+    // CUSTOM comes first in Istio's order. External authorizers are not supported yet, so a
+    // CUSTOM policy fails closed the way Istio does for a provider it cannot use: what its
+    // rules match is denied.
     for (istio, envoy) in [
+        ("CUSTOM", rbac::Action::Deny),
         ("DENY", rbac::Action::Deny),
         ("ALLOW", rbac::Action::Allow),
         ("AUDIT", rbac::Action::Log),
@@ -161,11 +165,13 @@ pub fn http_filters(ctx: &Context<'_>) -> Vec<HttpFilter> {
     rbac_configs(&policies, Layer::Http, mesh.trust_domain())
         .into_iter()
         .map(|(rules, shadow)| {
-            let prefix = if shadow.is_some() {
-                "istio_dry_run_".to_string()
-            } else {
-                String::new()
-            };
+            // Istio's: `istio_dry_run_allow_` / `istio_dry_run_deny_`.
+            let prefix = match &shadow {
+                Some(s) if s.action == rbac::Action::Deny as i32 => "istio_dry_run_deny_",
+                Some(_) => "istio_dry_run_allow_",
+                None => "",
+            }
+            .to_string();
             let config = SortedHttpRbac {
                 rules: rules.map(SortedRbac::from),
                 shadow_rules: shadow.map(SortedRbac::from),
@@ -290,7 +296,7 @@ fn translate_rule(
     trust_domain: &str,
 ) -> Option<Policy> {
     let tcp = layer == Layer::Tcp;
-    if tcp && action != "DENY" && has_http_only(rule) {
+    if tcp && !matches!(action, "DENY" | "CUSTOM") && has_http_only(rule) {
         return None;
     }
     let t = Translator { tcp, trust_domain };

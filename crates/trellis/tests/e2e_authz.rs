@@ -27,6 +27,7 @@ struct Workload {
     app_port: u16,
     sidecar: Process,
     inbound: u16,
+    admin: u16,
 }
 
 fn service(app_port: u16) -> String {
@@ -66,13 +67,14 @@ impl Workload {
             "--app-address",
             "127.0.0.1",
         ];
-        let (sidecar, _admin) = proxy(dir.path(), &args);
+        let (sidecar, admin) = proxy(dir.path(), &args);
         Workload {
             dir,
             _app: app,
             app_port,
             sidecar,
             inbound,
+            admin,
         }
     }
 
@@ -110,6 +112,14 @@ impl Workload {
             "{method} {target}: wanted {status}, last answer {last:?}\n{}",
             self.sidecar.describe()
         );
+    }
+
+    /// The sum of a Prometheus series of the sidecar whose labels include `want`.
+    fn metric(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        let (status, _, text) =
+            http_get(&format!("http://127.0.0.1:{}/stats/prometheus", self.admin));
+        assert_eq!(status, 200, "{text}");
+        e2e_support::metric_sum(&text, name, want)
     }
 
     /// The paths the application saw, in order.
@@ -552,4 +562,63 @@ fn path_normalization_modes_close_the_documented_bypasses() {
             w.arrived()
         );
     }
+}
+
+/// Istio's dry-run annotation: a DENY-all policy with `istio.io/dry-run: "true"` never denies
+/// but counts what it would have denied; an AUDIT policy never denies and counts the requests
+/// it matches; CUSTOM (no external authorizer yet) fails closed.
+#[test]
+fn dry_run_and_audit_only_count_and_custom_fails_closed() {
+    let mut w = Workload::start(&[]);
+    let dry = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-all-dry-run\n  namespace: foo\n  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  action: DENY\n  rules: [{}]\n";
+    let audit = policy(
+        "audit-post",
+        "foo",
+        "  action: AUDIT\n  rules:\n  - to: [{operation: {methods: [POST]}}]\n",
+    );
+    let marker = policy(
+        "marker",
+        "foo",
+        "  action: DENY\n  rules:\n  - to: [{operation: {paths: [/marker]}}]\n",
+    );
+    w.apply("policies.yaml", &format!("{dry}---\n{audit}---\n{marker}"));
+    w.await_status("GET", "/marker", 403);
+    let hcm = format!("inbound_0.0.0.0_{}", w.inbound);
+    let prefix = [("envoy_http_conn_manager_prefix", hcm.as_str())];
+    let shadow = [
+        ("envoy_http_conn_manager_prefix", hcm.as_str()),
+        ("shadow_rules_prefix", "istio_dry_run_deny_"),
+    ];
+    let denied_before = w.metric("envoy_http_rbac_shadow_denied_total", &shadow);
+    let logged_before = w.metric("envoy_http_rbac_logged_total", &prefix);
+    for _ in 0..3 {
+        assert_eq!(w.send("GET", "/get").0, 200, "dry-run never denies");
+    }
+    assert_eq!(w.send("POST", "/post").0, 200, "audit never denies");
+    assert_eq!(
+        w.metric("envoy_http_rbac_shadow_denied_total", &shadow) - denied_before,
+        4.0,
+        "every request would have been denied"
+    );
+    assert_eq!(
+        w.metric("envoy_http_rbac_logged_total", &prefix) - logged_before,
+        1.0
+    );
+    let denied = w.metric("envoy_http_rbac_denied_total", &prefix);
+    assert!(denied >= 1.0, "the marker request was denied: {denied}");
+
+    w.apply(
+        "custom.yaml",
+        &policy(
+            "ext-authz",
+            "foo",
+            "  action: CUSTOM\n  provider: {name: my-ext-authz}\n  rules:\n  - to: [{operation: {paths: ['/headers']}}]\n",
+        ),
+    );
+    w.await_status("GET", "/headers", 403);
+    assert_eq!(
+        w.send("GET", "/get").0,
+        200,
+        "only what the CUSTOM rules match"
+    );
 }

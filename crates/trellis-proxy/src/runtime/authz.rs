@@ -89,7 +89,12 @@ pub fn network_filters(filters: &[Filter]) -> Result<Vec<Rbac>, (usize, String)>
             if cfg.matcher.is_some() || cfg.shadow_matcher.is_some() {
                 return Err((i, "matcher trees are not supported; use rules".into()));
             }
-            Rbac::compile(cfg.rules.as_ref(), cfg.shadow_rules.as_ref()).map_err(|e| (i, e))
+            Rbac::compile(
+                cfg.rules.as_ref(),
+                cfg.shadow_rules.as_ref(),
+                &cfg.shadow_rules_stat_prefix,
+            )
+            .map_err(|e| (i, e))
         })
         .collect()
 }
@@ -103,5 +108,9 @@ fn rbac_filter(f: &HttpFilter) -> Result<Rbac, String> {
     if cfg.matcher.is_some() || cfg.shadow_matcher.is_some() {
         return Err("matcher trees are not supported; use rules".into());
     }
-    Rbac::compile(cfg.rules.as_ref(), cfg.shadow_rules.as_ref())
+    Rbac::compile(
+        cfg.rules.as_ref(),
+        cfg.shadow_rules.as_ref(),
+        &cfg.shadow_rules_stat_prefix,
+    )
 }

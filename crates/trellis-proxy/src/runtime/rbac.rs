@@ -31,7 +31,9 @@ const AUTHN_METADATA: &str = "istio_authn";
 pub struct Rbac {
     pub rules: Option<Rules>,
     pub shadow: Option<Rules>,
-    pub stats: RbacStats,
+    /// `shadow_rules_stat_prefix` (Istio: `istio_dry_run_allow_` / `istio_dry_run_deny_`).
+    pub shadow_prefix: Arc<str>,
+    pub stats: Arc<RbacStats>,
 }
 
 #[derive(Debug)]
@@ -155,13 +157,18 @@ pub enum Verdict {
 
 impl Rbac {
     /// From the `rules`/`shadow_rules` of an HTTP or network RBAC filter.
-    pub fn compile(rules: Option<&XRbac>, shadow: Option<&XRbac>) -> Result<Rbac, String> {
+    pub fn compile(
+        rules: Option<&XRbac>,
+        shadow: Option<&XRbac>,
+        shadow_prefix: &str,
+    ) -> Result<Rbac, String> {
         Ok(Rbac {
+            shadow_prefix: shadow_prefix.into(),
             rules: rules.map(|r| Rules::compile(r, "rules")).transpose()?,
             shadow: shadow
                 .map(|r| Rules::compile(r, "shadow_rules"))
                 .transpose()?,
-            stats: RbacStats::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -179,11 +186,17 @@ impl Rbac {
         let Some(rules) = &self.rules else {
             return Verdict::Allowed;
         };
+        if rules.action == Action::Log {
+            // LOG never denies; it marks the requests its policies match.
+            if rules.matched(s).is_some() {
+                self.stats.logged.fetch_add(1, Ordering::Relaxed);
+            }
+            return Verdict::Allowed;
+        }
         let v = rules.verdict(s);
-        let c = match (&v, rules.action) {
-            (_, Action::Log) => &self.stats.logged,
-            (Verdict::Allowed, _) => &self.stats.allowed,
-            (Verdict::Denied(_), _) => &self.stats.denied,
+        let c = match &v {
+            Verdict::Allowed => &self.stats.allowed,
+            Verdict::Denied(_) => &self.stats.denied,
         };
         c.fetch_add(1, Ordering::Relaxed);
         v
