@@ -177,10 +177,11 @@ impl Front {
     fn compile(ctx: &Context<'_>) -> Front {
         match ctx.proxy.role {
             Role::Gateway => {
-                let (mut listeners, routes, refs) = gateway::compile(ctx);
+                let (mut listeners, routes, mut refs) = gateway::compile(ctx);
                 for l in &mut listeners {
                     authz::secure_listener(ctx, l);
                 }
+                authz::provider_refs(ctx, &mut refs);
                 Front {
                     listeners,
                     routes,

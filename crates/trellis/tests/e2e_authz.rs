@@ -622,3 +622,104 @@ fn dry_run_and_audit_only_count_and_custom_fails_closed() {
         "only what the CUSTOM rules match"
     );
 }
+
+/// Istio's sample HTTP external authorizer: allows a request carrying `x-ext-authz: allow`
+/// (only on paths under its `/check` prefix), answers `x-ext-authz-check-result` either way.
+const AUTHORIZER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def check(self):
+        ok = self.path.startswith("/check/") and self.headers.get("x-ext-authz") == "allow"
+        body = b"" if ok else b"denied by ext_authz for not found header `x-ext-authz: allow` in the request"
+        self.send_response(200 if ok else 403)
+        self.send_header("x-ext-authz-check-result", "allowed" if ok else "denied")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = check
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+fn ext_authz_config(port: u16) -> String {
+    format!(
+        r#"apiVersion: trellis.dev/v1alpha1
+kind: MeshConfig
+metadata: {{name: mesh, namespace: istio-system}}
+spec:
+  extensionProviders:
+  - name: sample-ext-authz-http
+    envoyExtAuthzHttp:
+      service: ext-authz.foo.svc.cluster.local
+      port: 8000
+      pathPrefix: /check
+      timeout: 5s
+      includeRequestHeadersInCheck: [x-ext-authz]
+      headersToUpstreamOnAllow: [x-ext-authz-check-result]
+      headersToDownstreamOnDeny: [x-ext-authz-check-result]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext-authz, namespace: foo}}
+spec:
+  hosts: [ext-authz.foo.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+"#
+    )
+}
+
+/// Istio's "External authorization" task with the HTTP provider: a CUSTOM policy on `/headers`
+/// sends those requests to the authorizer, which decides by header; other paths never reach
+/// it; an unreachable authorizer denies (403, `statusOnError`'s default).
+#[test]
+fn custom_action_with_an_http_external_authorizer() {
+    let authz_port = free_port();
+    let port_arg = authz_port.to_string();
+    let mut authorizer = Process::spawn("python3", ["-c", AUTHORIZER, &port_arg], &[]);
+    assert!(
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], authz_port)),
+            Duration::from_secs(10)
+        ),
+        "authorizer did not start: {}",
+        authorizer.describe()
+    );
+    let custom = policy(
+        "ext-authz",
+        "foo",
+        "  selector: {matchLabels: {app: httpbin}}\n  action: CUSTOM\n  provider: {name: sample-ext-authz-http}\n  rules:\n  - to: [{operation: {paths: [/headers]}}]\n",
+    );
+    let mut w = Workload::start(&[
+        ("ext-authz.yaml", &ext_authz_config(authz_port)),
+        ("custom.yaml", &custom),
+    ]);
+    w.await_status("GET", "/headers", 403);
+    let (status, body) = w.send_with("GET", "/headers", &[("x-ext-authz", "deny")]);
+    assert_eq!(status, 403);
+    assert_eq!(
+        body,
+        "denied by ext_authz for not found header `x-ext-authz: allow` in the request"
+    );
+    let (status, body) = w.send_with("GET", "/headers", &[("x-ext-authz", "allow")]);
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("headers JSON");
+    assert_eq!(
+        seen["headers"]["x-ext-authz-check-result"], "allowed",
+        "the authorizer's header reaches the app: {body}"
+    );
+    assert_eq!(
+        w.send("GET", "/get").0,
+        200,
+        "/get is not under the CUSTOM rule"
+    );
+
+    drop(authorizer);
+    w.await_status("GET", "/headers", 403);
+    let (status, _) = w.send_with("GET", "/headers", &[("x-ext-authz", "allow")]);
+    assert_eq!(status, 403, "an unreachable authorizer denies");
+    assert_eq!(w.send("GET", "/get").0, 200);
+}

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
-use super::authz::{HTTP_RBAC, HttpAuthz};
+use super::authz::{EXT_AUTHZ, HTTP_RBAC, HttpAuthz};
 use super::cluster::Cluster;
 use super::route::RouteTable;
 use super::route::policy::{CORS_FILTER, FAULT_FILTER};
@@ -138,11 +138,12 @@ impl Listener {
         // The CORS and fault filters act through each route's `typed_per_filter_config`
         // (`route/policy.rs`); their listener-level configs carry nothing we apply.
         for (i, f) in hcm.http_filters.iter().enumerate() {
-            if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC].contains(&f.name.as_str()) {
+            if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC, EXT_AUTHZ].contains(&f.name.as_str())
+            {
                 return Err(err(
                     &format!("http_filters[{i}].name"),
                     format!(
-                        "{:?} is not supported; only {CORS_FILTER}, {FAULT_FILTER}, {HTTP_RBAC} and {ROUTER}",
+                        "{:?} is not supported; only {CORS_FILTER}, {FAULT_FILTER}, {HTTP_RBAC}, {EXT_AUTHZ} and {ROUTER}",
                         f.name
                     ),
                 ));

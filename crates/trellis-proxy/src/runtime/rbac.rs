@@ -174,8 +174,21 @@ impl Rbac {
 
     /// Evaluates enforced and shadow rules, counting both.
     pub fn check(&self, s: &Subject<'_>) -> Verdict {
+        self.check_with_shadow(s).0
+    }
+
+    /// [`Rbac::check`], and the shadow policy that matched (Envoy's
+    /// `shadow_effective_policy_id`).
+    pub fn check_with_shadow(&self, s: &Subject<'_>) -> (Verdict, Option<Arc<str>>) {
+        let mut effective = None;
         if let Some(shadow) = &self.shadow {
-            let denied = matches!(shadow.verdict(s), Verdict::Denied(_));
+            let matched = shadow.matched(s);
+            let denied = match shadow.action {
+                Action::Allow => matched.is_none(),
+                Action::Deny => matched.is_some(),
+                Action::Log => false,
+            };
+            effective = matched.map(|p| Arc::clone(&p.name));
             let c = if denied {
                 &self.stats.shadow_denied
             } else {
@@ -183,6 +196,10 @@ impl Rbac {
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
+        (self.check_rules(s), effective)
+    }
+
+    fn check_rules(&self, s: &Subject<'_>) -> Verdict {
         let Some(rules) = &self.rules else {
             return Verdict::Allowed;
         };
