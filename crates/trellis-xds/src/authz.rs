@@ -370,7 +370,13 @@ pub fn network_filters(ctx: &Context<'_>) -> Vec<Filter> {
 pub fn secure_listener(ctx: &Context<'_>, listener: &mut Listener) {
     let http = http_filters(ctx);
     let tcp = network_filters(ctx);
-    let normalization = ctx.snapshot.mesh_config().normalization().to_string();
+    let mesh = ctx.snapshot.mesh_config();
+    let normalization = mesh.normalization().to_string();
+    // Istio's gatewayTopology.numTrustedProxies: gateways only.
+    let trusted_hops = match ctx.proxy.role {
+        crate::Role::Gateway => mesh.num_trusted_proxies(),
+        _ => 0,
+    };
     for chain in &mut listener.filter_chains {
         let is_http = chain.filters.iter().any(|f| f.name == HCM_FILTER);
         if !is_http {
@@ -393,6 +399,7 @@ pub fn secure_listener(ctx: &Context<'_>, listener: &mut Listener) {
                 .unwrap_or(hcm.http_filters.len());
             hcm.http_filters.splice(at..at, http.iter().cloned());
             normalize(&mut hcm, &normalization);
+            hcm.xff_num_trusted_hops = trusted_hops;
             *any = pack_any(hcm);
         }
     }

@@ -12,7 +12,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use e2e_support::{Gateway, dest, docs, ep, service_entry_yaml, write_atomic};
+use e2e_support::{
+    Gateway, dest, docs, ep, gateway_yaml, service_entry_yaml, virtual_service_yaml, write_atomic,
+};
 use trellis_testkit::{
     Process, TempDir, free_port, http_get, proxy, sample_app, sample_app_on, wait_for_port,
     wait_until,
@@ -284,6 +286,8 @@ fn deny_with_not_values() {
     assert_eq!(w.send_with("GET", "/get", &[("x-token", "admin")]).0, 200);
     assert_eq!(w.send("POST", "/post").0, 200, "only GET is denied");
     assert_eq!(w.send_with("POST", "/ip", &[("x-token", "admin")]).0, 403);
+    // A method that is not upper case is rejected before any rule sees it (Istio).
+    assert_eq!(w.send_with("get", "/get", &[("x-token", "guest")]).0, 400);
     // Header names compare case-insensitively, values exactly.
     assert_eq!(w.send_with("GET", "/get", &[("X-Token", "admin")]).0, 200);
     assert_eq!(w.send_with("GET", "/get", &[("x-token", "ADMIN")]).0, 403);
@@ -722,4 +726,49 @@ fn custom_action_with_an_http_external_authorizer() {
     let (status, _) = w.send_with("GET", "/headers", &[("x-ext-authz", "allow")]);
     assert_eq!(status, 403, "an unreachable authorizer denies");
     assert_eq!(w.send("GET", "/get").0, 200);
+}
+
+/// `remoteIpBlocks` on a gateway behind one trusted proxy (MeshConfig
+/// `defaultConfig.gatewayTopology.numTrustedProxies: 1`): the client address is the last
+/// `x-forwarded-for` entry; `ipBlocks` still sees the direct peer.
+#[test]
+fn remote_ip_blocks_trust_the_configured_proxies() {
+    let (_app, app_port) = sample_app("web", "v1");
+    let port = free_port();
+    let host = "web.example.com";
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml("web", host, 80, "HTTP", &[ep(app_port, "v1")]),
+        virtual_service_yaml("web", &["*"], &format!("  - route: [{{destination: {}}}]\n", dest(host, None, 80))),
+        "apiVersion: trellis.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  defaultConfig: {gatewayTopology: {numTrustedProxies: 1}}\n".to_string(),
+        policy(
+            "allow-office",
+            "istio-system",
+            "  selector: {matchLabels: {istio: ingressgateway}}\n  rules:\n  - from: [{source: {remoteIpBlocks: [203.0.113.0/24], ipBlocks: [127.0.0.0/8]}}]\n",
+        ),
+    ]);
+    let gw = Gateway::start(port, &yaml);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let get = |xff: Option<&str>| {
+        let headers: Vec<(&str, &str)> = xff.map(|v| ("x-forwarded-for", v)).into_iter().collect();
+        raw_request(addr, "GET", "/get", &headers).0
+    };
+    let mut last = 0;
+    let ok = wait_until(RELOAD, || {
+        last = get(Some("203.0.113.5"));
+        last == 200
+    });
+    assert!(ok, "office client never allowed: {last}");
+    assert_eq!(
+        get(Some("198.51.100.1, 203.0.113.5")),
+        200,
+        "the last hop is trusted"
+    );
+    assert_eq!(get(Some("203.0.113.5, 198.51.100.1")), 403);
+    assert_eq!(
+        get(None),
+        403,
+        "no x-forwarded-for: the client is the peer 127.0.0.1"
+    );
+    drop(gw);
 }

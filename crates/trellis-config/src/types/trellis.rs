@@ -96,6 +96,23 @@ config_struct! {
         pub path_normalization: Option<PathNormalization>,
         /// External authorizers that CUSTOM AuthorizationPolicies name as `provider`.
         pub extension_providers: Vec<ExtensionProvider>,
+        /// Istio's `defaultConfig` (ProxyConfig); only `gatewayTopology` is read.
+        pub default_config: Option<ProxyConfigDefaults>,
+    }
+}
+
+config_struct! {
+    /// `meshConfig.defaultConfig`.
+    pub struct ProxyConfigDefaults {
+        pub gateway_topology: Option<GatewayTopology>,
+    }
+}
+
+config_struct! {
+    /// `ProxyConfig.gatewayTopology`: how many proxies in front of the gateways append to
+    /// `x-forwarded-for` (the gateways' `xff_num_trusted_hops`, used by `remoteIpBlocks`).
+    pub struct GatewayTopology {
+        pub num_trusted_proxies: u32,
     }
 }
 
@@ -168,6 +185,14 @@ impl MeshConfig {
         } else {
             &self.trust_domain
         }
+    }
+
+    /// `defaultConfig.gatewayTopology.numTrustedProxies` (0 when unset).
+    pub fn num_trusted_proxies(&self) -> u32 {
+        self.default_config
+            .as_ref()
+            .and_then(|d| d.gateway_topology.as_ref())
+            .map_or(0, |g| g.num_trusted_proxies)
     }
 
     /// The normalization mode (`BASE` when unset).

@@ -70,6 +70,17 @@ pub async fn authorize(
     if authz.filters.is_empty() {
         return Ok(None);
     }
+    // Istio's normalization: a method that is not upper case is rejected, so `get` cannot
+    // slip past a rule on `GET`.
+    if parts
+        .method
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        let msg = format!("method {:?} is not upper case\n", parts.method.as_str());
+        return Err(Local::new(StatusCode::BAD_REQUEST, "DPE", msg));
+    }
     let port = route
         .and_then(inbound_port)
         .unwrap_or_else(|| conn.local.port());
