@@ -107,6 +107,21 @@ impl Listeners {
                 .map(|(name, c)| (Arc::clone(name), Arc::clone(&c.circuit.stats)))
                 .collect(),
         );
+        self.proxy.telemetry.authz_stats.set_filters(
+            next.listeners
+                .values()
+                .flat_map(|l| {
+                    let prefix: Arc<str> = l.settings.stat_prefix.as_str().into();
+                    l.authz.filters.iter().map(move |f| {
+                        (
+                            Arc::clone(&prefix),
+                            Arc::clone(&f.shadow_prefix),
+                            Arc::clone(&f.stats),
+                        )
+                    })
+                })
+                .collect(),
+        );
         self.proxy.runtime.store(Arc::new(next));
         self.active.retain(|name, _| keep.contains(name));
         for (name, configured, tl) in tokio_listeners {

@@ -8,6 +8,7 @@ pub mod actions;
 pub mod authz;
 pub mod body;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod headers;
 pub mod jwt;
@@ -318,7 +319,8 @@ async fn forward(
     };
     let vhost = table.find_virtual_host(host);
     let route = vhost.and_then(|vh| vh.find_route(&view));
-    authz::authorize(&listener.authz, conn, settings, &view, &parts, route)?;
+    let authorized =
+        authz::authorize(rt, &listener.authz, conn, settings, &view, &parts, route).await?;
     let Some(route) = route else {
         let msg = format!("no route for host {host:?} path {path:?}\n");
         return Err(Local::new(StatusCode::NOT_FOUND, "NR", msg));
@@ -326,6 +328,9 @@ async fn forward(
     log.route_name = Some(Arc::clone(&route.istio_name));
     // Decided on the request as received, before headers are rewritten.
     let repeatable = route.retry.as_ref().is_none_or(|p| p.may_repeat(&view));
+    if let Some(h) = authorized {
+        authz::add_headers(&mut parts.headers, h);
+    }
     let mut plan = actions::on_request(route, &mut parts, &mut authority, log).await?;
     let target = route.action.pick();
     log.cluster_name = Some(Arc::clone(&target.name));

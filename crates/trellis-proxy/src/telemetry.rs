@@ -7,6 +7,7 @@
 //! [`access_log`]), and knows nothing about sockets or the admin server that serves it.
 
 pub mod access_log;
+pub mod authz_stats;
 pub mod metrics;
 pub mod tcp_metrics;
 pub mod upstream;
@@ -40,6 +41,8 @@ pub struct Telemetry {
     tcp: Arc<TcpMetrics>,
     /// Per-cluster upstream counters (`trellis_upstream_rq_*`).
     pub upstream_stats: Arc<UpstreamStats>,
+    /// RBAC filter counters of the current snapshot.
+    pub authz_stats: Arc<authz_stats::AuthzStats>,
     access_log: Option<AccessLog>,
     config_applies: Counter,
     config_rejections: Counter,
@@ -128,6 +131,10 @@ impl Telemetry {
         registry.register_collector(Box::new(UpstreamStatsCollector(Arc::clone(
             &upstream_stats,
         ))));
+        let authz_stats = Arc::new(authz_stats::AuthzStats::default());
+        registry.register_collector(Box::new(authz_stats::AuthzCollector(Arc::clone(
+            &authz_stats,
+        ))));
         let access_log_dropped = Counter::default();
         let out: Option<Box<dyn Write + Send>> = match sink {
             AccessLogSink::StdoutUnlessDisabled => {
@@ -206,6 +213,7 @@ impl Telemetry {
             istio,
             tcp,
             upstream_stats,
+            authz_stats,
             access_log,
             config_applies,
             config_rejections,

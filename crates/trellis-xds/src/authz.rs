@@ -11,12 +11,16 @@
 //! translation, including the TCP rules: an ALLOW rule with HTTP-only fields is dropped, a DENY
 //! rule loses its HTTP-only fields. It must not know how the proxy evaluates RBAC.
 
+use envoy_types::pb::envoy::config::core::v3::{ApiVersion, HttpUri, http_uri};
 use envoy_types::pb::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, filter};
 use envoy_types::pb::envoy::config::rbac::v3::{
     Permission, Policy, Principal, Rbac, permission, principal, rbac,
 };
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+    AuthorizationResponse, ExtAuthz, HttpService, ext_authz,
+};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager::PathWithEscapedSlashesAction,
@@ -24,17 +28,19 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     ListMatcher, MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher,
     list_matcher, metadata_matcher, path_matcher, string_matcher, value_matcher,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use trellis_config::{
-    AuthorizationPolicy, AuthorizationRule, Condition, DRY_RUN_ANNOTATION, MeshConfig, Operation,
-    Resource, Source, bracketed,
+    AuthorizationPolicy, AuthorizationRule, Condition, DRY_RUN_ANNOTATION, ExtAuthzHttpProvider,
+    MeshConfig, Operation, Resource, Source, bracketed,
 };
 
 use crate::listener::{HCM_FILTER, ROUTER_FILTER};
@@ -42,6 +48,10 @@ use crate::{Context, Listener};
 
 pub const HTTP_RBAC_FILTER: &str = "envoy.filters.http.rbac";
 pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
+pub const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
+/// Istio's names for the CUSTOM marker rules and their stats.
+pub const EXT_AUTHZ_POLICY_PREFIX: &str = "istio-ext-authz-";
+pub const EXT_AUTHZ_STAT_PREFIX: &str = "istio_ext_authz_";
 pub const URI_TEMPLATE_MATCHER: &str = "envoy.path.match.uri_template.uri_template_matcher";
 /// Dynamic metadata namespace where JWT authentication puts the request's claims (Istio's).
 pub const AUTHN_METADATA: &str = "istio_authn";
@@ -110,13 +120,21 @@ fn rbac_configs(
     policies: &[&Resource<AuthorizationPolicy>],
     layer: Layer,
     trust_domain: &str,
+    custom_via_ext_authz: bool,
 ) -> Vec<(Option<Rbac>, Option<Rbac>)> {
     let mut out = Vec::new();
+    // CUSTOM comes first in Istio's order. External authorizers are not supported yet, so a
+    // CUSTOM policy fails closed the way Istio does for a provider it cannot use: what its
+    // rules match is denied.
     for (istio, envoy) in [
+        ("CUSTOM", rbac::Action::Deny),
         ("DENY", rbac::Action::Deny),
         ("ALLOW", rbac::Action::Allow),
         ("AUDIT", rbac::Action::Log),
     ] {
+        if istio == "CUSTOM" && custom_via_ext_authz {
+            continue;
+        }
         let of_action: Vec<_> = policies
             .iter()
             .filter(|p| action_of(&p.spec) == istio)
@@ -154,40 +172,180 @@ fn rbac_configs(
     out
 }
 
-/// The HTTP RBAC filters for the proxy (empty when no policy applies).
+/// The HTTP provider every CUSTOM policy of the proxy names, if there is exactly one and it
+/// is an `envoyExtAuthzHttp` provider of the MeshConfig (anything else fails closed).
+fn ext_authz_provider<'m>(
+    policies: &[&Resource<AuthorizationPolicy>],
+    mesh: &'m MeshConfig,
+) -> Option<(&'m str, &'m ExtAuthzHttpProvider)> {
+    let mut names = policies
+        .iter()
+        .filter(|p| action_of(&p.spec) == "CUSTOM")
+        .map(|p| p.spec.provider.as_ref().map_or("", |pr| pr.name.as_str()));
+    let first = names.next()?;
+    if names.any(|n| n != first) {
+        return None;
+    }
+    let provider = mesh.extension_providers.iter().find(|p| p.name == first)?;
+    provider
+        .envoy_ext_authz_http
+        .as_ref()
+        .map(|h| (provider.name.as_str(), h))
+}
+
+/// The service port an HTTP ext_authz provider needs a cluster for.
+pub fn provider_refs(ctx: &Context<'_>, refs: &mut crate::route::ClusterRefs) {
+    let mesh = ctx.snapshot.mesh_config();
+    let policies = applicable(ctx, &mesh);
+    if let Some((_, h)) = ext_authz_provider(&policies, &mesh) {
+        refs.insert((h.service.clone(), h.port, String::new()));
+    }
+}
+
+/// Istio's CUSTOM shape: an RBAC filter whose shadow rules mark the requests the CUSTOM rules
+/// match (`istio_ext_authz_` prefix, policies named `istio-ext-authz-…`), then the ext_authz
+/// filter enabled only for those requests.
+fn ext_authz_filters(
+    policies: &[&Resource<AuthorizationPolicy>],
+    provider: &ExtAuthzHttpProvider,
+    trust_domain: &str,
+) -> Vec<HttpFilter> {
+    let mut shadow = Rbac {
+        action: rbac::Action::Deny as i32,
+        ..Default::default()
+    };
+    for p in policies.iter().filter(|p| action_of(&p.spec) == "CUSTOM") {
+        for (i, rule) in p.spec.rules.iter().enumerate() {
+            if let Some(policy) = translate_rule(rule, "CUSTOM", Layer::Http, trust_domain) {
+                let name = format!(
+                    "{EXT_AUTHZ_POLICY_PREFIX}ns[{}]-policy[{}]-rule[{i}]",
+                    p.meta.namespace, p.meta.name
+                );
+                shadow.policies.insert(name, policy);
+            }
+        }
+    }
+    let marker = SortedHttpRbac {
+        rules: None,
+        shadow_rules: Some(SortedRbac::from(shadow)),
+        shadow_rules_stat_prefix: EXT_AUTHZ_STAT_PREFIX.into(),
+    };
+    let header_list = |names: &[String]| ListStringMatcher {
+        patterns: names
+            .iter()
+            .map(|n| string_match(&n.to_ascii_lowercase(), true))
+            .collect(),
+    };
+    let timeout = provider
+        .timeout
+        .as_ref()
+        .and_then(|d| d.get())
+        .unwrap_or(std::time::Duration::from_secs(600));
+    let status = provider.status_on_error.parse::<i32>().unwrap_or(403);
+    let ext = ExtAuthz {
+        transport_api_version: ApiVersion::V3 as i32,
+        failure_mode_allow: provider.fail_open,
+        status_on_error: Some(HttpStatus { code: status }),
+        services: Some(ext_authz::Services::HttpService(HttpService {
+            server_uri: Some(HttpUri {
+                uri: format!("http://{}:{}", provider.service, provider.port),
+                timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: timeout.as_secs() as i64,
+                    nanos: timeout.subsec_nanos() as i32,
+                }),
+                http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(
+                    crate::cluster::outbound_name(provider.port, "", &provider.service),
+                )),
+            }),
+            path_prefix: provider.path_prefix.clone(),
+            authorization_response: Some(AuthorizationResponse {
+                allowed_upstream_headers: Some(header_list(&provider.headers_to_upstream_on_allow)),
+                allowed_client_headers: Some(header_list(&provider.headers_to_downstream_on_deny)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        allowed_headers: Some(header_list(&provider.include_request_headers_in_check)),
+        filter_enabled_metadata: Some(MetadataMatcher {
+            filter: HTTP_RBAC_FILTER.into(),
+            path: vec![metadata_matcher::PathSegment {
+                segment: Some(metadata_matcher::path_segment::Segment::Key(format!(
+                    "{EXT_AUTHZ_STAT_PREFIX}shadow_effective_policy_id"
+                ))),
+            }],
+            value: Some(value_string(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Prefix(
+                    EXT_AUTHZ_POLICY_PREFIX.trim_end_matches('-').into(),
+                )),
+                ignore_case: false,
+            })),
+            invert: false,
+        }),
+        ..Default::default()
+    };
+    vec![
+        HttpFilter {
+            name: HTTP_RBAC_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+                type_url: HttpRbac::type_url(),
+                value: marker.encode_to_vec(),
+            })),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: EXT_AUTHZ_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(ext))),
+            ..Default::default()
+        },
+    ]
+}
+
+/// The HTTP RBAC (and ext_authz) filters for the proxy (empty when no policy applies).
 pub fn http_filters(ctx: &Context<'_>) -> Vec<HttpFilter> {
     let mesh = ctx.snapshot.mesh_config();
     let policies = applicable(ctx, &mesh);
-    rbac_configs(&policies, Layer::Http, mesh.trust_domain())
-        .into_iter()
-        .map(|(rules, shadow)| {
-            let prefix = if shadow.is_some() {
-                "istio_dry_run_".to_string()
-            } else {
-                String::new()
-            };
-            let config = SortedHttpRbac {
-                rules: rules.map(SortedRbac::from),
-                shadow_rules: shadow.map(SortedRbac::from),
-                shadow_rules_stat_prefix: prefix,
-            };
-            HttpFilter {
-                name: HTTP_RBAC_FILTER.into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(Any {
-                    type_url: HttpRbac::type_url(),
-                    value: config.encode_to_vec(),
-                })),
-                ..Default::default()
-            }
-        })
-        .collect()
+    let provider = ext_authz_provider(&policies, &mesh);
+    let mut out = provider
+        .map(|(_, h)| ext_authz_filters(&policies, h, mesh.trust_domain()))
+        .unwrap_or_default();
+    let rbac = rbac_configs(
+        &policies,
+        Layer::Http,
+        mesh.trust_domain(),
+        provider.is_some(),
+    )
+    .into_iter()
+    .map(|(rules, shadow)| {
+        // Istio's: `istio_dry_run_allow_` / `istio_dry_run_deny_`.
+        let prefix = match &shadow {
+            Some(s) if s.action == rbac::Action::Deny as i32 => "istio_dry_run_deny_",
+            Some(_) => "istio_dry_run_allow_",
+            None => "",
+        }
+        .to_string();
+        let config = SortedHttpRbac {
+            rules: rules.map(SortedRbac::from),
+            shadow_rules: shadow.map(SortedRbac::from),
+            shadow_rules_stat_prefix: prefix,
+        };
+        HttpFilter {
+            name: HTTP_RBAC_FILTER.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+                type_url: HttpRbac::type_url(),
+                value: config.encode_to_vec(),
+            })),
+            ..Default::default()
+        }
+    });
+    out.extend(rbac);
+    out
 }
 
 /// The network RBAC filters for the proxy's TCP listeners.
 pub fn network_filters(ctx: &Context<'_>) -> Vec<Filter> {
     let mesh = ctx.snapshot.mesh_config();
     let policies = applicable(ctx, &mesh);
-    rbac_configs(&policies, Layer::Tcp, mesh.trust_domain())
+    rbac_configs(&policies, Layer::Tcp, mesh.trust_domain(), false)
         .into_iter()
         .map(|(rules, shadow)| {
             let config = SortedNetworkRbac {
@@ -212,7 +370,13 @@ pub fn network_filters(ctx: &Context<'_>) -> Vec<Filter> {
 pub fn secure_listener(ctx: &Context<'_>, listener: &mut Listener) {
     let http = http_filters(ctx);
     let tcp = network_filters(ctx);
-    let normalization = ctx.snapshot.mesh_config().normalization().to_string();
+    let mesh = ctx.snapshot.mesh_config();
+    let normalization = mesh.normalization().to_string();
+    // Istio's gatewayTopology.numTrustedProxies: gateways only.
+    let trusted_hops = match ctx.proxy.role {
+        crate::Role::Gateway => mesh.num_trusted_proxies(),
+        _ => 0,
+    };
     for chain in &mut listener.filter_chains {
         let is_http = chain.filters.iter().any(|f| f.name == HCM_FILTER);
         if !is_http {
@@ -235,6 +399,7 @@ pub fn secure_listener(ctx: &Context<'_>, listener: &mut Listener) {
                 .unwrap_or(hcm.http_filters.len());
             hcm.http_filters.splice(at..at, http.iter().cloned());
             normalize(&mut hcm, &normalization);
+            hcm.xff_num_trusted_hops = trusted_hops;
             *any = pack_any(hcm);
         }
     }
@@ -290,7 +455,7 @@ fn translate_rule(
     trust_domain: &str,
 ) -> Option<Policy> {
     let tcp = layer == Layer::Tcp;
-    if tcp && action != "DENY" && has_http_only(rule) {
+    if tcp && !matches!(action, "DENY" | "CUSTOM") && has_http_only(rule) {
         return None;
     }
     let t = Translator { tcp, trust_domain };

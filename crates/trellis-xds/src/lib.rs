@@ -190,10 +190,11 @@ impl Front {
     fn compile_role(ctx: &Context<'_>) -> Front {
         match ctx.proxy.role {
             Role::Gateway => {
-                let (mut listeners, routes, refs) = gateway::compile(ctx);
+                let (mut listeners, routes, mut refs) = gateway::compile(ctx);
                 for l in &mut listeners {
                     authz::secure_listener(ctx, l);
                 }
+                authz::provider_refs(ctx, &mut refs);
                 Front {
                     listeners,
                     routes,

@@ -94,6 +94,64 @@ config_struct! {
         pub root_namespace: String,
         pub trust_domain: String,
         pub path_normalization: Option<PathNormalization>,
+        /// External authorizers that CUSTOM AuthorizationPolicies name as `provider`.
+        pub extension_providers: Vec<ExtensionProvider>,
+        /// Istio's `defaultConfig` (ProxyConfig); only `gatewayTopology` is read.
+        pub default_config: Option<ProxyConfigDefaults>,
+    }
+}
+
+config_struct! {
+    /// `meshConfig.defaultConfig`.
+    pub struct ProxyConfigDefaults {
+        pub gateway_topology: Option<GatewayTopology>,
+    }
+}
+
+config_struct! {
+    /// `ProxyConfig.gatewayTopology`: how many proxies in front of the gateways append to
+    /// `x-forwarded-for` (the gateways' `xff_num_trusted_hops`, used by `remoteIpBlocks`).
+    pub struct GatewayTopology {
+        pub num_trusted_proxies: u32,
+    }
+}
+
+config_struct! {
+    /// `MeshConfig.extensionProviders[]` (the authorization ones).
+    pub struct ExtensionProvider {
+        pub name: String,
+        pub envoy_ext_authz_http: Option<ExtAuthzHttpProvider>,
+        pub envoy_ext_authz_grpc: Option<ExtAuthzGrpcProvider>,
+    }
+}
+
+config_struct! {
+    /// `EnvoyExternalAuthorizationHttpProvider`: the request's method and path (after
+    /// `pathPrefix`) and the listed headers go to `service:port`; a 2xx answer allows.
+    pub struct ExtAuthzHttpProvider {
+        /// A service host (`name.ns.svc.cluster.local` or a ServiceEntry host).
+        pub service: String,
+        pub port: u32,
+        pub path_prefix: String,
+        pub timeout: Option<Duration>,
+        pub fail_open: bool,
+        /// Status when the authorizer cannot be reached (default 403).
+        pub status_on_error: String,
+        pub include_request_headers_in_check: Vec<String>,
+        pub headers_to_upstream_on_allow: Vec<String>,
+        pub headers_to_downstream_on_deny: Vec<String>,
+    }
+}
+
+config_struct! {
+    /// `EnvoyExternalAuthorizationGrpcProvider` (accepted; not compiled yet: its CUSTOM
+    /// policies fail closed).
+    pub struct ExtAuthzGrpcProvider {
+        pub service: String,
+        pub port: u32,
+        pub timeout: Option<Duration>,
+        pub fail_open: bool,
+        pub status_on_error: String,
     }
 }
 
@@ -127,6 +185,14 @@ impl MeshConfig {
         } else {
             &self.trust_domain
         }
+    }
+
+    /// `defaultConfig.gatewayTopology.numTrustedProxies` (0 when unset).
+    pub fn num_trusted_proxies(&self) -> u32 {
+        self.default_config
+            .as_ref()
+            .and_then(|d| d.gateway_topology.as_ref())
+            .map_or(0, |g| g.num_trusted_proxies)
     }
 
     /// The normalization mode (`BASE` when unset).

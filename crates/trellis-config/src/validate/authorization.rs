@@ -331,6 +331,50 @@ pub(super) fn mesh_config(rep: &mut Reporter<'_>, m: &MeshConfig, index: usize) 
             ),
         );
     }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, p) in m.extension_providers.iter().enumerate() {
+        let at = format!("spec.extensionProviders[{i}]");
+        if p.name.is_empty() {
+            rep.error(&format!("{at}.name"), "name is required");
+        } else if !names.insert(p.name.as_str()) {
+            rep.error(
+                &format!("{at}.name"),
+                format!("duplicate provider `{}`", p.name),
+            );
+        }
+        let (service, port, timeout, status) =
+            match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
+                (Some(h), None) => (&h.service, h.port, &h.timeout, &h.status_on_error),
+                (None, Some(g)) => (&g.service, g.port, &g.timeout, &g.status_on_error),
+                _ => {
+                    rep.error(
+                        &at,
+                        "set exactly one of `envoyExtAuthzHttp` or `envoyExtAuthzGrpc`",
+                    );
+                    continue;
+                }
+            };
+        let kind = if p.envoy_ext_authz_http.is_some() {
+            "envoyExtAuthzHttp"
+        } else {
+            "envoyExtAuthzGrpc"
+        };
+        if service.is_empty() {
+            rep.error(&format!("{at}.{kind}.service"), "service is required");
+        }
+        rep.port_number(&format!("{at}.{kind}.port"), port);
+        rep.duration(&format!("{at}.{kind}.timeout"), timeout.as_ref());
+        if !status.is_empty()
+            && !status
+                .parse::<u16>()
+                .is_ok_and(|s| (200..=599).contains(&s))
+        {
+            rep.error(
+                &format!("{at}.{kind}.statusOnError"),
+                format!("`{status}` is not an HTTP status (200..=599)"),
+            );
+        }
+    }
     if m.trust_domain.contains('/') {
         rep.error(
             "spec.trustDomain",

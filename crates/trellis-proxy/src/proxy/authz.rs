@@ -8,15 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{StatusCode, Uri};
+use http::{HeaderMap, StatusCode, Uri};
 
 use super::headers::X_FORWARDED_FOR;
 use super::{ConnInfo, Local};
-use crate::runtime::HttpSettings;
 use crate::runtime::TcpChain;
 use crate::runtime::authz::{HttpAuthz, PathNormalization};
 use crate::runtime::rbac::{Subject, Verdict};
 use crate::runtime::route::{RequestView, Route, RouteAction};
+use crate::runtime::{HttpSettings, Runtime};
 use crate::security::{Peer, RequestAuth};
 
 /// Envoy's body for a request RBAC denies.
@@ -54,18 +54,32 @@ pub fn normalize(parts: &mut Parts, n: PathNormalization) -> Result<(), Local> {
     Ok(())
 }
 
-/// Runs the listener's RBAC filters on the request; `route` (when one matched) gives the
-/// destination port of an inbound request (its `inbound|<port>||` cluster).
-pub fn authorize(
+/// Runs the listener's RBAC filters (and its external authorizer, for the requests its CUSTOM
+/// rules mark) on the request; `route` (when one matched) gives the destination port of an
+/// inbound request (its `inbound|<port>||` cluster). On allow, the headers the authorizer adds
+/// to the upstream request.
+pub async fn authorize(
+    rt: &Runtime,
     authz: &HttpAuthz,
     conn: &ConnInfo,
     settings: &HttpSettings,
     view: &RequestView<'_>,
     parts: &Parts,
     route: Option<&Route>,
-) -> Result<(), Local> {
+) -> Result<Option<HeaderMap>, Local> {
     if authz.filters.is_empty() {
-        return Ok(());
+        return Ok(None);
+    }
+    // Istio's normalization: a method that is not upper case is rejected, so `get` cannot
+    // slip past a rule on `GET`.
+    if parts
+        .method
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        let msg = format!("method {:?} is not upper case\n", parts.method.as_str());
+        return Err(Local::new(StatusCode::BAD_REQUEST, "DPE", msg));
     }
     let port = route
         .and_then(inbound_port)
@@ -79,13 +93,43 @@ pub fn authorize(
         auth: parts.extensions.get::<RequestAuth>(),
         sni: conn.peer.sni.as_deref(),
     };
-    for rbac in &authz.filters {
-        if let Verdict::Denied(policy) = rbac.check(&subject) {
+    let mut added = None;
+    for (i, rbac) in authz.filters.iter().enumerate() {
+        let (verdict, shadow) = rbac.check_with_shadow(&subject);
+        if let Verdict::Denied(policy) = verdict {
             tracing::debug!(policy = policy.as_deref().unwrap_or("none"), "rbac denied");
             return Err(Local::new(StatusCode::FORBIDDEN, "-", DENIED_BODY.into()));
         }
+        let Some((after, ext)) = &authz.ext_authz else {
+            continue;
+        };
+        let enabled = match &ext.enabled_prefix {
+            None => true,
+            Some(prefix) => shadow.is_some_and(|p| p.starts_with(prefix.as_str())),
+        };
+        if *after == i && enabled {
+            added = super::ext_authz::check(rt, ext, parts).await?;
+        }
     }
-    Ok(())
+    Ok(added)
+}
+
+/// Adds the external authorizer's headers to the upstream request (replacing same names).
+pub fn add_headers(headers: &mut HeaderMap, added: HeaderMap) {
+    let mut last = None;
+    for (name, value) in added {
+        match name {
+            Some(name) => {
+                headers.insert(&name, value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    headers.append(name, value);
+                }
+            }
+        }
+    }
 }
 
 /// Runs an L4 chain's network RBAC filters on a new connection (no mTLS peer yet on L4

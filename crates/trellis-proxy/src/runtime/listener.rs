@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
-use super::authz::{HTTP_RBAC, HttpAuthz};
+use super::authz::{EXT_AUTHZ, HTTP_RBAC, HttpAuthz};
 use super::cluster::Cluster;
 use super::jwt::{JWT_AUTHN_FILTER, JwtAuthn};
 use super::route::RouteTable;
@@ -159,11 +159,11 @@ impl Listener {
                 jwt = Some(Arc::new(compiled));
                 continue;
             }
-            if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC].contains(&f.name.as_str()) {
+            if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC, EXT_AUTHZ].contains(&f.name.as_str()) {
                 return Err(err(
                     &format!("http_filters[{i}].name"),
                     format!(
-                        "{:?} is not supported; only {JWT_AUTHN_FILTER}, {CORS_FILTER}, {FAULT_FILTER}, {HTTP_RBAC} and {ROUTER}",
+                        "{:?} is not supported; only {JWT_AUTHN_FILTER}, {CORS_FILTER}, {FAULT_FILTER}, {HTTP_RBAC}, {EXT_AUTHZ} and {ROUTER}",
                         f.name
                     ),
                 ));

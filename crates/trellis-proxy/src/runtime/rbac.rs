@@ -31,7 +31,9 @@ const AUTHN_METADATA: &str = "istio_authn";
 pub struct Rbac {
     pub rules: Option<Rules>,
     pub shadow: Option<Rules>,
-    pub stats: RbacStats,
+    /// `shadow_rules_stat_prefix` (Istio: `istio_dry_run_allow_` / `istio_dry_run_deny_`).
+    pub shadow_prefix: Arc<str>,
+    pub stats: Arc<RbacStats>,
 }
 
 #[derive(Debug)]
@@ -155,20 +157,38 @@ pub enum Verdict {
 
 impl Rbac {
     /// From the `rules`/`shadow_rules` of an HTTP or network RBAC filter.
-    pub fn compile(rules: Option<&XRbac>, shadow: Option<&XRbac>) -> Result<Rbac, String> {
+    pub fn compile(
+        rules: Option<&XRbac>,
+        shadow: Option<&XRbac>,
+        shadow_prefix: &str,
+    ) -> Result<Rbac, String> {
         Ok(Rbac {
+            shadow_prefix: shadow_prefix.into(),
             rules: rules.map(|r| Rules::compile(r, "rules")).transpose()?,
             shadow: shadow
                 .map(|r| Rules::compile(r, "shadow_rules"))
                 .transpose()?,
-            stats: RbacStats::default(),
+            stats: Arc::default(),
         })
     }
 
     /// Evaluates enforced and shadow rules, counting both.
     pub fn check(&self, s: &Subject<'_>) -> Verdict {
+        self.check_with_shadow(s).0
+    }
+
+    /// [`Rbac::check`], and the shadow policy that matched (Envoy's
+    /// `shadow_effective_policy_id`).
+    pub fn check_with_shadow(&self, s: &Subject<'_>) -> (Verdict, Option<Arc<str>>) {
+        let mut effective = None;
         if let Some(shadow) = &self.shadow {
-            let denied = matches!(shadow.verdict(s), Verdict::Denied(_));
+            let matched = shadow.matched(s);
+            let denied = match shadow.action {
+                Action::Allow => matched.is_none(),
+                Action::Deny => matched.is_some(),
+                Action::Log => false,
+            };
+            effective = matched.map(|p| Arc::clone(&p.name));
             let c = if denied {
                 &self.stats.shadow_denied
             } else {
@@ -176,14 +196,24 @@ impl Rbac {
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
+        (self.check_rules(s), effective)
+    }
+
+    fn check_rules(&self, s: &Subject<'_>) -> Verdict {
         let Some(rules) = &self.rules else {
             return Verdict::Allowed;
         };
+        if rules.action == Action::Log {
+            // LOG never denies; it marks the requests its policies match.
+            if rules.matched(s).is_some() {
+                self.stats.logged.fetch_add(1, Ordering::Relaxed);
+            }
+            return Verdict::Allowed;
+        }
         let v = rules.verdict(s);
-        let c = match (&v, rules.action) {
-            (_, Action::Log) => &self.stats.logged,
-            (Verdict::Allowed, _) => &self.stats.allowed,
-            (Verdict::Denied(_), _) => &self.stats.denied,
+        let c = match &v {
+            Verdict::Allowed => &self.stats.allowed,
+            Verdict::Denied(_) => &self.stats.denied,
         };
         c.fetch_add(1, Ordering::Relaxed);
         v

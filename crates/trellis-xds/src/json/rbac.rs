@@ -16,7 +16,11 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use serde_json::{Map, Value, json};
 
-use super::{Obj, header_matcher, string_match};
+use envoy_types::pb::envoy::config::core::v3::http_uri;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{ExtAuthz, ext_authz};
+use envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher;
+
+use super::{Obj, duration, header_matcher, string_match};
 
 /// The JSON of an RBAC or URI-template `Any`, if it is one.
 pub(super) fn filter_config(any: &Any) -> Option<Value> {
@@ -42,6 +46,9 @@ pub(super) fn filter_config(any: &Any) -> Option<Value> {
                 .done(),
         );
     }
+    if any.type_url == ExtAuthz::type_url() {
+        return ExtAuthz::decode(bytes).ok().map(|e| ext_authz(&e));
+    }
     if any.type_url == UriTemplateMatchConfig::type_url() {
         let t = UriTemplateMatchConfig::decode(bytes).ok()?;
         return Some(
@@ -51,6 +58,59 @@ pub(super) fn filter_config(any: &Any) -> Option<Value> {
         );
     }
     None
+}
+
+fn ext_authz(e: &ExtAuthz) -> Value {
+    let list = |l: &Option<ListStringMatcher>| {
+        l.as_ref()
+            .filter(|l| !l.patterns.is_empty())
+            .map(|l| json!({ "patterns": l.patterns.iter().map(string_match).collect::<Vec<_>>() }))
+    };
+    let http = match &e.services {
+        Some(ext_authz::Services::HttpService(h)) => {
+            let uri = h.server_uri.as_ref().map(|u| {
+                let cluster = match &u.http_upstream_type {
+                    Some(http_uri::HttpUpstreamType::Cluster(c)) => c.as_str(),
+                    _ => "",
+                };
+                Obj::default()
+                    .str("uri", &u.uri)
+                    .str("cluster", cluster)
+                    .opt("timeout", u.timeout.as_ref().map(duration))
+                    .done()
+            });
+            let response = h.authorization_response.as_ref().map(|r| {
+                Obj::default()
+                    .opt("allowedUpstreamHeaders", list(&r.allowed_upstream_headers))
+                    .opt("allowedClientHeaders", list(&r.allowed_client_headers))
+                    .done()
+            });
+            Some(
+                Obj::default()
+                    .opt("serverUri", uri)
+                    .str("pathPrefix", &h.path_prefix)
+                    .opt("authorizationResponse", response)
+                    .done(),
+            )
+        }
+        _ => None,
+    };
+    Obj::typed(&ExtAuthz::type_url())
+        .opt("httpService", http)
+        .opt("transportApiVersion", Some(json!("V3")))
+        .flag("failureModeAllow", e.failure_mode_allow)
+        .opt(
+            "statusOnError",
+            e.status_on_error
+                .as_ref()
+                .map(|s| json!({ "code": s.code })),
+        )
+        .opt("allowedHeaders", list(&e.allowed_headers))
+        .opt(
+            "filterEnabledMetadata",
+            e.filter_enabled_metadata.as_ref().map(metadata),
+        )
+        .done()
 }
 
 fn rbac(r: &Rbac) -> Value {
