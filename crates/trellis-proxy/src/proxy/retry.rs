@@ -120,7 +120,7 @@ impl Attempts<'_> {
             }
             let last = attempt > retries;
             let per_try = self.policy.and_then(|p| p.per_try_timeout);
-            let pool = endpoint.pool();
+            let pool = &endpoint.pool;
             let received = &log.received;
             let replay_ref = &replay;
             let parts_ref = &mut parts;

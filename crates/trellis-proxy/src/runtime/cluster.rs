@@ -4,7 +4,7 @@
 //! endpoint address. Owns no sockets itself (the pool opens them lazily on first use).
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -79,10 +79,8 @@ pub struct Endpoint {
     /// `ip:port`, precomputed for upstream URIs.
     pub authority: Authority,
     pub weight: u32,
-    /// Shared by the endpoints of one locality group.
-    pub locality: Arc<Locality>,
-    /// Shared by the cluster's endpoints with the same labels.
-    pub workload: Arc<WorkloadLabels>,
+    pub locality: Locality,
+    pub workload: WorkloadLabels,
     pub state: Arc<EndpointState>,
     /// Outlier and health-check verdicts (carried over with the address).
     pub health: Arc<EndpointHealth>,
@@ -90,10 +88,8 @@ pub struct Endpoint {
     pub priority: u32,
     /// The locality group's `load_balancing_weight` (1 when unset).
     pub locality_weight: u32,
-    /// Connections to `addr`, created on first use (carried over with the address while the
-    /// settings match): most endpoints of a large mesh are never called by a given proxy.
-    pool: OnceLock<Arc<EndpointPool>>,
-    pool_settings: Arc<PoolSettings>,
+    /// Connections to `addr` (carried over with the address while the settings match).
+    pub pool: Arc<EndpointPool>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -112,7 +108,7 @@ pub struct ServiceLabels {
 }
 
 /// `destination_workload*` labels, from the endpoint's `filter_metadata["istio"]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WorkloadLabels {
     pub workload: String,
     pub namespace: String,
@@ -187,7 +183,7 @@ impl Cluster {
         let secs = |v: Option<&envoy_types::pb::google::protobuf::UInt32Value>| {
             v.map(|v| Duration::from_secs(u64::from(v.value.max(1))))
         };
-        let pools = Arc::new(PoolSettings {
+        let pools = PoolSettings {
             options: PoolOptions {
                 protocol,
                 connect_timeout,
@@ -203,7 +199,7 @@ impl Cluster {
                 },
             },
             circuit: Arc::clone(&circuit),
-        });
+        };
         let endpoints = match assignment {
             Some(a) => endpoints(a, resolve_dns, prev, &pools).map_err(|(f, why)| err(&f, why))?,
             None => Vec::new(),
@@ -388,38 +384,23 @@ fn upstream_options(c: &XCluster) -> Result<(UpstreamProtocol, Option<Duration>,
     Ok((protocol, idle, per_connection))
 }
 
-/// What an endpoint's connection pool is built with (one per cluster, shared by its endpoints).
-#[derive(Debug)]
+/// What an endpoint's connection pool is built with.
 struct PoolSettings {
     options: PoolOptions,
     circuit: Arc<CircuitState>,
 }
 
 impl PoolSettings {
-    /// The previous endpoint's pool, if it was ever used and fits these settings.
-    fn carried(&self, prev: Option<&Endpoint>) -> OnceLock<Arc<EndpointPool>> {
-        let cell = OnceLock::new();
-        if let Some(pool) = prev.and_then(|e| e.pool.get())
-            && pool.fits(&self.options, &self.circuit)
-        {
-            let _ = cell.set(Arc::clone(pool));
+    /// The previous endpoint's pool when it fits, a new one otherwise.
+    fn pool(&self, addr: SocketAddr, prev: Option<&Endpoint>) -> Arc<EndpointPool> {
+        match prev {
+            Some(e) if e.pool.fits(&self.options, &self.circuit) => Arc::clone(&e.pool),
+            _ => Arc::new(EndpointPool::new(
+                addr,
+                self.options,
+                Arc::clone(&self.circuit),
+            )),
         }
-        cell
-    }
-}
-
-impl Endpoint {
-    /// Connections to `addr`: the pool carried over from the previous config, or a new one on
-    /// first use.
-    pub fn pool(&self) -> &Arc<EndpointPool> {
-        self.pool.get_or_init(|| {
-            let s = &self.pool_settings;
-            Arc::new(EndpointPool::new(
-                self.addr,
-                s.options,
-                Arc::clone(&s.circuit),
-            ))
-        })
     }
 }
 
@@ -427,21 +408,19 @@ fn endpoints(
     a: &ClusterLoadAssignment,
     resolve_dns: bool,
     prev: Option<&Cluster>,
-    pools: &Arc<PoolSettings>,
+    pools: &PoolSettings,
 ) -> Result<Vec<Endpoint>, (String, String)> {
-    let mut out = Vec::with_capacity(a.endpoints.iter().map(|l| l.lb_endpoints.len()).sum());
+    let mut out = Vec::new();
     for (li, loc) in a.endpoints.iter().enumerate() {
         let locality_weight = loc.load_balancing_weight.as_ref().map_or(1, |w| w.value);
-        let locality =
-            Arc::new(
-                loc.locality
-                    .as_ref()
-                    .map_or_else(Locality::default, |l| Locality {
-                        region: l.region.clone(),
-                        zone: l.zone.clone(),
-                        subzone: l.sub_zone.clone(),
-                    }),
-            );
+        let locality = loc
+            .locality
+            .as_ref()
+            .map_or_else(Locality::default, |l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                subzone: l.sub_zone.clone(),
+            });
         for (ei, lb) in loc.lb_endpoints.iter().enumerate() {
             let field = format!("endpoints[{li}].lb_endpoints[{ei}]");
             // UNHEALTHY, DRAINING and TIMEOUT endpoints take no traffic.
@@ -494,11 +473,6 @@ fn endpoints(
             let health: Arc<EndpointHealth> =
                 before.map(|e| Arc::clone(&e.health)).unwrap_or_default();
             health.added.get_or_init(std::time::Instant::now);
-            let labels = WorkloadLabels::from_metadata(lb.metadata.as_ref());
-            let workload = match out.iter().find(|e: &&Endpoint| *e.workload == labels) {
-                Some(e) => Arc::clone(&e.workload),
-                None => Arc::new(labels),
-            };
             out.push(Endpoint {
                 addr,
                 authority,
@@ -506,11 +480,10 @@ fn endpoints(
                 health,
                 priority: loc.priority,
                 locality_weight,
-                locality: Arc::clone(&locality),
-                workload,
+                locality: locality.clone(),
+                workload: WorkloadLabels::from_metadata(lb.metadata.as_ref()),
                 state,
-                pool: pools.carried(before),
-                pool_settings: Arc::clone(pools),
+                pool: pools.pool(addr, before),
             });
         }
     }

@@ -125,15 +125,6 @@ impl Topology {
             }
         }
         levels.sort_by_key(|l| l.priority);
-        // Built by pushes; a large mesh holds thousands of these, so drop the spare capacity.
-        levels.shrink_to_fit();
-        for level in &mut levels {
-            level.endpoints.shrink_to_fit();
-            level.localities.shrink_to_fit();
-            for group in &mut level.localities {
-                group.endpoints.shrink_to_fit();
-            }
-        }
         let warming_until = slow_start.as_ref().and_then(|s| {
             endpoints
                 .iter()
