@@ -17,15 +17,14 @@ mod snapshot;
 mod sotw;
 mod status;
 mod subscription;
+mod transport;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -93,8 +92,7 @@ impl XdsServer {
         self.follow_store();
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "xds server listening");
-        let service = AggregatedDiscoveryServiceServer::new(Ads(self))
-            .max_decoding_message_size(16 * 1024 * 1024);
+        let service = transport::AdsService::new(Ads(self), 16 * 1024 * 1024);
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .serve_with_incoming(
