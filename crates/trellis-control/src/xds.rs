@@ -114,8 +114,7 @@ impl XdsServer {
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "secure xds server listening");
         let incoming = crate::ca::tls::incoming(listener, Arc::clone(&ca), local.ip());
-        let service = AggregatedDiscoveryServiceServer::new(Ads(self))
-            .max_decoding_message_size(16 * 1024 * 1024);
+        let service = transport::AdsService::new(Ads(self), 16 * 1024 * 1024);
         let ca = Some(crate::ca::service::CertificateService(ca));
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
