@@ -14,16 +14,16 @@ use serde::{Deserialize, Serialize};
 pub mod authorization;
 pub mod istio;
 pub mod kube;
-pub mod request_authentication;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod route_actions;
 pub mod trellis;
 
 pub use authorization::*;
 pub use istio::*;
 pub use kube::*;
-pub use request_authentication::*;
 pub use peer_authentication::*;
+pub use request_authentication::*;
 pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
 pub use trellis::*;
 

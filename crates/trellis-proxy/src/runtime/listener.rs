@@ -159,7 +159,8 @@ impl Listener {
                 jwt = Some(Arc::new(compiled));
                 continue;
             }
-            if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC, EXT_AUTHZ].contains(&f.name.as_str()) {
+            if ![ROUTER, CORS_FILTER, FAULT_FILTER, HTTP_RBAC, EXT_AUTHZ].contains(&f.name.as_str())
+            {
                 return Err(err(
                     &format!("http_filters[{i}].name"),
                     format!(
