@@ -56,12 +56,12 @@ pub struct Compiled {
 }
 
 /// Adds the `jwt_authn` filter to the proxy's HTTP listeners that take requests from outside
-/// the workload (sidecar: `virtualInbound`; gateway: all). Returns the JWKS clusters to add.
+/// the workload (sidecar: `sidecar::is_inbound`; gateway: all). Returns the JWKS clusters to add.
 pub(crate) fn apply(ctx: &Context<'_>, listeners: &mut [Listener]) -> Option<Compiled> {
     let compiled = compile(ctx)?;
     for l in listeners.iter_mut() {
         let applies = match ctx.proxy.role {
-            Role::Sidecar => l.name == "virtualInbound",
+            Role::Sidecar => crate::sidecar::is_inbound(l),
             Role::Gateway => true,
             Role::Proxyless => false,
         };

@@ -204,11 +204,7 @@ impl Front {
             }
             Role::Sidecar | Role::Proxyless => {
                 let mut s = sidecar::compile(ctx);
-                for l in s
-                    .listeners
-                    .iter_mut()
-                    .filter(|l| l.name == "virtualInbound")
-                {
+                for l in s.listeners.iter_mut().filter(|l| sidecar::is_inbound(l)) {
                     authz::secure_listener(ctx, l);
                 }
                 Front {

@@ -30,6 +30,13 @@ pub struct Compiled {
     pub inbound_clusters: Vec<Cluster>,
 }
 
+/// Listeners that take requests from outside the workload, where inbound security filters
+/// (JWT authentication, authorization) go: `virtualInbound` and the captured inbound ports
+/// (`inbound_0.0.0.0_<port>`, `mtls.rs`).
+pub fn is_inbound(listener: &Listener) -> bool {
+    listener.name == "virtualInbound" || listener.name.starts_with("inbound_")
+}
+
 pub fn compile(ctx: &Context<'_>) -> Compiled {
     let proxy = ctx.proxy;
     let services: Vec<&Service> = ctx.registry.visible_from(&proxy.namespace).collect();

@@ -365,9 +365,11 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(etcd: &Etcd, token: &str) -> Replica {
+    /// `ca_dir`: the replicas share one CA, as istiod replicas share their `cacerts`.
+    fn start(etcd: &Etcd, token: &str, ca_dir: &std::path::Path) -> Replica {
         let (xds, api) = (free_port(), free_port());
         let (xds_arg, api_arg) = (xds.to_string(), api.to_string());
+        let ca_arg = ca_dir.to_string_lossy();
         let args = [
             "control",
             "--store",
@@ -378,6 +380,8 @@ impl Replica {
             &api_arg,
             "--token",
             token,
+            "--ca-dir",
+            &ca_arg,
         ];
         let mut process = Process::spawn(bin_path("trellis"), args, &[]);
         for port in [xds, api] {
@@ -450,8 +454,9 @@ fn sotw_proxy_fails_over_between_control_plane_replicas_on_etcd() {
 fn failover_case(mode: &str) {
     let etcd = Etcd::start();
     let token = "replicas-test-token";
-    let a = Replica::start(&etcd, token);
-    let b = Replica::start(&etcd, token);
+    let ca_dir = TempDir::new().expect("temp dir");
+    let a = Replica::start(&etcd, token, ca_dir.path());
+    let b = Replica::start(&etcd, token, ca_dir.path());
     let mut replicas = [Some(a), Some(b)];
     let lit = Token::Literal(token.into());
     let work = TempDir::new().expect("temp dir");
