@@ -26,7 +26,7 @@ mod process;
 mod promtool;
 
 pub use http::{Headers, http_get, http_request};
-pub use mesh::{proxy, sample_app, sample_app_on};
+pub use mesh::{Sidecar, proxy, sample_app, sample_app_on, sidecar};
 pub use net::{free_port, wait_for_port, wait_until};
 pub use process::{Process, SIGINT, SIGKILL, SIGTERM, bin_path};
 pub use promtool::{PromtoolReport, promtool_check, promtool_run};

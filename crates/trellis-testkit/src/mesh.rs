@@ -72,3 +72,62 @@ pub fn proxy(config_dir: &Path, args: &[&str]) -> (Process, u16) {
     }
     (process, admin_port)
 }
+
+/// A started `trellis-proxy --role sidecar`.
+pub struct Sidecar {
+    pub process: Process,
+    pub admin: u16,
+    /// Its outbound listener's port (on its `--bind-address`).
+    pub outbound: u16,
+}
+
+/// Starts `trellis-proxy --role sidecar --namespace NS --labels app=SA --service-account SA
+/// --bind-address BIND --app-address 127.0.0.1` with free admin, outbound and inbound ports and
+/// `extra` (the config source and identity flags), and waits until `/ready` answers 200 and
+/// `ready(admin)` holds.
+pub fn sidecar(
+    ns: &str,
+    sa: &str,
+    bind: &str,
+    extra: &[&str],
+    ready: impl Fn(u16) -> bool,
+) -> Sidecar {
+    let (admin, outbound, inbound) = (free_port(), free_port(), free_port());
+    let (admin_arg, outbound_arg, inbound_arg) =
+        (admin.to_string(), outbound.to_string(), inbound.to_string());
+    let labels = format!("app={sa}");
+    let mut args = vec![
+        "--role",
+        "sidecar",
+        "--namespace",
+        ns,
+        "--labels",
+        &labels,
+        "--service-account",
+        sa,
+        "--bind-address",
+        bind,
+        "--app-address",
+        "127.0.0.1",
+        "--admin-port",
+        &admin_arg,
+        "--outbound-port",
+        &outbound_arg,
+        "--inbound-port",
+        &inbound_arg,
+    ];
+    args.extend_from_slice(extra);
+    let mut process = Process::spawn(bin_path("trellis-proxy"), &args, &[]);
+    let url = format!("http://127.0.0.1:{admin}/ready");
+    let ok = wait_until(START_TIMEOUT, || {
+        (http_get(&url).0 == 200 && ready(admin)) || process.try_wait().is_some()
+    });
+    if !ok || process.try_wait().is_some() {
+        panic!("sidecar {ns}/{sa} not ready: {}", process.describe());
+    }
+    Sidecar {
+        process,
+        admin,
+        outbound,
+    }
+}

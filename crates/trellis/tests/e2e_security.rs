@@ -11,9 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use trellis_testkit::certs::MeshCa;
-use trellis_testkit::{
-    Process, TempDir, bin_path, free_port, http_request, sample_app, wait_until,
-};
+use trellis_testkit::{Process, TempDir, http_request, sample_app, sidecar, wait_until};
 
 const SERVICE_PORT: u16 = 8000;
 const ISSUER: &str = "https://idp.trellis.test";
@@ -27,44 +25,10 @@ fn start_sidecar(
     bind: &str,
 ) -> (Process, u16) {
     let identity = ca.identity_dir(certs, ns, sa);
-    let admin = free_port();
-    let outbound = free_port();
-    let args = [
-        "--config-dir",
-        &dir.to_string_lossy(),
-        "--role",
-        "sidecar",
-        "--namespace",
-        ns,
-        "--labels",
-        &format!("app={sa}"),
-        "--service-account",
-        sa,
-        "--bind-address",
-        bind,
-        "--app-address",
-        "127.0.0.1",
-        "--identity-dir",
-        &identity.to_string_lossy(),
-        "--admin-port",
-        &admin.to_string(),
-        "--outbound-port",
-        &outbound.to_string(),
-        "--inbound-port",
-        &free_port().to_string(),
-    ]
-    .map(String::from);
-    let mut p = Process::spawn(bin_path("trellis-proxy"), &args, &[]);
-    let ready = format!("http://127.0.0.1:{admin}/ready");
-    let ok = wait_until(Duration::from_secs(20), || {
-        trellis_testkit::http_get(&ready).0 == 200 || p.try_wait().is_some()
-    });
-    assert!(
-        ok && p.try_wait().is_none(),
-        "sidecar not ready: {}",
-        p.describe()
-    );
-    (p, outbound)
+    let (dir, identity) = (dir.to_string_lossy(), identity.to_string_lossy());
+    let extra = ["--config-dir", &dir, "--identity-dir", &identity];
+    let s = sidecar(ns, sa, bind, &extra, |_| true);
+    (s.process, s.outbound)
 }
 
 fn write_config(dir: &Path, text: &str) {
