@@ -5,12 +5,56 @@
 //! policies, in name order, so the first match (and hence every verdict and reported policy
 //! name) is the same as walking every policy.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use http::HeaderName;
 
 use super::{Cidr, Permission, Policy, Principal, Subject};
+
+/// The index's maps: keys come from config, requests only look up, so a fast non-keyed hash
+/// (FxHash's multiply-rotate) is enough; SipHash was most of the remaining per-request cost.
+type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(tail) ^ (rest.len() as u64) << 56);
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.add(v as u64);
+        self.add((v >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// A necessary condition for a matcher tree: when the tree matches, the condition holds.
 enum Need {
@@ -156,7 +200,7 @@ impl Index {
                         let at = match ix.prefixes.iter().position(|(l, _)| *l == len) {
                             Some(at) => at,
                             None => {
-                                ix.prefixes.push((len, HashMap::new()));
+                                ix.prefixes.push((len, HashMap::default()));
                                 ix.prefixes.len() - 1
                             }
                         };
@@ -178,7 +222,7 @@ impl Index {
                         {
                             Some(at) => at,
                             None => {
-                                ix.sources.push((v4, c.len, HashMap::new()));
+                                ix.sources.push((v4, c.len, HashMap::default()));
                                 ix.sources.len() - 1
                             }
                         };
