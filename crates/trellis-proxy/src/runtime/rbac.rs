@@ -40,6 +40,8 @@ pub struct Rbac {
 pub struct Rules {
     pub action: Action,
     policies: Vec<Policy>,
+    /// Which policies a request can match, built from `policies` at compile time.
+    index: index::Index,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +232,7 @@ impl Rules {
         };
         let mut names: Vec<&String> = r.policies.keys().collect();
         names.sort();
-        let policies = names
+        let policies: Vec<Policy> = names
             .into_iter()
             .map(|n| {
                 Policy::compile(&r.policies[n])
@@ -241,12 +243,19 @@ impl Rules {
                     .map_err(|e| format!("{field}.policies[{n:?}]: {e}"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Rules { action, policies })
+        let index = index::Index::build(&policies);
+        Ok(Rules {
+            action,
+            policies,
+            index,
+        })
     }
 
     /// The first matching policy, by name (Envoy's order is a map's; names make it stable).
     fn matched(&self, s: &Subject<'_>) -> Option<&Policy> {
-        self.policies.iter().find(|p| p.matches(s))
+        self.index
+            .first_match(&self.policies, s)
+            .map(|i| &self.policies[i])
     }
 
     fn verdict(&self, s: &Subject<'_>) -> Verdict {
@@ -403,7 +412,7 @@ impl Principal {
             Principal::Not(p) => !p.matches(s),
             Principal::Authenticated(m) => match (&s.peer.principal, m) {
                 (Some(_), None) => s.peer.mtls,
-                (Some(p), Some(m)) => m.matches(&format!("spiffe://{p}")),
+                (Some(p), Some(m)) => m.matches_prefixed("spiffe://", p),
                 (None, _) => false,
             },
             Principal::DirectRemoteIp(c) => c.contains(s.source.ip()),
@@ -610,5 +619,6 @@ impl PathTemplate {
     }
 }
 
+mod index;
 #[cfg(test)]
 mod tests;

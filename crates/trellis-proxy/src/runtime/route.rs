@@ -524,6 +524,19 @@ impl HeaderMatch {
         })
     }
 
+    /// The header that must be present for this matcher to match (`None` for pseudo-headers,
+    /// inverted matchers and `present_match: false`).
+    pub(crate) fn required_header(&self) -> Option<&HeaderName> {
+        match (&self.target, &self.spec, self.invert) {
+            (
+                HeaderTarget::Header(name),
+                ValueMatch::String(_) | ValueMatch::Present(true),
+                false,
+            ) => Some(name),
+            _ => None,
+        }
+    }
+
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         let joined;
         let value: Option<&str> = match &self.target {
@@ -561,6 +574,38 @@ impl HeaderMatch {
 }
 
 impl StringMatch {
+    /// The exact value (`false`) or prefix (`true`) this matcher requires, when it is a
+    /// case-sensitive exact or prefix matcher (what an index can key on).
+    pub(crate) fn literal(&self) -> Option<(bool, &str)> {
+        match (&self.kind, self.ignore_case) {
+            (StringKind::Exact(s), false) => Some((false, s)),
+            (StringKind::Prefix(s), false) => Some((true, s)),
+            _ => None,
+        }
+    }
+
+    /// `self.matches(prefix + v)`, without building the joined string for case-sensitive
+    /// exact, prefix and suffix matchers.
+    pub(crate) fn matches_prefixed(&self, prefix: &str, v: &str) -> bool {
+        if self.ignore_case {
+            return self.matches(&format!("{prefix}{v}"));
+        }
+        match &self.kind {
+            StringKind::Exact(s) => s.strip_prefix(prefix).is_some_and(|rest| rest == v),
+            StringKind::Prefix(s) => match s.strip_prefix(prefix) {
+                Some(rest) => v.starts_with(rest),
+                None => prefix.starts_with(&**s),
+            },
+            StringKind::Suffix(s) => {
+                if v.len() >= s.len() {
+                    v.ends_with(&**s)
+                } else {
+                    s.strip_suffix(v).is_some_and(|head| prefix.ends_with(head))
+                }
+            }
+            _ => self.matches(&format!("{prefix}{v}")),
+        }
+    }
     fn new(kind: StringKind) -> Self {
         StringMatch {
             kind,

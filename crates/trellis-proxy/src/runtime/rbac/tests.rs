@@ -285,3 +285,110 @@ fn cidr_contains() {
     assert!(c("::1", 128).contains("::1".parse().expect("ip")));
     assert!(c("127.0.0.0", 8).contains("::ffff:127.0.0.5".parse().expect("ip")));
 }
+
+/// The policy index picks the same first matching policy as walking every policy, for a mix of
+/// path (exact, prefix), method, header, ipBlocks and principal rules in ALLOW and DENY.
+#[test]
+fn index_agrees_with_walking_every_policy() {
+    let mut yaml = String::new();
+    for i in 1..=6 {
+        yaml.push_str(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-{i}, namespace: foo}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{paths: [/admin-{i}, '/private-{i}/*'], methods: [DELETE]}}}}]\n  - from: [{{source: {{ipBlocks: [10.{i}.0.0/16]}}}}]\n  - when: [{{key: 'request.headers[x-deny-{i}]', values: ['yes']}}]\n  - from: [{{source: {{principals: ['*/ns/bad-{i}/sa/x', 'cluster.local/ns/evil-{i}/*']}}}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: foo}}\nspec:\n  action: ALLOW\n  rules:\n  - to: [{{operation: {{paths: ['/only-{i}/*', /exact-{i}]}}}}]\n    when: [{{key: 'request.headers[x-tenant]', values: ['t-{i}']}}]\n  - to: [{{operation: {{notPaths: ['/no-{i}']}}}}]\n    from: [{{source: {{ipBlocks: ['192.168.{i}.0/24']}}}}]\n---\n"
+        ));
+    }
+    let a = authz(&yaml);
+    let (policies, unindexed) = a
+        .filters
+        .iter()
+        .flat_map(|f| [&f.rules, &f.shadow].into_iter().flatten())
+        .fold((0, 0), |(n, u), r| {
+            (n + r.policies.len(), u + r.index.unindexed())
+        });
+    assert_eq!(
+        (policies, unindexed),
+        (36, 6),
+        "only the principal rules are walked on every request"
+    );
+    let mut checked = 0;
+    for path in [
+        "/",
+        "/admin-2",
+        "/private-3/x",
+        "/only-4/a",
+        "/exact-5",
+        "/no-6",
+        "/x",
+    ] {
+        for method in [Method::GET, Method::DELETE] {
+            for src in [
+                [127, 0, 0, 1],
+                [10, 3, 9, 9],
+                [192, 168, 2, 7],
+                [192, 168, 6, 7],
+            ] {
+                for (hk, hv) in [("x-other", "1"), ("x-deny-4", "yes"), ("x-tenant", "t-1")] {
+                    for principal in [
+                        None,
+                        Some("td/ns/bad-2/sa/x"),
+                        Some("cluster.local/ns/evil-5/sa/y"),
+                    ] {
+                        let mut r = Req::new().header(hk, hv);
+                        if let Some(p) = principal {
+                            r = r.from(p);
+                        }
+                        r.path = path;
+                        r.method = method.clone();
+                        r.source = SocketAddr::from((src, 1));
+                        let view = RequestView {
+                            method: &r.method,
+                            authority: r.authority,
+                            path: r.path,
+                            query: None,
+                            scheme: "http",
+                            headers: &r.headers,
+                        };
+                        let s = Subject {
+                            request: Some(&view),
+                            source: r.source,
+                            remote_ip: r.remote_ip,
+                            destination: SocketAddr::from(([127, 0, 0, 1], r.port)),
+                            peer: &r.peer,
+                            auth: None,
+                            sni: None,
+                        };
+                        for f in &a.filters {
+                            for rules in [&f.rules, &f.shadow].into_iter().flatten() {
+                                let walked = rules.policies.iter().position(|p| p.matches(&s));
+                                let indexed = rules.index.first_match(&rules.policies, &s);
+                                assert_eq!(
+                                    walked, indexed,
+                                    "{path} {method} {src:?} {hk} {principal:?}"
+                                );
+                                checked += usize::from(walked.is_some());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 100,
+        "the requests match some policies ({checked})"
+    );
+}
+
+/// Principal wildcards compare against `spiffe://<principal>` without building that string.
+#[test]
+fn principal_prefix_and_suffix_wildcards() {
+    let a = authz(&policy(
+        "ALLOW",
+        "  - from: [{source: {principals: ['*/ns/default/sa/sleep', 'cluster.local/ns/dev/*', spiffe-less]}}]\n",
+    ));
+    assert!(Req::new().from("any.td/ns/default/sa/sleep").allowed(&a));
+    assert!(Req::new().from("cluster.local/ns/dev/sa/x").allowed(&a));
+    assert!(!Req::new().from("cluster.local/ns/devx/sa/x").allowed(&a));
+    assert!(!Req::new().from("td/ns/default/sa/sleepy").allowed(&a));
+    assert!(Req::new().from("spiffe-less").allowed(&a));
+    assert!(!Req::new().from("spiffe-les").allowed(&a));
+}
