@@ -518,6 +518,14 @@ async fn a_remote_jwks_is_cached_refreshed_and_refetched_for_an_unknown_kid() {
     // The same URL and timings share one cache.
     let same = RemoteJwks::shared(&server.uri, Duration::from_secs(5), cache).expect("uri");
     assert!(Arc::ptr_eq(&same, &remote));
+
+    // The server goes away: keys past their cache duration are not used (fail closed).
+    drop(server);
+    tokio::time::sleep(cache + Duration::from_millis(100)).await;
+    assert!(
+        remote.keys().await.is_err(),
+        "expired keys must not be served"
+    );
 }
 
 #[tokio::test]
