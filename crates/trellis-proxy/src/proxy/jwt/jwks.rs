@@ -256,10 +256,9 @@ impl RemoteJwks {
             Err(e) => {
                 super::metrics::jwks_fetch_failed(&self.uri.to_string());
                 tracing::warn!(uri = %self.uri, error = %e, "jwks fetch failed");
-                // Fail closed: expired keys are not used after a failed refresh.
-                let mut state = self.lock();
-                state.keys = None;
-                state.fetched_at = None;
+                // Keys still within their cache duration stay (a failed unknown-`kid` refetch
+                // must not lose them); expired ones are never used (`fresh`), so a failed
+                // refresh fails closed.
                 Err(e)
             }
         }

@@ -177,7 +177,10 @@ fn alg_none_and_hmac_are_refused() {
     let key = rsa();
     let keys = keyset(&[key.jwk("k1")]);
     let payload = b64(claims().to_string().as_bytes());
+    // Unsigned (Envoy: not three sections), and with a signature anyway.
     let none = format!("{}.{payload}.", b64(br#"{"alg":"none"}"#));
+    assert_eq!(check(&none, &keys), Err(JwtError::BadFormat));
+    let none = format!("{}.{payload}.AAAA", b64(br#"{"alg":"none"}"#));
     assert_eq!(check(&none, &keys), Err(JwtError::AlgNotImplemented));
     // The classic confusion: HS256 with the RSA public key (as published) as the HMAC secret.
     let header = b64(br#"{"alg":"HS256","kid":"k1"}"#);
@@ -188,24 +191,25 @@ fn alg_none_and_hmac_are_refused() {
         signed.as_bytes(),
     );
     let hs = format!("{signed}.{}", b64(tag.as_ref()));
-    assert_eq!(check(&hs, &keys), Err(JwtError::AlgNotImplemented));
-    let missing_alg = format!("{}.{payload}.", b64(br#"{"typ":"JWT"}"#));
+    // Known to Envoy, but only public keys are used: it never verifies.
+    assert_eq!(check(&hs, &keys), Err(JwtError::VerificationFail));
+    let missing_alg = format!("{}.{payload}.AAAA", b64(br#"{"typ":"JWT"}"#));
     assert_eq!(check(&missing_alg, &keys), Err(JwtError::HeaderBadAlg));
 }
 
 #[test]
 fn a_key_whose_type_curve_or_alg_does_not_fit_the_token_is_never_used() {
     let (r, e256, e384) = (rsa(), p256(), p384());
-    // ES256 token, but the kid names an RSA key.
+    // ES256 token, but the kid names an RSA key (Envoy: the kid matched, verification fails).
     let token = e256.sign("ES256", "k1", &claims());
     assert_eq!(
         check(&token, &keyset(&[r.jwk("k1")])),
-        Err(JwtError::KidAlgMismatch)
+        Err(JwtError::VerificationFail)
     );
     // ES256 token, a P-384 key under that kid.
     assert_eq!(
         check(&token, &keyset(&[e384.jwk("k1")])),
-        Err(JwtError::KidAlgMismatch)
+        Err(JwtError::VerificationFail)
     );
     // RS256 token, the key says it is for RS384 only.
     let mut jwk = r.jwk("k1");
@@ -514,6 +518,14 @@ async fn a_remote_jwks_is_cached_refreshed_and_refetched_for_an_unknown_kid() {
     // The same URL and timings share one cache.
     let same = RemoteJwks::shared(&server.uri, Duration::from_secs(5), cache).expect("uri");
     assert!(Arc::ptr_eq(&same, &remote));
+
+    // The server goes away: keys past their cache duration are not used (fail closed).
+    drop(server);
+    tokio::time::sleep(cache + Duration::from_millis(100)).await;
+    assert!(
+        remote.keys().await.is_err(),
+        "expired keys must not be served"
+    );
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
-//! One JWT, strictly: `header.payload.signature` in base64url, a header whose `alg` we implement
-//! (RS256/384/512, PS256/384/512, ES256/384, EdDSA; never `none` or an HMAC), a key from the
-//! JWKS whose type, curve and own `alg` fit that `alg` (so an RSA key can never be used as an
-//! HMAC secret or an EC key for RSA), the signature checked with `ring`, then `iss`, `exp`/`nbf`
-//! (with the provider's clock skew) and `aud`. Errors carry Envoy's messages (`Jwt is expired`,
-//! …), which become the 401 body.
+//! One JWT, strictly: `header.payload.signature` in base64url, a header whose `alg` we know
+//! (RS256/384/512, PS256/384/512, ES256/384, EdDSA verify; HMAC is parsed but never verifies,
+//! `none` is refused), `iss`, `exp`/`nbf` (with the provider's clock skew) and `aud`, then the
+//! signature with `ring` against a JWKS key of the `kid`, whose own `alg` (if any) is the token's
+//! and whose type and curve fit that `alg` (so an RSA key can never be an HMAC secret or an EC
+//! key for RSA). Errors carry Envoy's messages (`Jwt is expired`, …), which become the body.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,11 @@ pub enum Alg {
     Es256,
     Es384,
     EdDsa,
+    /// HMAC: parsed as Envoy does, but never verified (only public keys are used, so a public
+    /// key can never serve as an HMAC secret).
+    Hs256,
+    Hs384,
+    Hs512,
 }
 
 /// Why a token was refused; `Display` is Envoy's wording.
@@ -93,6 +98,9 @@ impl Alg {
             "ES256" => Alg::Es256,
             "ES384" => Alg::Es384,
             "EdDSA" => Alg::EdDsa,
+            "HS256" => Alg::Hs256,
+            "HS384" => Alg::Hs384,
+            "HS512" => Alg::Hs512,
             _ => return None,
         })
     }
@@ -108,6 +116,9 @@ impl Alg {
             Alg::Es256 => "ES256",
             Alg::Es384 => "ES384",
             Alg::EdDsa => "EdDSA",
+            Alg::Hs256 => "HS256",
+            Alg::Hs384 => "HS384",
+            Alg::Hs512 => "HS512",
         }
     }
 
@@ -136,6 +147,10 @@ pub fn parse(token: &str) -> Result<Token<'_>, JwtError> {
     else {
         return Err(JwtError::BadFormat);
     };
+    // Envoy counts an empty section (as in an unsigned `alg: none` token) as a missing one.
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(JwtError::BadFormat);
+    }
     let header = URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| JwtError::HeaderBase64)?;
@@ -234,9 +249,10 @@ impl Token<'_> {
         Ok(())
     }
 
-    /// The signature against the keys that fit: the `kid` (when the token has one), the key
-    /// type and curve for `alg`, and the key's own `alg` (when it has one).
-    /// `KidAlgMismatch` when no key fits.
+    /// The signature against the keys that fit the `kid` (when the token has one) and whose own
+    /// `alg` (when set) is the token's: `KidAlgMismatch` when there is none, else
+    /// `VerificationFail` unless one of them, of the type and curve `alg` needs, verifies
+    /// (Envoy's rules).
     pub fn verify(&self, keys: &KeySet) -> Result<(), JwtError> {
         let mut candidates = keys.keys.iter().filter(|k| self.fits(k)).peekable();
         if candidates.peek().is_none() {
@@ -265,14 +281,13 @@ impl Token<'_> {
         }
     }
 
-    /// Whether `k` may verify this token.
+    /// Whether `k` is a candidate for this token (`kid` and the key's `alg`).
     pub fn fits(&self, k: &Jwk) -> bool {
         let kid_ok = match (&self.kid, &k.kid) {
             (Some(t), Some(k)) => t == k,
             _ => true,
         };
-        let alg_ok = k.alg.as_deref().is_none_or(|a| a == self.alg.name());
-        kid_ok && alg_ok && self.alg.verifier(&k.key).is_some()
+        kid_ok && k.alg.as_deref().is_none_or(|a| a == self.alg.name())
     }
 }
 
