@@ -71,4 +71,22 @@ impl MeshCa {
         std::fs::write(out.join("root-cert.pem"), self.root_pem()).expect("write root");
         out
     }
+
+    /// A `trellis-proxy --role sidecar` on the config directory `config_dir`, with this CA's
+    /// certificate for `ns`/`sa` written under `certs` (`--identity-dir`), bound to `bind`:
+    /// the process and its outbound port.
+    pub fn sidecar(
+        &self,
+        config_dir: &Path,
+        certs: &Path,
+        ns: &str,
+        sa: &str,
+        bind: &str,
+    ) -> (crate::Process, u16) {
+        let identity = self.identity_dir(certs, ns, sa);
+        let (dir, identity) = (config_dir.to_string_lossy(), identity.to_string_lossy());
+        let extra = ["--config-dir", &dir, "--identity-dir", &identity];
+        let s = crate::sidecar(ns, sa, bind, &extra, |_| true);
+        (s.process, s.outbound)
+    }
 }

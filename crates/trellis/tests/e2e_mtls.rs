@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use trellis_testkit::certs::MeshCa;
-use trellis_testkit::{Process, TempDir, http_request, sample_app, sidecar, wait_until};
+use trellis_testkit::{Process, TempDir, http_request, sample_app, wait_until};
 
 const SERVICE_PORT: u16 = 8000;
 
@@ -54,21 +54,6 @@ spec:
     )
 }
 
-fn start_sidecar(
-    dir: &Path,
-    certs: &Path,
-    ca: &MeshCa,
-    ns: &str,
-    sa: &str,
-    bind: &str,
-) -> (Process, u16) {
-    let identity = ca.identity_dir(certs, ns, sa);
-    let (dir, identity) = (dir.to_string_lossy(), identity.to_string_lossy());
-    let extra = ["--config-dir", &dir, "--identity-dir", &identity];
-    let s = sidecar(ns, sa, bind, &extra, |_| true);
-    (s.process, s.outbound)
-}
-
 /// The headers the app saw, from its `/headers` answer.
 fn seen_headers(body: &str) -> serde_json::Map<String, serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
@@ -108,16 +93,8 @@ fn sidecar_to_sidecar_is_mutual_tls_and_the_app_sees_the_client_identity() {
         httpbin_yaml("bar", "127.0.0.62", port, true),
     )
     .expect("write config");
-    let (server, _) = start_sidecar(
-        dir.path(),
-        certs.path(),
-        &ca,
-        "bar",
-        "httpbin",
-        "127.0.0.62",
-    );
-    let (client, outbound) =
-        start_sidecar(dir.path(), certs.path(), &ca, "foo", "sleep", "127.0.0.61");
+    let (server, _) = ca.sidecar(dir.path(), certs.path(), "bar", "httpbin", "127.0.0.62");
+    let (client, outbound) = ca.sidecar(dir.path(), certs.path(), "foo", "sleep", "127.0.0.61");
     let client = Workload {
         _app: None,
         sidecar: Some(client),
@@ -204,7 +181,7 @@ impl Migration {
         let mut httpbin = Vec::new();
         for (ns, app, port, addr) in apps {
             let sidecar = (ns != "legacy")
-                .then(|| start_sidecar(dir.path(), certs.path(), &ca, ns, "httpbin", &addr).0);
+                .then(|| ca.sidecar(dir.path(), certs.path(), ns, "httpbin", &addr).0);
             let w = Workload {
                 _app: Some(app),
                 sidecar,
@@ -220,7 +197,7 @@ impl Migration {
             let (sidecar, outbound) = if ns == "legacy" {
                 (None, 0)
             } else {
-                let (p, o) = start_sidecar(dir.path(), certs.path(), &ca, ns, "sleep", &addr);
+                let (p, o) = ca.sidecar(dir.path(), certs.path(), ns, "sleep", &addr);
                 (Some(p), o)
             };
             let w = Workload {
@@ -366,16 +343,8 @@ fn destination_rule_tls_modes() {
         "mesh.yaml",
         &httpbin_yaml("bar", "127.0.0.102", port, true),
     );
-    let (server, _) = start_sidecar(
-        dir.path(),
-        certs.path(),
-        &ca,
-        "bar",
-        "httpbin",
-        "127.0.0.102",
-    );
-    let (client, outbound) =
-        start_sidecar(dir.path(), certs.path(), &ca, "foo", "sleep", "127.0.0.101");
+    let (server, _) = ca.sidecar(dir.path(), certs.path(), "bar", "httpbin", "127.0.0.102");
+    let (client, outbound) = ca.sidecar(dir.path(), certs.path(), "foo", "sleep", "127.0.0.101");
     let _server = (app, server);
     let client = Workload {
         _app: None,

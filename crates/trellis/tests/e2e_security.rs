@@ -11,25 +11,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use trellis_testkit::certs::MeshCa;
-use trellis_testkit::{Process, TempDir, http_request, sample_app, sidecar, wait_until};
+use trellis_testkit::{Process, TempDir, http_request, sample_app, wait_until};
 
 const SERVICE_PORT: u16 = 8000;
 const ISSUER: &str = "https://idp.trellis.test";
-
-fn start_sidecar(
-    dir: &Path,
-    certs: &Path,
-    ca: &MeshCa,
-    ns: &str,
-    sa: &str,
-    bind: &str,
-) -> (Process, u16) {
-    let identity = ca.identity_dir(certs, ns, sa);
-    let (dir, identity) = (dir.to_string_lossy(), identity.to_string_lossy());
-    let extra = ["--config-dir", &dir, "--identity-dir", &identity];
-    let s = sidecar(ns, sa, bind, &extra, |_| true);
-    (s.process, s.outbound)
-}
 
 fn write_config(dir: &Path, text: &str) {
     let tmp = dir.join(".mesh.yaml.tmp");
@@ -106,18 +91,11 @@ spec:
         );
         write_config(dir.path(), &base);
         let mut procs = vec![app];
-        let (server, _) = start_sidecar(
-            dir.path(),
-            certs.path(),
-            &ca,
-            "bar",
-            "httpbin",
-            "127.0.0.72",
-        );
+        let (server, _) = ca.sidecar(dir.path(), certs.path(), "bar", "httpbin", "127.0.0.72");
         procs.push(server);
         let mut clients = Vec::new();
         for (ns, addr) in [("foo", "127.0.0.71"), ("bar", "127.0.0.73")] {
-            let (p, outbound) = start_sidecar(dir.path(), certs.path(), &ca, ns, "sleep", addr);
+            let (p, outbound) = ca.sidecar(dir.path(), certs.path(), ns, "sleep", addr);
             procs.push(p);
             clients.push((ns, format!("{addr}:{outbound}")));
         }
