@@ -41,6 +41,8 @@ const KINDS: &[&str] = &[
     "MeshConfig",
     "RequestAuthentication",
     "PeerAuthentication",
+    "RateLimitPolicy",
+    "QuotaPolicy",
     "List",
 ];
 
@@ -80,7 +82,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 13],
+    resources: [usize; 15],
 }
 
 #[derive(Deserialize, Default)]
@@ -177,6 +179,8 @@ impl Loader {
             mesh_configs,
             request_authentications,
             peer_authentications,
+            rate_limit_policies,
+            quota_policies,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -196,6 +200,8 @@ impl Loader {
                 mesh_configs.len(),
                 request_authentications.len(),
                 peer_authentications.len(),
+                rate_limit_policies.len(),
+                quota_policies.len(),
             ],
         }
     }
@@ -205,7 +211,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra, pa] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra, pa, rl, qp] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -219,6 +225,8 @@ impl Loader {
         s.mesh_configs.truncate(mc);
         s.request_authentications.truncate(ra);
         s.peer_authentications.truncate(pa);
+        s.rate_limit_policies.truncate(rl);
+        s.quota_policies.truncate(qp);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -380,6 +388,14 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.peer_authentications, r);
             }
+            "RateLimitPolicy" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.rate_limit_policies, r);
+            }
+            "QuotaPolicy" => {
+                let r = self.decode(&ctx, file, node);
+                push(&mut self.snapshot.quota_policies, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -512,7 +528,8 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "Gateway" => ISTIO_API_VERSIONS,
         "Service" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
-        "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" => TRELLIS_API_VERSIONS,
+        "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" | "RateLimitPolicy"
+        | "QuotaPolicy" => TRELLIS_API_VERSIONS,
         "AuthorizationPolicy" | "RequestAuthentication" | "PeerAuthentication" => {
             SECURITY_API_VERSIONS
         }

@@ -15,6 +15,7 @@ pub mod authorization;
 pub mod istio;
 pub mod kube;
 pub mod peer_authentication;
+pub mod ratelimit;
 pub mod request_authentication;
 pub mod route_actions;
 pub mod trellis;
@@ -23,6 +24,7 @@ pub use authorization::*;
 pub use istio::*;
 pub use kube::*;
 pub use peer_authentication::*;
+pub use ratelimit::*;
 pub use request_authentication::*;
 pub use route_actions::{base64_decode, base64_encode, grpc_status_code};
 pub use trellis::*;
@@ -84,6 +86,10 @@ pub struct Snapshot {
     pub request_authentications: Vec<Resource<RequestAuthentication>>,
     /// `security.istio.io` PeerAuthentication.
     pub peer_authentications: Vec<Resource<PeerAuthentication>>,
+    /// `trellis.dev/v1alpha1` `RateLimitPolicy`.
+    pub rate_limit_policies: Vec<Resource<RateLimitPolicy>>,
+    /// `trellis.dev/v1alpha1` `QuotaPolicy`.
+    pub quota_policies: Vec<Resource<QuotaPolicy>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -163,6 +169,8 @@ impl Snapshot {
             + self.mesh_configs.len()
             + self.request_authentications.len()
             + self.peer_authentications.len()
+            + self.rate_limit_policies.len()
+            + self.quota_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {

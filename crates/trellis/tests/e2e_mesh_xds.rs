@@ -142,9 +142,13 @@ fn apply(dir: &Path, name: &str, yaml: &str, api: u16, token: &Token) -> Run {
     run
 }
 
-/// Waits until `trellis proxy-status` shows proxy `id` SYNCED on every type; returns its entry.
+/// Waits until `trellis proxy-status` shows proxy `id` SYNCED on every type, in its JSON and in
+/// its default table; returns its JSON entry. Both are read in one wait: a push that lands
+/// between the two reads (a change the replica's store watch delivers late) makes a type STALE
+/// for a moment, which is convergence, not a failure.
 fn wait_cli_synced(api: u16, token: &Token, id: &str) -> Value {
     let mut last = Value::Null;
+    let mut table = String::new();
     let synced = wait_until(Duration::from_secs(20), || {
         let run = trellis(&["proxy-status", "-o", "json"], api, token);
         assert!(run.ok, "trellis proxy-status: {}{}", run.stdout, run.stderr);
@@ -153,13 +157,28 @@ fn wait_cli_synced(api: u16, token: &Token, id: &str) -> Value {
             .as_array()
             .and_then(|ps| ps.iter().find(|p| p["id"] == id).cloned())
             .unwrap_or_default();
-        last["state"] == "SYNCED" && TYPES.iter().all(|t| last["types"][t]["state"] == "SYNCED")
+        let json_synced = last["state"] == "SYNCED"
+            && TYPES.iter().all(|t| last["types"][t]["state"] == "SYNCED");
+        if !json_synced {
+            return false;
+        }
+        // The default output is istioctl's table: one line per proxy, a state per type.
+        let run = trellis(&["proxy-status"], api, token);
+        assert!(run.ok, "trellis proxy-status: {}{}", run.stdout, run.stderr);
+        table = run.stdout;
+        table_row_synced(&table, id)
     });
-    assert!(synced, "proxy {id} not SYNCED in proxy-status: {last:#}");
-    // The default output is istioctl's table: one line per proxy, a state per type.
-    let run = trellis(&["proxy-status"], api, token);
-    assert!(run.ok, "trellis proxy-status: {}{}", run.stdout, run.stderr);
-    let mut lines = run.stdout.lines();
+    assert!(
+        synced,
+        "proxy {id} not SYNCED in proxy-status: {last:#}\n{table}"
+    );
+    last
+}
+
+/// Whether `trellis proxy-status`'s table has istioctl's header and a `gateway` row for `id`
+/// with SYNCED in every type column. A wrong header or role fails at once.
+fn table_row_synced(table: &str, id: &str) -> bool {
+    let mut lines = table.lines();
     let header: Vec<&str> = lines
         .next()
         .unwrap_or_default()
@@ -168,16 +187,14 @@ fn wait_cli_synced(api: u16, token: &Token, id: &str) -> Value {
     assert_eq!(
         header,
         ["NAME", "ROLE", "MODE", "CDS", "LDS", "EDS", "RDS"],
-        "{}",
-        run.stdout
+        "{table}"
     );
     let row: Vec<&str> = lines
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|cells| cells.first() == Some(&id))
-        .unwrap_or_else(|| panic!("no row for {id}:\n{}", run.stdout));
-    assert_eq!(row[1], "gateway", "{}", run.stdout);
-    assert_eq!(row[3..], ["SYNCED"; 4], "{}", run.stdout);
-    last
+        .unwrap_or_else(|| panic!("no row for {id}:\n{table}"));
+    assert_eq!(row[1], "gateway", "{table}");
+    row[3..] == ["SYNCED"; 4]
 }
 
 /// `requests` GETs of `/reviews` through the gateway, counted by the app that answered.

@@ -98,6 +98,23 @@ config_struct! {
         pub extension_providers: Vec<ExtensionProvider>,
         /// Istio's `defaultConfig` (ProxyConfig); only `gatewayTopology` is read.
         pub default_config: Option<ProxyConfigDefaults>,
+        /// The global rate limit service that `RateLimitPolicy` global limits and `QuotaPolicy`
+        /// quotas are checked with (`envoy.service.ratelimit.v3`).
+        pub rate_limit_service: Option<RateLimitService>,
+    }
+}
+
+config_struct! {
+    /// `MeshConfig.rateLimitService`: where proxies send `ShouldRateLimit` (gRPC).
+    pub struct RateLimitService {
+        /// A service host (`name.ns.svc.cluster.local` or a ServiceEntry host).
+        pub service: String,
+        pub port: u32,
+        /// Per-check deadline (default 20ms, as Envoy's ratelimit filter); on expiry the
+        /// policy's `failureMode` applies.
+        pub timeout: Option<Duration>,
+        /// The rate limit domain (default `trellis`).
+        pub domain: String,
     }
 }
 
