@@ -3,6 +3,7 @@
 //! Then runs validation and analysis. Owns file walking and kind dispatch; field-level
 //! decoding is `de.rs`, rules are `validate.rs` and `analyze.rs`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -43,6 +44,7 @@ const KINDS: &[&str] = &[
     "PeerAuthentication",
     "RateLimitPolicy",
     "QuotaPolicy",
+    "Secret",
     "List",
 ];
 
@@ -82,7 +84,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 15],
+    resources: [usize; 16],
 }
 
 #[derive(Deserialize, Default)]
@@ -104,6 +106,19 @@ struct EndpointSliceDoc {
     address_type: String,
     endpoints: Vec<SliceEndpoint>,
     ports: Vec<SlicePort>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SecretDoc {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    #[serde(rename = "type")]
+    secret_type: String,
+    data: BTreeMap<String, String>,
+    string_data: BTreeMap<String, String>,
+    immutable: Option<bool>,
 }
 
 /// `VirtualService default/reviews`.
@@ -181,6 +196,7 @@ impl Loader {
             peer_authentications,
             rate_limit_policies,
             quota_policies,
+            secrets,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -202,6 +218,7 @@ impl Loader {
                 peer_authentications.len(),
                 rate_limit_policies.len(),
                 quota_policies.len(),
+                secrets.len(),
             ],
         }
     }
@@ -211,7 +228,7 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra, pa, rl, qp] = to.resources;
+        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra, pa, rl, qp, sec] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
@@ -227,6 +244,7 @@ impl Loader {
         s.peer_authentications.truncate(pa);
         s.rate_limit_policies.truncate(rl);
         s.quota_policies.truncate(qp);
+        s.secrets.truncate(sec);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -396,6 +414,20 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.quota_policies, r);
             }
+            "Secret" => {
+                let r = ctx.deserialize::<SecretDoc>(node, "").map(|d| Resource {
+                    meta: with_default_namespace(d.metadata),
+                    spec: Secret {
+                        secret_type: d.secret_type,
+                        data: d.data,
+                        string_data: d.string_data,
+                        immutable: d.immutable,
+                    },
+                    file: file.to_string(),
+                    line: node.line,
+                });
+                push(&mut self.snapshot.secrets, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -526,7 +558,7 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
             ISTIO_API_VERSIONS
         }
         "Gateway" => ISTIO_API_VERSIONS,
-        "Service" | "List" => &["v1"],
+        "Service" | "Secret" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
         "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" | "RateLimitPolicy"
         | "QuotaPolicy" => TRELLIS_API_VERSIONS,

@@ -90,6 +90,8 @@ pub struct Snapshot {
     pub rate_limit_policies: Vec<Resource<RateLimitPolicy>>,
     /// `trellis.dev/v1alpha1` `QuotaPolicy`.
     pub quota_policies: Vec<Resource<QuotaPolicy>>,
+    /// Core `v1` Secret (gateway TLS credentials).
+    pub secrets: Vec<Resource<Secret>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -171,6 +173,7 @@ impl Snapshot {
             + self.peer_authentications.len()
             + self.rate_limit_policies.len()
             + self.quota_policies.len()
+            + self.secrets.len()
     }
 
     pub fn is_empty(&self) -> bool {
