@@ -228,7 +228,24 @@ impl Loader {
         self.substituted.truncate(to.substituted);
         self.spans.truncate(to.spans);
         let s = &mut self.snapshot;
-        let [vs, dr, gw, se, we, svc, es, hc, dp, ap, mc, ra, pa, rl, qp, sec] = to.resources;
+        let [
+            vs,
+            dr,
+            gw,
+            se,
+            we,
+            svc,
+            es,
+            hc,
+            dp,
+            ap,
+            mc,
+            ra,
+            pa,
+            rl,
+            qp,
+            sec,
+        ] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
         s.gateways.truncate(gw);
