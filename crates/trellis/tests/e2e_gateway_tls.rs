@@ -7,6 +7,7 @@
 //! switching the served certificate live while a connection opened before keeps working.
 //! Needs `cargo build --workspace --bins`, `openssl`, `curl` and `python3`.
 
+mod control_support;
 mod e2e_support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,9 +16,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use control_support::Control;
 use e2e_support::*;
 use trellis_testkit::{
-    Process, TempDir, free_port, sample_app, sample_app_on, wait_for_port, wait_until,
+    Process, TempDir, bin_path, free_port, sample_app, sample_app_on, wait_for_port, wait_until,
 };
 
 const PRODUCTPAGE: &str = "productpage.default.svc.cluster.local";
@@ -398,9 +400,7 @@ fn ingress_https_tasks() {
         format!(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bookinfo, namespace: default}}\nspec:\n  hosts: [bookinfo.example.com, helloworld.example.com, files.example.com]\n  gateways: [gw]\n{routes}"
         ),
-        format!(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: pass, namespace: default}}\nspec:\n  hosts: [pass.example.com]\n  gateways: [gw]\n  tls:\n  - match: [{{sniHosts: [pass.example.com]}}]\n    route: [{{destination: {{host: pass.example.com, port: {{number: 443}}}}}}]\n"
-        ),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: pass, namespace: default}\nspec:\n  hosts: [pass.example.com]\n  gateways: [gw]\n  tls:\n  - match: [{sniHosts: [pass.example.com]}]\n    route: [{destination: {host: pass.example.com, port: {number: 443}}}]\n".to_string(),
         format!(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - match: [{{port: {tcp}}}]\n    route: [{{destination: {{host: {ECHO}, port: {{number: 9000}}}}}}]\n"
         ),
@@ -535,4 +535,93 @@ fn ingress_https_tasks() {
         "the rewritten certificate files are not served"
     );
     assert_eq!(files_conn.get("/productpage"), (200, serial(&files.0)));
+}
+
+/// The same gateway on xDS from `trellis control`: the `credentialName` Secret comes from the
+/// control plane's store, and `trellis apply` of a new Secret rotates the served certificate
+/// while a connection opened before keeps working.
+#[test]
+fn xds_gateway_rotates_a_credential_applied_to_the_store() {
+    let certs = TempDir::new().expect("temp dir");
+    let dir = certs.path();
+    let ca = test_ca(dir);
+    let first = issue(dir, &ca, "bookinfo.example.com", "bookinfo");
+    let (_app, app_port) = sample_app("productpage", "v1");
+    let https = free_port();
+    let yaml = docs(&[
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{}",
+            https_server(https, "https", "bookinfo.example.com", "{mode: SIMPLE, credentialName: bookinfo-credential}")
+        ),
+        tls_secret("bookinfo-credential", &first.0, &first.1),
+        service_entry_yaml("productpage", PRODUCTPAGE, 9080, "HTTP", &[ep(app_port, "v1")]),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bookinfo, namespace: default}\nspec:\n  hosts: [bookinfo.example.com]\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /productpage}}]\n    route: [{destination: {host: productpage.default.svc.cluster.local, port: {number: 9080}}}]\n".to_string(),
+    ]);
+    let control = Control::start(&yaml);
+    let admin = free_port().to_string();
+    let xds = format!("127.0.0.1:{}", control.xds);
+    let mut args = vec![
+        "--xds-address",
+        &xds,
+        "--xds-mode",
+        "delta",
+        "--bind-address",
+        "127.0.0.1",
+        "--admin-port",
+        &admin,
+    ];
+    args.extend_from_slice(&GATEWAY_ARGS);
+    let mut proxy = Process::spawn(bin_path("trellis-proxy"), &args, &[]);
+    assert!(
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], https)),
+            Duration::from_secs(20)
+        ),
+        "no gateway listener: {}",
+        proxy.describe()
+    );
+    let ok = curl("bookinfo.example.com", https, "/productpage", &ca.0, &[]).expect("https");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let mut before = KeepAlive::open(https, "bookinfo.example.com", &ca.0);
+    assert_eq!(before.get("/productpage"), (200, serial(&first.0)));
+
+    let rotated = issue(dir, &ca, "bookinfo.example.com", "bookinfo-rotated");
+    let file = dir.join("secret.yaml");
+    std::fs::write(
+        &file,
+        tls_secret("bookinfo-credential", &rotated.0, &rotated.1),
+    )
+    .expect("write secret");
+    let out = Command::new(bin_path("trellis"))
+        .args(["apply", "-f", &file.to_string_lossy()])
+        .args(["--server", &format!("http://127.0.0.1:{}", control.api)])
+        .arg("--token-file")
+        .arg(control.dir.path().join(".trellis-token"))
+        .env_remove("TRELLIS_TOKEN")
+        .env_remove("TRELLIS_SERVER")
+        .output()
+        .expect("run trellis apply");
+    assert!(
+        out.status.success(),
+        "trellis apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = serial(&rotated.0);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            KeepAlive::open(https, "bookinfo.example.com", &ca.0).get("/productpage")
+                == (200, want.clone())
+        }),
+        "the applied credential is not served: {}",
+        proxy.describe()
+    );
+    assert_eq!(before.get("/productpage"), (200, serial(&first.0)));
+    // The config dump shows the certificate, never the private key.
+    let (code, _, dump) =
+        trellis_testkit::http_get(&format!("http://127.0.0.1:{admin}/config_dump"));
+    assert_eq!(code, 200);
+    assert!(
+        dump.contains("[redacted]") && !dump.contains("PRIVATE KEY"),
+        "{dump}"
+    );
 }
