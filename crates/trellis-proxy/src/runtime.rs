@@ -69,6 +69,8 @@ pub struct Runtime {
     pub tcp_listeners: HashMap<Arc<str>, Arc<TcpListener>>,
     /// The workload's identity, carried from snapshot to snapshot (upstream TLS reads it).
     pub identity: Arc<crate::security::IdentityStore>,
+    /// The resolver of STRICT_DNS and ORIGINAL_DST clusters, carried like `identity`.
+    pub dns: Arc<crate::dns::Resolver>,
 }
 
 impl Runtime {
@@ -88,6 +90,8 @@ impl Runtime {
             endpoints,
         } = res;
         let identity = prev.map(|p| Arc::clone(&p.identity)).unwrap_or_default();
+        let dns = prev.map(|p| Arc::clone(&p.dns)).unwrap_or_default();
+        let generation = dns.begin();
         let eds_names: Vec<String> = xclusters.iter().map(|c| eds_name(c).to_owned()).collect();
         let mut users: HashMap<&str, usize> = HashMap::with_capacity(eds_names.len());
         for n in &eds_names {
@@ -111,7 +115,7 @@ impl Runtime {
                 None
             };
             let assignment = owned.as_ref().or_else(|| assignments.get(eds.as_str()));
-            let compiled = Cluster::compile(&c, assignment, before.map(|c| &**c), &identity)?;
+            let compiled = Cluster::compile(&c, assignment, before.map(|c| &**c), &identity, &dns)?;
             if clusters
                 .insert(Arc::clone(&compiled.name), Arc::new(compiled))
                 .is_some()
@@ -159,6 +163,7 @@ impl Runtime {
                 });
             }
         }
+        dns.sweep(generation);
         Ok(Runtime {
             version,
             listeners,
@@ -166,6 +171,7 @@ impl Runtime {
             clusters,
             tcp_listeners,
             identity,
+            dns,
         })
     }
 
