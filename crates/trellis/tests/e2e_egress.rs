@@ -301,7 +301,7 @@ fn log_line(p: &Process, want: &[(&str, &str)]) -> serde_json::Value {
             .find(|l| {
                 want.iter().all(|(k, v)| match &l[*k] {
                     serde_json::Value::String(s) => s == v,
-                    other => other.to_string() == *v,
+                    other => other.to_string().as_str() == *v,
                 })
             });
         found.is_some()
