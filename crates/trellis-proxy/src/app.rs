@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, env = "TRELLIS_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
     /// DNS server(s) for `resolution: DNS` hosts and passthrough, `ip:port[,ip:port…]`, in
-    /// place of /etc/resolv.conf's (and /etc/hosts is not read).
+    /// place of /etc/resolv.conf's (/etc/hosts is still read first).
     #[arg(long, env = "TRELLIS_DNS_SERVER", value_delimiter = ',')]
     pub dns_server: Vec<SocketAddr>,
 }
@@ -166,7 +166,7 @@ const DNS_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 fn start_resolver(args: &Args) -> Arc<Resolver> {
     let servers = (!args.dns_server.is_empty()).then(|| Servers {
         servers: args.dns_server.clone(),
-        hosts_file: None,
+        hosts_file: Some("/etc/hosts".into()),
     });
     let resolver = Arc::new(Resolver::new(servers));
     tokio::spawn(Arc::clone(&resolver).run());

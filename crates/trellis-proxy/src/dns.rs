@@ -280,3 +280,131 @@ impl Resolver {
         self.wake.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, UdpSocket};
+
+    use super::*;
+
+    type Zone = Arc<Mutex<HashMap<String, [u8; 4]>>>;
+
+    /// The question's name of a query.
+    fn qname(q: &[u8]) -> String {
+        let (mut pos, mut labels) = (12, Vec::new());
+        while let Some(&len) = q.get(pos).filter(|l| **l != 0) {
+            let len = usize::from(len);
+            labels.push(String::from_utf8_lossy(&q[pos + 1..pos + 1 + len]).into_owned());
+            pos += 1 + len;
+        }
+        labels.join(".")
+    }
+
+    /// An answer to `q`: one A record with TTL 1 from `zone`, or TC set when `truncate`.
+    fn reply(q: &[u8], zone: &Zone, truncate: bool) -> Vec<u8> {
+        let ip = zone.lock().expect("zone").get(&qname(q)).copied();
+        let end = 12 + qname(q).len() + 2 + 4;
+        let mut r = q[..end].to_vec();
+        r[2] = 0x81 | if truncate { 0x02 } else { 0 };
+        r[3] = 0x80;
+        let records = u8::from(ip.is_some() && !truncate);
+        r[7] = records;
+        if let (Some(ip), 1) = (ip, records) {
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+            r.extend_from_slice(&ip);
+        }
+        r
+    }
+
+    /// A UDP + TCP server on one loopback port; names starting `big.` are truncated over UDP.
+    async fn server(zone: Zone) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+        let addr = udp.local_addr().expect("addr");
+        let tcp = TcpListener::bind(addr).await.expect("tcp on the same port");
+        let z = Arc::clone(&zone);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let big = qname(&buf[..n]).starts_with("big.");
+                let _ = udp.send_to(&reply(&buf[..n], &z, big), from).await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).await.is_err() {
+                    continue;
+                }
+                let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if s.read_exact(&mut q).await.is_err() {
+                    continue;
+                }
+                let r = reply(&q, &zone, false);
+                let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&r);
+                let _ = s.write_all(&framed).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn names_are_re_resolved_at_their_ttl_and_truncated_answers_retried_over_tcp() {
+        let zone: Zone = Arc::default();
+        zone.lock()
+            .expect("zone")
+            .insert("a.test".into(), [127, 0, 0, 11]);
+        zone.lock()
+            .expect("zone")
+            .insert("big.test".into(), [127, 0, 0, 99]);
+        let addr = server(Arc::clone(&zone)).await;
+        let resolver = Arc::new(Resolver::new(Some(Servers {
+            servers: vec![addr],
+            hosts_file: None,
+        })));
+        tokio::spawn(Arc::clone(&resolver).run());
+        let refresh = Refresh {
+            rate: Duration::from_secs(3600),
+            failure_rate: Duration::from_secs(3600),
+            respect_ttl: true,
+        };
+        let generation = resolver.begin();
+        assert_eq!(resolver.cached("a.test", Family::V4Only, refresh), None);
+        assert!(resolver.settle(Duration::from_secs(5)).await);
+        let ip = |b: [u8; 4]| vec![IpAddr::from(b)];
+        assert_eq!(
+            resolver.cached("a.test", Family::V4Only, refresh),
+            Some(ip([127, 0, 0, 11]))
+        );
+        // The record's TTL is 1 s (the refresh rate an hour): the change is seen soon.
+        let mut changed = resolver.subscribe();
+        zone.lock()
+            .expect("zone")
+            .insert("a.test".into(), [127, 0, 0, 12]);
+        tokio::time::timeout(Duration::from_secs(10), changed.changed())
+            .await
+            .expect("a new answer within the TTL")
+            .expect("resolver alive");
+        assert_eq!(
+            resolver.cached("a.test", Family::V4Only, refresh),
+            Some(ip([127, 0, 0, 12]))
+        );
+        // A name no compile reads any more is dropped.
+        resolver.sweep(generation + 1);
+        assert!(resolver.state().names.is_empty());
+        // Truncated over UDP: asked again over TCP.
+        let got = resolver
+            .resolve("big.test", Family::V4Only)
+            .await
+            .expect("tcp");
+        assert_eq!(got, ip([127, 0, 0, 99]));
+        let none = resolver
+            .resolve("gone.test", Family::V4Only)
+            .await
+            .expect("nx");
+        assert!(none.is_empty());
+    }
+}
