@@ -199,8 +199,8 @@ pub fn sidecar_listeners<'a>(
                         refs,
                     );
                 }
-                // The service's own name, then (ALLOW_ANY only) any other SNI or none:
-                // REGISTRY_ONLY leaves unknown names without a chain, so they are closed.
+                // The service's own name; other names (ALLOW_ANY only) pass through to where
+                // their SNI points: REGISTRY_ONLY leaves them without a chain, so they are closed.
                 let name = BTreeSet::from([service.hostname.clone()]);
                 chains.sni(
                     name,
@@ -208,7 +208,8 @@ pub fn sidecar_listeners<'a>(
                     refs,
                 );
                 if allow_any {
-                    chains.catch_all(|_| with_pool_timeouts(tcp_proxy("", own()), scope), refs);
+                    let passthrough = crate::egress::PASSTHROUGH_CLUSTER.to_string();
+                    chains.catch_all(|_| tcp_proxy("", vec![(passthrough, 1)]), refs);
                 }
             } else {
                 match vs.and_then(|vs| applicable_tcp_route(vs, scope).map(|r| (vs, r))) {

@@ -414,9 +414,15 @@ fn allow_any_passes_through_and_destination_rules_originate_tls() {
     let (cert, key) = pki.server(dir.path(), "wrong.example.test");
     let _wrong = https_server("127.0.6.23", https_port, &cert, &key, "wrong-backend");
     dns.set("wrong.example.test", [127, 0, 6, 23], 30);
+    // A TLS port the sidecar listens on (for `listed`); other SNI names pass through.
+    let tls_port = free_port();
+    let (cert, key) = pki.server(dir.path(), "unlisted-tls.example.test");
+    let _unlisted = https_server("127.0.6.24", tls_port, &cert, &key, "unlisted-tls");
+    dns.set("unlisted-tls.example.test", [127, 0, 6, 24], 30);
     write(
         dir.path(),
         &[
+            dns_service_entry("listed-tls.example.test", tls_port, "TLS", tls_port),
             dns_service_entry("secure.example.test", 80, "HTTP", https_port),
             simple_tls("secure.example.test", &pki.ca),
             dns_service_entry("wrong.example.test", 80, "HTTP", https_port),
@@ -457,6 +463,10 @@ fn allow_any_passes_through_and_destination_rules_originate_tls() {
         r.headers.get("x-trellis-flags").map(String::as_str),
         Some("DF")
     );
+
+    // TLS to an unlisted SNI name goes where the name resolves, still end to end TLS.
+    let body = curl_tls("unlisted-tls.example.test", tls_port, bind, &pki.ca).expect("passthrough");
+    assert!(body.starts_with("unlisted-tls"), "{body}");
 
     // TLS origination: verified against caCertificates, SNI and Host the ServiceEntry host.
     let r = via(&sc, bind, "secure.example.test", &[]);
