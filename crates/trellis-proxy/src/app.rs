@@ -14,6 +14,7 @@ use trellis_xds::{Locality, ProxyIdentity, Role};
 use crate::admin::{self, AdminState, EncodedResources};
 use crate::ca_client::tls::ControlPlaneTrust;
 use crate::ca_client::{CaClient, CaClientConfig};
+use crate::dns::{Resolver, Servers};
 use crate::listeners::Listeners;
 use crate::memory;
 use crate::proxy::Proxy;
@@ -82,6 +83,10 @@ pub struct Args {
     /// `root-cert.pem`), re-read when it changes.
     #[arg(long, env = "TRELLIS_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
+    /// DNS server(s) for `resolution: DNS` hosts and passthrough, `ip:port[,ip:port…]`, in
+    /// place of /etc/resolv.conf's (/etc/hosts is still read first).
+    #[arg(long, env = "TRELLIS_DNS_SERVER", value_delimiter = ',')]
+    pub dns_server: Vec<SocketAddr>,
 }
 
 impl Args {
@@ -154,6 +159,76 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+/// How long the first configuration waits for its DNS names before the proxy is ready.
+const DNS_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The resolver `--dns-server` asks for (the system's by default), refreshing in the background.
+fn start_resolver(args: &Args) -> Arc<Resolver> {
+    let servers = (!args.dns_server.is_empty()).then(|| Servers {
+        servers: args.dns_server.clone(),
+        hosts_file: Some("/etc/hosts".into()),
+    });
+    let resolver = Arc::new(Resolver::new(servers));
+    tokio::spawn(Arc::clone(&resolver).run());
+    resolver
+}
+
+/// The first (empty) runtime, holding the resolver every later snapshot carries over.
+fn initial_runtime(dns: &Arc<Resolver>) -> Runtime {
+    Runtime {
+        dns: Arc::clone(dns),
+        ..Runtime::default()
+    }
+}
+
+/// Applies configurations and, when a DNS answer changes, the running one again (so STRICT_DNS
+/// clusters get the new addresses). One lock: a reapply never interleaves with an update.
+struct Applier {
+    listeners: Listeners,
+    checkers: Option<HealthCheckers>,
+    resources: Arc<ArcSwap<EncodedResources>>,
+}
+
+impl Applier {
+    fn apply(
+        &mut self,
+        res: trellis_xds::Resources,
+        encoded: EncodedResources,
+    ) -> Result<(), String> {
+        self.listeners.apply(res).map_err(|e| e.to_string())?;
+        if let Some(c) = self.checkers.as_mut() {
+            c.reconcile(&self.listeners.proxy().runtime.load());
+        }
+        self.resources.store(Arc::new(encoded));
+        memory::trim();
+        Ok(())
+    }
+
+    /// Recompile what is serving (new DNS answers); on error the running snapshot stays.
+    fn reapply(&mut self) {
+        let res = match self.resources.load().decode() {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!("cannot re-read the running configuration: {e}"),
+        };
+        if let Err(e) = self.listeners.apply(res) {
+            tracing::warn!("re-applying the configuration for new DNS answers failed: {e}");
+        }
+        if let Some(c) = self.checkers.as_mut() {
+            c.reconcile(&self.listeners.proxy().runtime.load());
+        }
+    }
+}
+
+/// Re-applies the running configuration whenever `dns` reports a changed answer.
+fn follow_dns(dns: &Resolver, applier: Arc<std::sync::Mutex<Applier>>) {
+    let mut changed = dns.subscribe();
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            applier.lock().unwrap_or_else(|p| p.into_inner()).reapply();
+        }
+    });
+}
+
 /// `--identity-dir`: load the workload certificate (an error stops start-up) and watch it.
 fn install_identity(args: &Args, proxy: &Proxy) -> anyhow::Result<()> {
     if let Some(dir) = &args.identity_dir {
@@ -192,7 +267,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     };
-    let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    let dns = start_resolver(&args);
+    let proxy = Arc::new(Proxy::new(initial_runtime(&dns), Arc::clone(&telemetry)));
     start_ca_client(&args, &proxy)?;
     install_identity(&args, &proxy)?;
     let weak = Arc::downgrade(&proxy);
@@ -208,6 +284,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     listeners.apply(first)?;
     checkers.reconcile(&proxy.runtime.load());
     memory::trim();
+    let applier = Arc::new(std::sync::Mutex::new(Applier {
+        listeners,
+        checkers: Some(checkers),
+        resources: Arc::clone(&resources),
+    }));
+    // STRICT_DNS clusters warm: their first answers are in before the proxy is ready.
+    if dns.settle(DNS_SETTLE).await {
+        applier.lock().unwrap_or_else(|p| p.into_inner()).reapply();
+    }
+    follow_dns(&dns, Arc::clone(&applier));
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
     let state = AdminState {
@@ -218,7 +304,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         identity: Arc::clone(&proxy.identity),
     };
     let admin_task = tokio::spawn(admin::serve(admin_addr, state));
-    let mut bound: Vec<String> = listeners
+    let mut bound: Vec<String> = applier
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .listeners
         .bound()
         .into_iter()
         .map(|(n, a)| format!("{n}={a}"))
@@ -231,11 +320,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let watcher = source.watch(fingerprint, move |res| {
         let encoded = EncodedResources::from(&res);
-        listeners.apply(res).map_err(|e| e.to_string())?;
-        checkers.reconcile(&proxy.runtime.load());
-        resources.store(Arc::new(encoded));
-        memory::trim();
-        Ok(())
+        applier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(res, encoded)
     });
     tokio::select! {
         _ = watcher => Ok(()),
@@ -315,7 +403,8 @@ async fn run_xds(
             "--xds-address {a:?} is not host:port (e.g. istiod.istio-system.svc:15010)"
         );
     }
-    let proxy = Arc::new(Proxy::new(Runtime::default(), Arc::clone(&telemetry)));
+    let dns = start_resolver(&args);
+    let proxy = Arc::new(Proxy::new(initial_runtime(&dns), Arc::clone(&telemetry)));
     let client = XdsClient::new(
         XdsConfig {
             addresses,
@@ -329,8 +418,13 @@ async fn run_xds(
     start_ca_client(&args, &proxy)?;
     install_identity(&args, &proxy)?;
     let identity = Arc::clone(&proxy.identity);
-    let mut listeners = Listeners::new(proxy);
     let resources = Arc::new(ArcSwap::from_pointee(EncodedResources::default()));
+    let applier = Arc::new(std::sync::Mutex::new(Applier {
+        listeners: Listeners::new(proxy),
+        checkers: None,
+        resources: Arc::clone(&resources),
+    }));
+    follow_dns(&dns, Arc::clone(&applier));
     let ready = Arc::new(AtomicBool::new(false));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
     let state = AdminState {
@@ -342,11 +436,11 @@ async fn run_xds(
     };
     let admin_task = tokio::spawn(admin::serve(admin_addr, state));
     let subscription = client.run(move |res, encoded| {
-        listeners.apply(res).map_err(|e| e.to_string())?;
-        resources.store(Arc::new(encoded));
-        memory::trim();
+        let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
+        applier.apply(res, encoded)?;
         if !ready.swap(true, Ordering::AcqRel) {
-            let mut bound: Vec<String> = listeners
+            let mut bound: Vec<String> = applier
+                .listeners
                 .bound()
                 .into_iter()
                 .map(|(n, a)| format!("{n}={a}"))

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod ca_client;
+pub mod dns;
 pub mod listeners;
 pub mod memory;
 pub mod proxy;

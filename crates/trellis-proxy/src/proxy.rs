@@ -13,6 +13,7 @@ pub mod fault;
 pub mod headers;
 pub mod jwt;
 pub mod mirror;
+pub mod passthrough;
 pub mod retry;
 pub mod upgrade;
 
@@ -354,6 +355,17 @@ async fn forward(
     let Some(cluster) = &target.cluster else {
         let msg = format!("cluster {:?} not found\n", target.name);
         return Err(Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", msg));
+    };
+    // ORIGINAL_DST (`PassthroughCluster`): the destination decides the cluster.
+    let destination;
+    let cluster = match &cluster.original_dst {
+        Some(od) => {
+            let host = authority.to_str().unwrap_or("");
+            destination =
+                passthrough::cluster(od, &rt.dns, &parts.headers, host, conn.local).await?;
+            &destination
+        }
+        None => cluster,
     };
     log.upstream = Some((Arc::clone(cluster), usize::MAX));
     let hash = (cluster.hash_table.is_some() && !route.hash_policy.is_empty())

@@ -72,6 +72,8 @@ pub struct Runtime {
     pub sni_listeners: HashMap<Arc<str>, Arc<sni::SniListener>>,
     /// The workload's identity, carried from snapshot to snapshot (upstream TLS reads it).
     pub identity: Arc<crate::security::IdentityStore>,
+    /// The resolver of STRICT_DNS and ORIGINAL_DST clusters, carried like `identity`.
+    pub dns: Arc<crate::dns::Resolver>,
 }
 
 impl Runtime {
@@ -91,6 +93,8 @@ impl Runtime {
             endpoints,
         } = res;
         let identity = prev.map(|p| Arc::clone(&p.identity)).unwrap_or_default();
+        let dns = prev.map(|p| Arc::clone(&p.dns)).unwrap_or_default();
+        let generation = dns.begin();
         let eds_names: Vec<String> = xclusters.iter().map(|c| eds_name(c).to_owned()).collect();
         let mut users: HashMap<&str, usize> = HashMap::with_capacity(eds_names.len());
         for n in &eds_names {
@@ -114,7 +118,7 @@ impl Runtime {
                 None
             };
             let assignment = owned.as_ref().or_else(|| assignments.get(eds.as_str()));
-            let compiled = Cluster::compile(&c, assignment, before.map(|c| &**c), &identity)?;
+            let compiled = Cluster::compile(&c, assignment, before.map(|c| &**c), &identity, &dns)?;
             if clusters
                 .insert(Arc::clone(&compiled.name), Arc::new(compiled))
                 .is_some()
@@ -173,6 +177,7 @@ impl Runtime {
                 });
             }
         }
+        dns.sweep(generation);
         Ok(Runtime {
             version,
             listeners,
@@ -181,6 +186,7 @@ impl Runtime {
             tcp_listeners,
             sni_listeners,
             identity,
+            dns,
         })
     }
 

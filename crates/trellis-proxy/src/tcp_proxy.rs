@@ -153,9 +153,28 @@ async fn routed(
         server_name: sniffed.as_ref().and_then(|s| s.server_name.as_deref()),
         ..outcome
     };
+    let passthrough: Arc<Cluster>;
     let (chain, cluster, endpoint) = match route(listener, outcome.server_name) {
         Ok(picked) => picked,
-        Err((flags, cluster)) => {
+        // ORIGINAL_DST (`PassthroughCluster`): the SNI names the destination.
+        Err((_, Some(c), Some(chain))) if c.original_dst.is_some() => {
+            match original_destination(&proxy, c, outcome.server_name, conn.local).await {
+                Some(p) => {
+                    passthrough = p;
+                    match passthrough.endpoints.first() {
+                        Some(e) => (chain, &*passthrough, e),
+                        None => return conn.finish(outcome.failed("UH")),
+                    }
+                }
+                None => {
+                    return conn.finish(Outcome {
+                        cluster: Some(c),
+                        ..outcome.failed("UH")
+                    });
+                }
+            }
+        }
+        Err((flags, cluster, _)) => {
             return conn.finish(Outcome {
                 cluster,
                 ..outcome.failed(flags)
@@ -222,25 +241,56 @@ async fn routed(
     conn.log(&outcome);
 }
 
-/// The chain, cluster and endpoint for a connection with this SNI; or the response flag (and
-/// the cluster, when known) saying why there is none.
+/// Why a connection has no endpoint: the response flag, and the cluster and chain when known.
+type Unrouted<'l> = (&'static str, Option<&'l Cluster>, Option<&'l TcpChain>);
+
+/// The chain, cluster and endpoint for a connection with this SNI; or why there is none.
 fn route<'l>(
     listener: &'l TcpListener,
     server_name: Option<&str>,
-) -> Result<(&'l TcpChain, &'l Cluster, &'l Endpoint), (&'static str, Option<&'l Cluster>)> {
+) -> Result<(&'l TcpChain, &'l Cluster, &'l Endpoint), Unrouted<'l>> {
     let Some(chain) = listener.select(server_name) else {
         tracing::debug!(listener = %listener.name, sni = ?server_name, "no filter chain matches");
-        return Err(("NR", None));
+        return Err(("NR", None, None));
     };
     let target = chain.pick();
     let Some(cluster) = target.cluster.as_deref() else {
         tracing::debug!(cluster = %target.name, "cluster not found; closing connection");
-        return Err(("NC", None));
+        return Err(("NC", None, Some(chain)));
     };
     match cluster.pick(None) {
         Some(endpoint) => Ok((chain, cluster, endpoint)),
-        None => Err(("UH", Some(cluster))),
+        None => Err(("UH", Some(cluster), Some(chain))),
     }
+}
+
+/// The per-destination cluster of an ORIGINAL_DST cluster for a TLS connection: the address
+/// its SNI resolves to, at the listener's port (none without SNI, when the name does not
+/// resolve, or when it is this listener itself).
+async fn original_destination(
+    proxy: &Proxy,
+    cluster: &Cluster,
+    server_name: Option<&str>,
+    local: SocketAddr,
+) -> Option<Arc<Cluster>> {
+    let od = cluster.original_dst.as_ref()?;
+    let name = server_name?;
+    let dns = Arc::clone(&proxy.runtime.load().dns);
+    let ip = match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match dns.resolve(name, crate::dns::Family::V4Preferred).await {
+            Ok(ips) => *ips.first()?,
+            Err(e) => {
+                tracing::debug!(sni = name, error = %e, "passthrough: no address; closing connection");
+                return None;
+            }
+        },
+    };
+    let addr = SocketAddr::new(ip, local.port());
+    if addr == local {
+        return None;
+    }
+    od.cluster_for(addr).ok()
 }
 
 /// Replays `head`, then copies both ways (half-close passed on) until both are done, an error,

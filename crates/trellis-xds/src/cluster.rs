@@ -342,7 +342,8 @@ fn outbound_cluster(
     let dns = service.is_some_and(|s| s.resolution == Resolution::Dns);
     let (discovery, cla) = if dns {
         let endpoints = if endpoints.is_empty() && !unknown_subset && service_port.is_some() {
-            vec![dns_host_endpoint(host, port)]
+            let target = service_port.and_then(|p| p.target_port).unwrap_or(port);
+            vec![dns_host_endpoint(host, target)]
         } else {
             endpoints
         };
@@ -373,6 +374,9 @@ fn outbound_cluster(
         )),
     };
     let mut cluster = cluster(spec);
+    if dns {
+        crate::egress::apply_dns(ctx, &mut cluster);
+    }
     lb::apply_cluster(&mut cluster, lb, outlier);
     let budget = crate::resilience::RetryBudgetSpec::for_host(ctx, host);
     crate::resilience::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), budget);

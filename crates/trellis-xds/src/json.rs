@@ -8,7 +8,7 @@ mod actions;
 mod jwt;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+    ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, UpstreamConnectionOptions};
 use envoy_types::pb::envoy::config::core::v3::{
@@ -670,6 +670,7 @@ fn weighted_clusters(w: &WeightedCluster) -> Value {
     Obj::default().list("clusters", clusters).done()
 }
 
+#[allow(deprecated)] // Istio still sets the cluster-level DNS fields
 pub fn cluster(c: &Cluster) -> Value {
     let kind = match c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t).ok(),
@@ -738,6 +739,15 @@ pub fn cluster(c: &Cluster) -> Value {
         .opt(
             "transportSocket",
             c.transport_socket.as_ref().map(tls::transport_socket),
+        )
+        .opt("dnsRefreshRate", c.dns_refresh_rate.as_ref().map(duration))
+        .opt("respectDnsTtl", c.respect_dns_ttl.then_some(json!(true)))
+        .opt(
+            "dnsLookupFamily",
+            DnsLookupFamily::try_from(c.dns_lookup_family)
+                .ok()
+                .filter(|f| *f != DnsLookupFamily::Auto)
+                .map(|f| json!(f.as_str_name())),
         );
     match c.lb_config.as_ref().and_then(lb::lb_config) {
         Some((k, v)) => o.opt(k, Some(v)).done(),

@@ -225,6 +225,7 @@ pub fn sidecar_listeners<'a>(
     refs: &mut ClusterRefs,
 ) -> Vec<Listener> {
     let proxy = ctx.proxy;
+    let allow_any = crate::egress::mode(ctx) == trellis_config::OutboundTrafficMode::AllowAny;
     let mut out = Vec::new();
     for (port, on_port) in sidecar_ports(ctx, services, local) {
         let scope = L4Scope {
@@ -249,7 +250,18 @@ pub fn sidecar_listeners<'a>(
                         refs,
                     );
                 }
-                chains.catch_all(|_| with_pool_timeouts(tcp_proxy("", own()), scope), refs);
+                // The service's own name; other names (ALLOW_ANY only) pass through to where
+                // their SNI points: REGISTRY_ONLY leaves them without a chain, so they are closed.
+                let name = BTreeSet::from([service.hostname.clone()]);
+                chains.sni(
+                    name,
+                    |_| with_pool_timeouts(tcp_proxy("", own()), scope),
+                    refs,
+                );
+                if allow_any {
+                    let passthrough = crate::egress::PASSTHROUGH_CLUSTER.to_string();
+                    chains.catch_all(|_| tcp_proxy("", vec![(passthrough, 1)]), refs);
+                }
             } else {
                 match vs.and_then(|vs| applicable_tcp_route(vs, scope).map(|r| (vs, r))) {
                     Some((vs, r)) => {

@@ -12,6 +12,7 @@
 mod authz;
 mod cluster;
 mod content_hash;
+mod egress;
 mod gateway;
 mod health;
 pub mod istio_ca;
@@ -154,6 +155,7 @@ pub fn compile_owned(
         destination_rules: std::mem::take(&mut snapshot.destination_rules),
         health_check_policies: std::mem::take(&mut snapshot.health_check_policies),
         destination_policies: std::mem::take(&mut snapshot.destination_policies),
+        mesh_configs: std::mem::take(&mut snapshot.mesh_configs),
         ..Default::default()
     };
     drop(snapshot);

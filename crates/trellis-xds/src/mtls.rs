@@ -141,7 +141,12 @@ pub fn apply_client_tls(
                 Some(tls_socket(&ctx))
             }
             ClientTlsMode::Simple | ClientTlsMode::Mutual => {
-                Some(tls_socket(&file_context(t, mode)))
+                let mut ctx = file_context(t, mode);
+                // Istio's auto SNI names the host the client asked for; a cluster is one host.
+                if ctx.sni.is_empty() && !host.starts_with('*') {
+                    ctx.sni = host.to_string();
+                }
+                Some(tls_socket(&ctx))
             }
         };
         return;

@@ -29,7 +29,12 @@ pub fn compile(ctx: &Context<'_>) -> Resources {
     let outbound = ctx.proxy.outbound_port.to_string();
     let mut out = Resources::default();
     for rc in sidecar.routes.into_iter().filter(|rc| rc.name == outbound) {
-        for mut vhost in rc.virtual_hosts {
+        // The catch-all for hosts outside the registry (`egress.rs`) is a sidecar's only.
+        let known = rc
+            .virtual_hosts
+            .into_iter()
+            .filter(|vh| !vh.domains.iter().any(|d| d == "*"));
+        for mut vhost in known {
             let name = vhost.name.clone();
             let mut names: Vec<String> = vhost
                 .domains

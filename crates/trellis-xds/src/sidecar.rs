@@ -47,7 +47,8 @@ pub fn compile(ctx: &Context<'_>) -> Compiled {
         }
     }
     let mut routes = outbound_routes(ctx, &services, &mut refs);
-    let (inbound_routes, inbound_clusters, target_ports) = inbound_side(ctx);
+    let (inbound_routes, mut inbound_clusters, target_ports) = inbound_side(ctx);
+    inbound_clusters.extend(crate::egress::sidecar_clusters());
     let outbound_name = proxy.outbound_port.to_string();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     let listeners = vec![
@@ -153,11 +154,18 @@ fn outbound_routes(
         }
     }
     let outbound = ctx.proxy.outbound_port.to_string();
-    let mut configs = vec![route_config(&outbound, unique_domains(all))];
+    // Hosts outside the registry: the mesh's outboundTrafficPolicy (`egress.rs`).
+    let unknown = crate::egress::catch_all_virtual_host(crate::egress::mode(ctx));
+    let with_unknown = |vhosts: Vec<VirtualHost>| {
+        let mut vhosts = unique_domains(vhosts);
+        vhosts.push(unknown.clone());
+        vhosts
+    };
+    let mut configs = vec![route_config(&outbound, with_unknown(all))];
     configs.extend(
         per_port
             .into_iter()
-            .map(|(port, vhosts)| route_config(&port.to_string(), unique_domains(vhosts))),
+            .map(|(port, vhosts)| route_config(&port.to_string(), with_unknown(vhosts))),
     );
     configs
 }

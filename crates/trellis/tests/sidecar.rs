@@ -168,12 +168,13 @@ fn sidecar_outbound_routes_by_host_and_inbound_reaches_the_local_app() {
         assert_eq!(version_of(&body), "reviews/v1");
     }
 
-    // An unknown host has no route.
-    let (status, headers, body) = http_request(&url, &["-H", "host: nowhere.example.com"]);
-    assert_eq!(status, 404, "{body}");
+    // An unknown host goes to the PassthroughCluster (ALLOW_ANY, the default); this one
+    // resolves nowhere (`.invalid`), so the answer is a DNS failure.
+    let (status, headers, body) = http_request(&url, &["-H", "host: nowhere.invalid"]);
+    assert_eq!(status, 503, "{body}");
     assert_eq!(
         headers.get("x-trellis-flags").map(String::as_str),
-        Some("NR")
+        Some("DF")
     );
 
     // Inbound: whatever arrives on the inbound port goes to the local app (ratings).

@@ -89,6 +89,8 @@ config_struct! {
     ///   rootNamespace: istio-system      # policies here apply mesh-wide (default istio-system)
     ///   trustDomain: cluster.local       # default cluster.local
     ///   pathNormalization: {normalization: MERGE_SLASHES}   # NONE, BASE (default), MERGE_SLASHES, DECODE_AND_MERGE_SLASHES
+    ///   outboundTrafficPolicy: {mode: REGISTRY_ONLY}         # ALLOW_ANY (default) or REGISTRY_ONLY
+    ///   dnsRefreshRate: 60s                                 # DNS hosts without a TTL (default 60s)
     /// ```
     pub struct MeshConfig {
         pub root_namespace: String,
@@ -101,7 +103,36 @@ config_struct! {
         /// The global rate limit service that `RateLimitPolicy` global limits and `QuotaPolicy`
         /// quotas are checked with (`envoy.service.ratelimit.v3`).
         pub rate_limit_service: Option<RateLimitService>,
+        /// Istio's `outboundTrafficPolicy`: what sidecars do with hosts outside the registry.
+        pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+        /// Istio's `dnsRefreshRate`: how often `resolution: DNS` hosts are re-resolved when
+        /// the answer carries no TTL (default 60s); the TTL wins when there is one.
+        pub dns_refresh_rate: Option<Duration>,
     }
+}
+
+config_struct! {
+    /// `MeshConfig.outboundTrafficPolicy`.
+    ///
+    /// ```yaml
+    /// spec:
+    ///   outboundTrafficPolicy: {mode: REGISTRY_ONLY}   # default ALLOW_ANY
+    /// ```
+    pub struct OutboundTrafficPolicy {
+        pub mode: Option<OutboundTrafficMode>,
+    }
+}
+
+/// `OutboundTrafficPolicy.Mode`: ALLOW_ANY forwards unknown hosts to where the client meant
+/// (`PassthroughCluster`); REGISTRY_ONLY answers unknown HTTP hosts 502 and closes unknown TLS
+/// connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum OutboundTrafficMode {
+    #[default]
+    #[serde(rename = "ALLOW_ANY")]
+    AllowAny,
+    #[serde(rename = "REGISTRY_ONLY")]
+    RegistryOnly,
 }
 
 config_struct! {
@@ -210,6 +241,14 @@ impl MeshConfig {
             .as_ref()
             .and_then(|d| d.gateway_topology.as_ref())
             .map_or(0, |g| g.num_trusted_proxies)
+    }
+
+    /// `outboundTrafficPolicy.mode` (ALLOW_ANY when unset).
+    pub fn outbound_mode(&self) -> OutboundTrafficMode {
+        self.outbound_traffic_policy
+            .as_ref()
+            .and_then(|p| p.mode)
+            .unwrap_or_default()
     }
 
     /// The normalization mode (`BASE` when unset).

@@ -319,6 +319,17 @@ pub(super) fn mesh_config(rep: &mut Reporter<'_>, m: &MeshConfig, index: usize) 
             "only one MeshConfig is allowed per mesh; merge the settings into the first",
         );
     }
+    rep.duration("spec.dnsRefreshRate", m.dns_refresh_rate.as_ref());
+    if m.dns_refresh_rate
+        .as_ref()
+        .and_then(|d| d.get())
+        .is_some_and(|d| d.is_zero())
+    {
+        rep.error(
+            "spec.dnsRefreshRate",
+            "must be more than 0s; leave it out for the default (60s)",
+        );
+    }
     if let Some(p) = &m.path_normalization
         && !PATH_NORMALIZATIONS.contains(&p.normalization.as_str())
     {
@@ -464,6 +475,20 @@ mod tests {
 
     #[test]
     fn mesh_config_is_checked_and_unique() {
+        let egress = "apiVersion: trellis.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n  dnsRefreshRate: 5s\n";
+        let loaded = load_str("m.yaml", egress).expect("valid");
+        let mesh = loaded.snapshot.mesh_config();
+        assert_eq!(
+            mesh.outbound_mode(),
+            crate::OutboundTrafficMode::RegistryOnly
+        );
+        let bad = egress.replace("REGISTRY_ONLY", "DENY").replace("5s", "0s");
+        let errs = errors(&bad);
+        assert!(errs.iter().any(|e| e.contains("DENY")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("dnsRefreshRate")),
+            "{errs:?}"
+        );
         let one = "apiVersion: trellis.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  pathNormalization: {normalization: MERGE_SLASHES}\n";
         let loaded = load_str("ap.yaml", one).expect("loads");
         let mesh = loaded.snapshot.mesh_config();

@@ -3,7 +3,7 @@
 //! the pool and balancer state carry over from the previous snapshot by cluster name and
 //! endpoint address. Owns no sockets itself (the pool opens them lazily on first use).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,70 @@ pub struct Cluster {
     pub hash_table: Option<HashTable>,
     /// Active health check (`health_checks[0]`), run by `health::HealthCheckers`.
     pub health_check: Option<Arc<HealthCheckConfig>>,
+    /// ORIGINAL_DST (`PassthroughCluster`): each request picks its destination.
+    pub original_dst: Option<Arc<OriginalDst>>,
+}
+
+/// An ORIGINAL_DST cluster's template: one STATIC cluster per destination address is built
+/// from it on first use and kept (bounded) for the connections it pools.
+#[derive(Debug)]
+pub struct OriginalDst {
+    /// `original_dst_lb_config.use_http_header`: `x-envoy-original-dst-host` names it.
+    pub use_http_header: bool,
+    template: XCluster,
+    identity: Arc<crate::security::IdentityStore>,
+    dns: Arc<crate::dns::Resolver>,
+    by_addr: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Cluster>>>,
+}
+
+/// Destinations an ORIGINAL_DST cluster keeps before it starts over.
+const ORIGINAL_DST_MAX: usize = 1024;
+
+impl OriginalDst {
+    /// The cluster toward `addr` (same name, settings and TLS as the template).
+    pub fn cluster_for(&self, addr: SocketAddr) -> Result<Arc<Cluster>, RuntimeError> {
+        let mut cache = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&addr) {
+            return Ok(Arc::clone(c));
+        }
+        use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            Endpoint as XEndpoint, LbEndpoint, LocalityLbEndpoints,
+        };
+        let mut c = self.template.clone();
+        c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+        c.lb_policy = XLb::LeastRequest as i32;
+        c.lb_config = None;
+        let address = envoy_types::pb::envoy::config::core::v3::Address {
+            address: Some(Address::SocketAddress(SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    addr.port(),
+                ))),
+                ..Default::default()
+            })),
+        };
+        c.load_assignment = Some(ClusterLoadAssignment {
+            cluster_name: c.name.clone(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(XEndpoint {
+                        address: Some(address),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let compiled = Arc::new(Cluster::compile(&c, None, None, &self.identity, &self.dns)?);
+        if cache.len() >= ORIGINAL_DST_MAX {
+            cache.clear();
+        }
+        cache.insert(addr, Arc::clone(&compiled));
+        Ok(compiled)
+    }
 }
 
 #[derive(Debug)]
@@ -123,6 +187,7 @@ impl Cluster {
         assignment: Option<&ClusterLoadAssignment>,
         prev: Option<&Cluster>,
         identity: &Arc<crate::security::IdentityStore>,
+        dns: &Arc<crate::dns::Resolver>,
     ) -> Result<Cluster, RuntimeError> {
         let err = |field: &str, reason: String| RuntimeError::Cluster {
             name: c.name.clone(),
@@ -131,6 +196,8 @@ impl Cluster {
         };
         let policy = match XLb::try_from(c.lb_policy) {
             Ok(XLb::RoundRobin) => LbPolicy::RoundRobin,
+            // ORIGINAL_DST: one endpoint per destination (`OriginalDst`).
+            Ok(XLb::ClusterProvided) => LbPolicy::LeastRequest,
             Ok(XLb::LeastRequest) => LbPolicy::LeastRequest,
             // Hash policies pick at random when a request has no hash (as Envoy).
             Ok(XLb::Random | XLb::RingHash | XLb::Maglev) => LbPolicy::Random,
@@ -162,16 +229,32 @@ impl Cluster {
             None => Some(DiscoveryType::Static),
             Some(ClusterDiscoveryType::ClusterType(_)) => None,
         };
+        let mut original_dst = None;
         let (assignment, resolve_dns) = match kind {
             Some(DiscoveryType::Eds) => (assignment, false),
             Some(DiscoveryType::Static) => (c.load_assignment.as_ref(), false),
             Some(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => {
                 (c.load_assignment.as_ref(), true)
             }
+            Some(DiscoveryType::OriginalDst) => {
+                use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+                let use_http_header = matches!(
+                    &c.lb_config,
+                    Some(LbConfig::OriginalDstLbConfig(o)) if o.use_http_header
+                );
+                original_dst = Some(Arc::new(OriginalDst {
+                    use_http_header,
+                    template: c.clone(),
+                    identity: Arc::clone(identity),
+                    dns: Arc::clone(dns),
+                    by_addr: Default::default(),
+                }));
+                (None, false)
+            }
             _ => {
                 return Err(err(
                     "type",
-                    "only EDS, STATIC and STRICT_DNS clusters are supported".into(),
+                    "only EDS, STATIC, STRICT_DNS and ORIGINAL_DST clusters are supported".into(),
                 ));
             }
         };
@@ -205,8 +288,9 @@ impl Cluster {
             sockets: crate::tls::upstream::TransportSockets::compile(c, identity)
                 .map_err(|(f, why)| err(&f, why))?,
         };
+        let dns = resolve_dns.then(|| DnsSettings::from_xds(c, dns));
         let endpoints = match assignment {
-            Some(a) => endpoints(a, resolve_dns, prev, &pools).map_err(|(f, why)| err(&f, why))?,
+            Some(a) => endpoints(a, dns.as_ref(), prev, &pools).map_err(|(f, why)| err(&f, why))?,
             None => Vec::new(),
         };
         let service = ServiceLabels::from_metadata(c.metadata.as_ref());
@@ -264,6 +348,7 @@ impl Cluster {
             topology,
             hash_table,
             health_check,
+            original_dst,
         })
     }
 
@@ -436,9 +521,53 @@ impl PoolSettings {
     }
 }
 
+/// How a STRICT_DNS cluster's names are resolved: the cluster's refresh settings and family.
+struct DnsSettings<'a> {
+    resolver: &'a crate::dns::Resolver,
+    family: crate::dns::Family,
+    refresh: crate::dns::Refresh,
+}
+
+impl<'a> DnsSettings<'a> {
+    #[allow(deprecated)] // Istio sets the cluster-level DNS fields
+    fn from_xds(c: &XCluster, resolver: &'a Arc<crate::dns::Resolver>) -> DnsSettings<'a> {
+        use crate::dns::{DEFAULT_REFRESH, Family};
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily as F;
+        let family = match F::try_from(c.dns_lookup_family) {
+            Ok(F::V4Only) => Family::V4Only,
+            Ok(F::V6Only) => Family::V6Only,
+            Ok(F::V4Preferred) => Family::V4Preferred,
+            Ok(F::All) => Family::All,
+            _ => Family::Auto,
+        };
+        let rate = c
+            .dns_refresh_rate
+            .as_ref()
+            .map(duration)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_REFRESH);
+        let failure_rate = c
+            .dns_failure_refresh_rate
+            .as_ref()
+            .and_then(|f| f.base_interval.as_ref())
+            .map(duration)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(rate);
+        DnsSettings {
+            resolver,
+            family,
+            refresh: crate::dns::Refresh {
+                rate,
+                failure_rate,
+                respect_ttl: c.respect_dns_ttl,
+            },
+        }
+    }
+}
+
 fn endpoints(
     a: &ClusterLoadAssignment,
-    resolve_dns: bool,
+    dns: Option<&DnsSettings<'_>>,
     prev: Option<&Cluster>,
     pools: &PoolSettings,
 ) -> Result<Vec<Endpoint>, (String, String)> {
@@ -482,13 +611,8 @@ fn endpoints(
                     format!("port {port} out of range"),
                 )
             })?;
-            let addr = match resolve(&sa.address, port, resolve_dns) {
+            let addrs = match resolve(&sa.address, port, dns) {
                 Ok(a) => a,
-                // A name that does not resolve yet leaves the endpoint out (Envoy's STRICT_DNS).
-                Err(why) if resolve_dns => {
-                    tracing::warn!(endpoint = %sa.address, "{why}; endpoint skipped");
-                    continue;
-                }
                 Err(why) => {
                     let f = format!("{field}.endpoint.address.socket_address.address");
                     return Err((f, why));
@@ -498,43 +622,55 @@ fn endpoints(
                 .load_balancing_weight
                 .as_ref()
                 .map_or(1, |w| w.value.max(1));
-            let authority = Authority::try_from(addr.to_string().as_str())
-                .map_err(|e| (field.clone(), format!("address {addr}: {e}")))?;
-            let before = prev.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
-            let state = before.map(|e| Arc::clone(&e.state)).unwrap_or_default();
-            let health: Arc<EndpointHealth> =
-                before.map(|e| Arc::clone(&e.health)).unwrap_or_default();
-            health.added.get_or_init(std::time::Instant::now);
-            out.push(Endpoint {
-                addr,
-                authority,
-                weight,
-                health,
-                priority: loc.priority,
-                locality_weight,
-                locality: locality.clone(),
-                workload: WorkloadLabels::from_metadata(lb.metadata.as_ref()),
-                state,
-                pool: pools.pool(addr, lb.metadata.as_ref(), before),
-            });
+            // A name stands for every address it resolves to (Envoy's STRICT_DNS); one not
+            // resolved yet, none.
+            for addr in addrs {
+                let authority = Authority::try_from(addr.to_string().as_str())
+                    .map_err(|e| (field.clone(), format!("address {addr}: {e}")))?;
+                let before = prev.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
+                let state = before.map(|e| Arc::clone(&e.state)).unwrap_or_default();
+                let health: Arc<EndpointHealth> =
+                    before.map(|e| Arc::clone(&e.health)).unwrap_or_default();
+                health.added.get_or_init(std::time::Instant::now);
+                out.push(Endpoint {
+                    addr,
+                    authority,
+                    weight,
+                    health,
+                    priority: loc.priority,
+                    locality_weight,
+                    locality: locality.clone(),
+                    workload: WorkloadLabels::from_metadata(lb.metadata.as_ref()),
+                    state,
+                    pool: pools.pool(addr, lb.metadata.as_ref(), before),
+                });
+            }
         }
     }
     Ok(out)
 }
 
-fn resolve(host: &str, port: u16, dns: bool) -> Result<SocketAddr, String> {
+/// An endpoint's addresses: its IP, or for STRICT_DNS the cached answer for its name (empty
+/// until the resolver has one; `dns.rs` re-resolves and the runtime recompiles on a change).
+fn resolve(
+    host: &str,
+    port: u16,
+    dns: Option<&DnsSettings<'_>>,
+) -> Result<Vec<SocketAddr>, String> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    if !dns {
+    let Some(dns) = dns else {
         return Err(format!(
             "{host:?} is not an IP address (use a STRICT_DNS cluster for names)"
         ));
-    }
-    // Resolved once at config time; periodic re-resolution is a later issue.
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {host:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {host:?}: no addresses"))
+    };
+    let ips = dns
+        .resolver
+        .cached(host, dns.family, dns.refresh)
+        .unwrap_or_default();
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }

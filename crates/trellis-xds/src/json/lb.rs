@@ -119,7 +119,13 @@ pub fn lb_config(c: &LbConfig) -> Option<(&'static str, Value)> {
                 .opt("slowStartConfig", slow(&r.slow_start_config))
                 .done(),
         ),
-        LbConfig::OriginalDstLbConfig(_) => return None,
+        LbConfig::OriginalDstLbConfig(o) => (
+            "originalDstLbConfig",
+            Obj::default()
+                .opt("useHttpHeader", o.use_http_header.then_some(json!(true)))
+                .str("httpHeaderName", &o.http_header_name)
+                .done(),
+        ),
     })
 }
 
