@@ -466,7 +466,7 @@ fn endpoint_metadata(e: &Endpoint, namespace: &str) -> Metadata {
 pub const WORKLOAD_NAME_LABEL: &str = "service.istio.io/workload-name";
 
 /// `{"services": [{"host", "name", "namespace"}], "subset"}`.
-fn cluster_metadata(host: &str, namespace: Option<&str>, subset: &str) -> Metadata {
+pub(crate) fn cluster_metadata(host: &str, namespace: Option<&str>, subset: &str) -> Metadata {
     let short = host
         .strip_suffix(KUBE_DOMAIN)
         .and_then(|h| h.split('.').next())

@@ -48,6 +48,12 @@ pub fn sidecar_clusters() -> Vec<Cluster> {
             use_http_header: true,
             ..Default::default()
         })),
+        // Telemetry names the destination service `PassthroughCluster`, as Istio's does.
+        metadata: Some(crate::cluster::cluster_metadata(
+            PASSTHROUGH_CLUSTER,
+            None,
+            "",
+        )),
         ..Default::default()
     };
     let blackhole = Cluster {

@@ -444,6 +444,16 @@ fn allow_any_passes_through_and_destination_rules_originate_tls() {
     let line = log_line(&sc.process, &[("authority", by_ip.as_str())]);
     assert_eq!(line["upstream_cluster"], "PassthroughCluster", "{line}");
     assert_eq!(line["route_name"], "allow_any", "{line}");
+    let (_, _, metrics) =
+        trellis_testkit::http_get(&format!("http://127.0.0.1:{}/stats/prometheus", sc.admin));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("destination_service_name=\"PassthroughCluster\"")
+                && l.contains("response_code=\"200\"")),
+        "{metrics}"
+    );
     let by_name = format!("unlisted.example.test:{port}");
     let r = via(&sc, bind, &by_name, &[]);
     assert_eq!(

@@ -196,8 +196,15 @@ impl Cluster {
         };
         let policy = match XLb::try_from(c.lb_policy) {
             Ok(XLb::RoundRobin) => LbPolicy::RoundRobin,
-            // ORIGINAL_DST: one endpoint per destination (`OriginalDst`).
-            Ok(XLb::ClusterProvided) => LbPolicy::LeastRequest,
+            // ORIGINAL_DST (only): one endpoint per destination (`OriginalDst`).
+            Ok(XLb::ClusterProvided)
+                if c.cluster_discovery_type
+                    == Some(ClusterDiscoveryType::Type(
+                        DiscoveryType::OriginalDst as i32,
+                    )) =>
+            {
+                LbPolicy::LeastRequest
+            }
             Ok(XLb::LeastRequest) => LbPolicy::LeastRequest,
             // Hash policies pick at random when a request has no hash (as Envoy).
             Ok(XLb::Random | XLb::RingHash | XLb::Maglev) => LbPolicy::Random,
