@@ -158,7 +158,7 @@ async fn routed(
         Ok(picked) => picked,
         // ORIGINAL_DST (`PassthroughCluster`): the SNI names the destination.
         Err((_, Some(c), Some(chain))) if c.original_dst.is_some() => {
-            match original_destination(&proxy, c, outcome.server_name, conn.local).await {
+            match original_destination(proxy, c, outcome.server_name, conn.local).await {
                 Some(p) => {
                     passthrough = p;
                     match passthrough.endpoints.first() {
