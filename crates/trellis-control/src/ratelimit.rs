@@ -169,7 +169,11 @@ impl RateLimiter {
                 Some(n) => n.max(0) as u64,
                 None => {
                     self.metrics.redis_error("reply");
-                    let e = format!("redis {}: INCRBY answered {:?}", self.redis.name(), replies.first());
+                    let e = format!(
+                        "redis {}: INCRBY answered {:?}",
+                        self.redis.name(),
+                        replies.first()
+                    );
                     tracing::warn!(error = %e, "rate limit check failed: redis");
                     return Err(Status::unavailable(e));
                 }

@@ -122,7 +122,9 @@ impl Metrics {
             self.within_limit.get_or_create(labels).inc_by(within);
             let threshold = (o.limit as f64 * NEAR_LIMIT_RATIO).floor() as u64;
             let last_within = o.after.min(o.limit);
-            let near = last_within.saturating_sub(threshold.max(before)).min(within);
+            let near = last_within
+                .saturating_sub(threshold.max(before))
+                .min(within);
             if near > 0 {
                 self.near_limit.get_or_create(labels).inc_by(near);
             }
@@ -170,15 +172,38 @@ mod tests {
         };
         // Limit 10: hits 1..=12 one by one: 8 within (not near), 2 near (9, 10), 2 over.
         for after in 1..=12 {
-            m.record(&labels, &Outcome { hits: 1, after, limit: 10, shadow: true });
+            m.record(
+                &labels,
+                &Outcome {
+                    hits: 1,
+                    after,
+                    limit: 10,
+                    shadow: true,
+                },
+            );
         }
         let mut text = String::new();
         m.encode(&mut text);
-        assert_eq!(value(&text, "ratelimit_service_rate_limit_total_hits_total{"), 12);
-        assert_eq!(value(&text, "ratelimit_service_rate_limit_within_limit_total{"), 10);
-        assert_eq!(value(&text, "ratelimit_service_rate_limit_near_limit_total{"), 2);
-        assert_eq!(value(&text, "ratelimit_service_rate_limit_over_limit_total{"), 2);
-        assert_eq!(value(&text, "ratelimit_service_rate_limit_shadow_mode_total{"), 2);
+        assert_eq!(
+            value(&text, "ratelimit_service_rate_limit_total_hits_total{"),
+            12
+        );
+        assert_eq!(
+            value(&text, "ratelimit_service_rate_limit_within_limit_total{"),
+            10
+        );
+        assert_eq!(
+            value(&text, "ratelimit_service_rate_limit_near_limit_total{"),
+            2
+        );
+        assert_eq!(
+            value(&text, "ratelimit_service_rate_limit_over_limit_total{"),
+            2
+        );
+        assert_eq!(
+            value(&text, "ratelimit_service_rate_limit_shadow_mode_total{"),
+            2
+        );
         assert!(text.contains(r#"domain="trellis",key="ns/p/l""#), "{text}");
     }
 }

@@ -129,7 +129,12 @@ impl LimitTable {
 /// `<domain>_<k1>_<v1>_<k2>_<v2>…_<window start>`.
 pub fn counter_key(domain: &str, entries: &[Entry], window: Window) -> String {
     let mut key = String::with_capacity(
-        domain.len() + 12 + entries.iter().map(|e| e.key.len() + e.value.len() + 2).sum::<usize>(),
+        domain.len()
+            + 12
+            + entries
+                .iter()
+                .map(|e| e.key.len() + e.value.len() + 2)
+                .sum::<usize>(),
     );
     key.push_str(domain);
     key.push('_');
@@ -214,15 +219,34 @@ spec:
         assert_eq!(rule.requests, 1);
         assert_eq!(rule.window, WindowKind::Fixed(RateUnit::Minute));
         assert!(rule.shadow);
-        assert!(table.rule(&[entry("limit", "istio-system/ratelimit/local-only")]).is_none());
-        assert!(table.rule(&[entry("path", "istio-system/ratelimit/productpage")]).is_none());
+        assert!(
+            table
+                .rule(&[entry("limit", "istio-system/ratelimit/local-only")])
+                .is_none()
+        );
+        assert!(
+            table
+                .rule(&[entry("path", "istio-system/ratelimit/productpage")])
+                .is_none()
+        );
         assert!(table.rule(&[]).is_none());
         let quotas = table.quotas("default", "api-plan").expect("api-plan");
         assert_eq!(
-            quotas.iter().map(|r| (r.name.as_str(), r.requests, r.window)).collect::<Vec<_>>(),
+            quotas
+                .iter()
+                .map(|r| (r.name.as_str(), r.requests, r.window))
+                .collect::<Vec<_>>(),
             vec![
-                ("default/api-plan/hourly", 100, WindowKind::Calendar(QuotaWindow::Hour)),
-                ("default/api-plan/monthly", 1000, WindowKind::Calendar(QuotaWindow::Month)),
+                (
+                    "default/api-plan/hourly",
+                    100,
+                    WindowKind::Calendar(QuotaWindow::Hour)
+                ),
+                (
+                    "default/api-plan/monthly",
+                    1000,
+                    WindowKind::Calendar(QuotaWindow::Month)
+                ),
             ]
         );
         assert!(table.rule(&quota_entries(quotas[1], "alice")).is_some());
@@ -250,7 +274,11 @@ spec:
             shadow: false,
         };
         assert_eq!(
-            counter_key("trellis", &quota_entries(&rule, "alice"), rule.window.at(1_700_000_000)),
+            counter_key(
+                "trellis",
+                &quota_entries(&rule, "alice"),
+                rule.window.at(1_700_000_000)
+            ),
             "trellis_quota_default/api-plan/daily_consumer_alice_1699920000"
         );
     }

@@ -118,11 +118,23 @@ mod tests {
     #[test]
     fn fixed_windows_align_on_the_epoch() {
         let minute = WindowKind::Fixed(RateUnit::Minute);
-        assert_eq!(minute.at(1_700_000_000), Window { start: 1_699_999_980, end: 1_700_000_040 });
+        assert_eq!(
+            minute.at(1_700_000_000),
+            Window {
+                start: 1_699_999_980,
+                end: 1_700_000_040
+            }
+        );
         assert_eq!(minute.at(1_699_999_980).start, 1_699_999_980);
-        assert_eq!(WindowKind::Fixed(RateUnit::Second).at(5), Window { start: 5, end: 6 });
+        assert_eq!(
+            WindowKind::Fixed(RateUnit::Second).at(5),
+            Window { start: 5, end: 6 }
+        );
         let day = WindowKind::Fixed(RateUnit::Day).at(at(2024, 3, 1, 23, 59, 59));
-        assert_eq!((day.start, day.end), (at(2024, 3, 1, 0, 0, 0), at(2024, 3, 2, 0, 0, 0)));
+        assert_eq!(
+            (day.start, day.end),
+            (at(2024, 3, 1, 0, 0, 0), at(2024, 3, 2, 0, 0, 0))
+        );
     }
 
     #[test]
@@ -130,18 +142,27 @@ mod tests {
         let now = at(2024, 2, 29, 13, 5, 7);
         assert_eq!(rfc3339(now), "2024-02-29T13:05:07Z");
         let hour = WindowKind::Calendar(QuotaWindow::Hour).at(now);
-        assert_eq!((rfc3339(hour.start), rfc3339(hour.end)), ("2024-02-29T13:00:00Z".into(), "2024-02-29T14:00:00Z".into()));
+        assert_eq!(
+            (rfc3339(hour.start), rfc3339(hour.end)),
+            ("2024-02-29T13:00:00Z".into(), "2024-02-29T14:00:00Z".into())
+        );
         let day = WindowKind::Calendar(QuotaWindow::Day).at(now);
         assert_eq!(rfc3339(day.start), "2024-02-29T00:00:00Z");
         assert_eq!(day.seconds(), 86_400);
         // Leap February: 29 days; December rolls over into the next year.
         let month = WindowKind::Calendar(QuotaWindow::Month).at(now);
-        assert_eq!((rfc3339(month.start), rfc3339(month.end)), ("2024-02-01T00:00:00Z".into(), "2024-03-01T00:00:00Z".into()));
+        assert_eq!(
+            (rfc3339(month.start), rfc3339(month.end)),
+            ("2024-02-01T00:00:00Z".into(), "2024-03-01T00:00:00Z".into())
+        );
         assert_eq!(month.seconds(), 29 * 86_400);
         let feb = WindowKind::Calendar(QuotaWindow::Month).at(at(2023, 2, 28, 23, 59, 59));
         assert_eq!(feb.seconds(), 28 * 86_400);
         let dec = WindowKind::Calendar(QuotaWindow::Month).at(at(2025, 12, 31, 23, 59, 59));
-        assert_eq!((rfc3339(dec.start), rfc3339(dec.end)), ("2025-12-01T00:00:00Z".into(), "2026-01-01T00:00:00Z".into()));
+        assert_eq!(
+            (rfc3339(dec.start), rfc3339(dec.end)),
+            ("2025-12-01T00:00:00Z".into(), "2026-01-01T00:00:00Z".into())
+        );
         // The first second of a month belongs to it, the last of the previous one does not.
         let first = WindowKind::Calendar(QuotaWindow::Month).at(at(2026, 1, 1, 0, 0, 0));
         assert_eq!(rfc3339(first.start), "2026-01-01T00:00:00Z");

@@ -80,7 +80,11 @@ impl Cluster {
     }
 
     /// Follows the redirects of one group until it is answered by its key's owner.
-    async fn follow(&self, group: &Group, mut replies: Vec<Reply>) -> Result<Vec<Reply>, RedisError> {
+    async fn follow(
+        &self,
+        group: &Group,
+        mut replies: Vec<Reply>,
+    ) -> Result<Vec<Reply>, RedisError> {
         for _ in 0..MAX_REDIRECTS {
             let (node, asking) = match redirect(&replies) {
                 None => return Ok(replies),
@@ -342,8 +346,16 @@ mod tests {
         assert_eq!(map.node(5460), Some("127.0.0.1:7000"));
         assert_eq!(map.node(5461), Some("127.0.0.1:7002"));
         assert_eq!(map.node(5462), Some("127.0.0.1:7001"));
-        assert!(SlotMap::parse(&Reply::Error("ERR This instance has cluster support disabled".into())).is_err());
-        assert_eq!(SlotMap::parse(&Reply::Array(Some(vec![]))).unwrap().node(1), None);
+        assert!(
+            SlotMap::parse(&Reply::Error(
+                "ERR This instance has cluster support disabled".into()
+            ))
+            .is_err()
+        );
+        assert_eq!(
+            SlotMap::parse(&Reply::Array(Some(vec![]))).unwrap().node(1),
+            None
+        );
     }
 
     #[test]
@@ -352,7 +364,9 @@ mod tests {
             Reply::Integer(1),
             Reply::Error("MOVED 3999 127.0.0.1:6381".into()),
         ];
-        assert!(matches!(redirect(&replies), Some(Redirect::Moved(3999, n)) if n == "127.0.0.1:6381"));
+        assert!(
+            matches!(redirect(&replies), Some(Redirect::Moved(3999, n)) if n == "127.0.0.1:6381")
+        );
         let ask = [Reply::Error("ASK 3999 127.0.0.1:6382".into())];
         assert!(matches!(redirect(&ask), Some(Redirect::Ask(n)) if n == "127.0.0.1:6382"));
         assert!(redirect(&[Reply::Error("WRONGTYPE x".into())]).is_none());

@@ -165,7 +165,8 @@ mod tests {
 
     #[test]
     fn replies_parse_whole_or_ask_for_more() {
-        let all = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n:1\r\n*1\r\n$1\r\nx\r\n-MOVED 1 a:1\r\n";
+        let all =
+            b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n:1\r\n*1\r\n$1\r\nx\r\n-MOVED 1 a:1\r\n";
         let mut pos = 0;
         let mut got = Vec::new();
         while pos < all.len() {
