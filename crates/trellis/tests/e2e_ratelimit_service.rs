@@ -121,7 +121,7 @@ fn ratelimit(store: &Path, redis: &str, cluster: bool, port: u16, metrics: u16) 
 }
 
 /// A stock Envoy with one listener per `(port, failure_mode_deny)`, each routing everything
-/// to the app with `actions` as the route's `rate_limits`, checked with the service on `rls`.
+/// to the app (`/api/…` as `/productpage/api/…`, which the sample app answers) with `actions` as the route's `rate_limits`, checked with the service on `rls`.
 struct Envoy {
     process: Process,
     _dir: TempDir,
@@ -131,6 +131,11 @@ impl Envoy {
     fn start(listeners: &[(u16, bool)], app: u16, rls: u16, actions: &str) -> Envoy {
         let dir = TempDir::new().expect("temp dir");
         let admin = free_port();
+        // The constants are written for 8 columns; `rate_limits:` sits at 18.
+        let actions: String = actions
+            .lines()
+            .map(|l| format!("\n            {l}"))
+            .collect();
         let mut yaml = format!(
             "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\nstatic_resources:\n  listeners:\n"
         );
@@ -162,10 +167,16 @@ impl Envoy {
             - name: all
               domains: ["*"]
               routes:
+              - match: {{prefix: /api/}}
+                route:
+                  cluster: app
+                  prefix_rewrite: /productpage/api/
+                  rate_limits:{actions}
               - match: {{prefix: /}}
                 route:
                   cluster: app
-                  rate_limits:{actions}"#
+                  rate_limits:{actions}
+"#
             ));
         }
         yaml.push_str(&format!(
@@ -269,7 +280,10 @@ fn envoy_replays_istios_global_rate_limit_task_and_fails_open_or_closed_without_
     assert_eq!(statuses, [200, 200, 429]);
     // Other paths have no limit; neither does a user before `per-user` exists.
     for _ in 0..3 {
-        assert_eq!(get(open, "/reviews", &["-H", "x-user: early"]).0, 200);
+        assert_eq!(
+            get(open, "/productpage/reviews", &["-H", "x-user: early"]).0,
+            200
+        );
     }
 
     // A new limit takes effect without restart: soon a fresh user gets 200 then 429.
@@ -282,15 +296,18 @@ fn envoy_replays_istios_global_rate_limit_task_and_fails_open_or_closed_without_
     let limited = wait_until(Duration::from_secs(20), || {
         n += 1;
         let user = format!("x-user: user-{n}");
-        get(open, "/reviews", &["-H", &user]).0 == 200
-            && get(open, "/reviews", &["-H", &user]).0 == 429
+        get(open, "/productpage/reviews", &["-H", &user]).0 == 200
+            && get(open, "/productpage/reviews", &["-H", &user]).0 == 429
     });
     assert!(
         limited,
         "the per-user limit never applied: {}",
         service.describe()
     );
-    assert_eq!(get(open, "/reviews", &["-H", "x-user: other"]).0, 200);
+    assert_eq!(
+        get(open, "/productpage/reviews", &["-H", "x-user: other"]).0,
+        200
+    );
 
     // Metrics by domain and limit key, promtool-clean.
     let url = format!("http://127.0.0.1:{metrics_port}/metrics");

@@ -145,7 +145,7 @@ impl Metrics {
 
     /// Appends the metrics in Prometheus text format.
     pub fn encode(&self, out: &mut String) {
-        if let Err(e) = prometheus_client::encoding::text::encode_registry(out, &self.registry) {
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(out, &self.registry) {
             tracing::error!(error = %e, "encoding rate limit metrics");
         }
     }

@@ -156,11 +156,11 @@ impl Pool {
     /// One pipeline on an idle connection (or a new one). A reused connection that fails
     /// (the server restarted since) is replaced by a fresh one, once.
     pub(crate) async fn run(&self, commands: &[&Command]) -> Result<Vec<Reply>, RedisError> {
-        if let Some(mut conn) = self.take() {
-            if let Ok(replies) = conn.pipeline(commands).await {
-                self.put(conn);
-                return Ok(replies);
-            }
+        if let Some(mut conn) = self.take()
+            && let Ok(replies) = conn.pipeline(commands).await
+        {
+            self.put(conn);
+            return Ok(replies);
         }
         let mut conn = Connection::connect(&self.addr).await?;
         let replies = conn.pipeline(commands).await?;
