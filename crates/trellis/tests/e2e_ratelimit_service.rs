@@ -638,3 +638,75 @@ fn quota_usage_is_read_through_the_api_and_cli_and_survives_a_restart() {
     assert_eq!(usage("bob").1["quotas"][0]["used"], 1);
     assert!(control_plane.is_running(), "{}", control_plane.describe());
 }
+
+/// ShouldRateLimit latency through Redis at 1,000 requests/s (an open loop: one request
+/// started every millisecond, whatever the earlier ones do), over one HTTP/2 connection, on
+/// loopback. Prints p50/p90/p99/max and asserts nothing. `BENCH_SECONDS` (default 10).
+#[test]
+#[ignore = "a latency measurement; bench/README.md says how to run it"]
+fn bench_should_rate_limit_latency_at_1000_rps() {
+    let redis = Redis::start();
+    let store = TempDir::new().expect("temp dir");
+    let policy = "apiVersion: trellis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: api, namespace: default}\nspec:\n  limits:\n  - name: per-user\n    descriptors: [{header: {name: x-user}}]\n    global: {requestsPerUnit: 1000000000, unit: DAY}\n";
+    write_atomic(store.path(), "policy.yaml", policy);
+    let (rls, metrics) = (free_port(), free_port());
+    let _service = ratelimit(store.path(), &redis.address, false, rls, metrics);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut latencies = rt.block_on(async {
+        let client = RateLimitServiceClient::connect(format!("http://127.0.0.1:{rls}"))
+            .await
+            .expect("connect");
+        let request = |i: u64| RateLimitRequest {
+            domain: "trellis".into(),
+            descriptors: vec![descriptor(&[
+                ("limit", "default/api/per-user"),
+                ("header.x-user", &format!("user-{}", i % 100)),
+            ])],
+            hits_addend: 0,
+        };
+        for i in 0..500 {
+            client
+                .clone()
+                .should_rate_limit(request(i))
+                .await
+                .expect("warm-up");
+        }
+        let mut ticks = tokio::time::interval(Duration::from_millis(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..seconds * 1000 {
+            ticks.tick().await;
+            let mut client = client.clone();
+            let request = request(i);
+            set.spawn(async move {
+                let start = std::time::Instant::now();
+                let response = client.should_rate_limit(request).await.expect("check");
+                assert_eq!(response.into_inner().overall_code, Code::Ok as i32);
+                start.elapsed()
+            });
+        }
+        let mut latencies = Vec::new();
+        while let Some(latency) = set.join_next().await {
+            latencies.push(latency.expect("task"));
+        }
+        latencies
+    });
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "ShouldRateLimit via redis, {} requests at 1000/s: p50 {:?} p90 {:?} p99 {:?} max {:?}",
+        latencies.len(),
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+}
