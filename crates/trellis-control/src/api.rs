@@ -10,6 +10,7 @@
 
 mod ca;
 mod openapi;
+mod quota;
 mod token;
 
 use std::convert::Infallible;
@@ -34,6 +35,7 @@ pub use token::Token;
 
 use crate::ControlStatus;
 use crate::ca::CertificateAuthority;
+use crate::ratelimit::RateLimiter;
 use crate::store::{
     Applied, Change, LabelSelector, ListFilter, ObjectKey, Store, StoreError, kind_info,
     object::kind_names, yaml,
@@ -56,6 +58,7 @@ struct Api {
     status: Arc<dyn ControlStatus>,
     token: Arc<Token>,
     ca: Option<Arc<CertificateAuthority>>,
+    ratelimit: Option<Arc<RateLimiter>>,
 }
 
 /// An answer: status and a JSON value, rendered as JSON or YAML by [`render`].
@@ -83,11 +86,25 @@ pub async fn serve_with_ca(
     token: Arc<Token>,
     ca: Option<Arc<CertificateAuthority>>,
 ) -> anyhow::Result<()> {
+    serve_with(listener, store, status, token, ca, None).await
+}
+
+/// [`serve_with_ca`], plus quota usage (`/api/v1/quotas/...`) and the rate limit service's
+/// metrics when the control plane runs one (`--ratelimit-port`, `--redis`).
+pub async fn serve_with(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    status: Arc<dyn ControlStatus>,
+    token: Arc<Token>,
+    ca: Option<Arc<CertificateAuthority>>,
+    ratelimit: Option<Arc<RateLimiter>>,
+) -> anyhow::Result<()> {
     let api = Arc::new(Api {
         store,
         status,
         token,
         ca,
+        ratelimit,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -189,6 +206,9 @@ impl Api {
             (_, ["api", "v1", "ca", rest @ ..]) => {
                 ca::route(self.ca.as_deref(), &method, rest, req).await
             }
+            (_, ["api", "v1", "quotas", rest @ ..]) => {
+                quota::route(self.ratelimit.as_deref(), &method, rest, &query).await
+            }
             (_, ["metrics" | "openapi.json"])
             | (_, ["api", "v1", "proxy-status" | "status" | "resources", ..])
             | (_, ["api", "v1", "apply" | "validate"])
@@ -219,6 +239,9 @@ impl Api {
         self.status.encode_metrics(&mut out);
         if let Some(ca) = &self.ca {
             ca.encode_metrics(&mut out);
+        }
+        if let Some(ratelimit) = &self.ratelimit {
+            ratelimit.encode_metrics(&mut out);
         }
         let mut response = Response::new(Full::new(Bytes::from(out)));
         response.headers_mut().insert(

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod ratelimit;
 pub mod store;
 pub mod xds;
 

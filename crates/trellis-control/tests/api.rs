@@ -410,6 +410,7 @@ fn openapi_metrics_and_proxy_status() {
         ("/api/v1/status", "get"),
         ("/api/v1/proxy-status", "get"),
         ("/api/v1/token/rotate", "post"),
+        ("/api/v1/quotas/{namespace}/{policy}", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
     ] {

@@ -2,7 +2,8 @@
 //! spawn them as [`Process`]es that are killed (with their whole process
 //! group) on drop, pick free loopback ports, poll with deadlines instead of
 //! sleeping, and make HTTP requests through `curl`. Also the external tools
-//! several crates' tests share: a real [`etcd::Etcd`] and `promtool check metrics`.
+//! several crates' tests share: a real [`etcd::Etcd`], a real [`redis::Redis`] (or a
+//! [`redis::RedisCluster`]) and `promtool check metrics`.
 //!
 //! It must stay small, std-only (plus `tempfile`, and `rcgen` for [`certs`]' throwaway mesh
 //! certificates), and never be used by
@@ -24,6 +25,7 @@ mod mesh;
 mod net;
 mod process;
 mod promtool;
+pub mod redis;
 
 pub use http::{Headers, http_get, http_request};
 pub use mesh::{Sidecar, proxy, sample_app, sample_app_on, sidecar};

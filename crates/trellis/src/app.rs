@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::{Cli, Command, control, remote, sample_app, up, validate};
+use crate::{Cli, Command, control, ratelimit, remote, sample_app, up, validate};
 
 /// Runs the chosen sub-command and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
@@ -34,6 +34,14 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Token(args) => runtime().and_then(|rt| rt.block_on(remote::token_create(&args))),
         Command::Ca(args) => runtime().and_then(|rt| rt.block_on(remote::ca(&args))),
+        Command::Ratelimit(args) => {
+            init_logging();
+            runtime().and_then(|rt| {
+                rt.block_on(ratelimit::run(args))
+                    .map(|()| ExitCode::SUCCESS)
+            })
+        }
+        Command::Quota(args) => runtime().and_then(|rt| rt.block_on(remote::quota(&args))),
         Command::ProxyConfig(args) => {
             runtime().and_then(|rt| rt.block_on(remote::proxy_config(&args)))
         }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use trellis_control::api::{self, Token};
 use trellis_control::ca::CaConfig;
 use trellis_control::ca::{CertificateAuthority, service::CertificateService};
+use trellis_control::ratelimit::RateLimiter;
+use trellis_control::ratelimit::redis::RedisConfig;
 use trellis_control::xds::XdsServer;
 use trellis_control::{ControlStatus, store};
 
@@ -28,6 +30,9 @@ pub struct ControlConfig {
     pub ca: CaConfig,
     /// ADS and the CA over TLS (Istio's 15012), when set.
     pub secure_xds_port: Option<u16>,
+    /// The global rate limit service's port and Redis, when set.
+    pub ratelimit_port: Option<u16>,
+    pub redis: Option<RedisConfig>,
 }
 
 impl TryFrom<crate::ControlArgs> for ControlConfig {
@@ -47,8 +52,15 @@ impl TryFrom<crate::ControlArgs> for ControlConfig {
             workload_ttl: ttl("workload-cert-ttl", &args.workload_cert_ttl)?,
             max_workload_ttl: ttl("max-workload-cert-ttl", &args.max_workload_cert_ttl)?,
         };
+        let redis = if args.redis.redis.is_empty() {
+            None
+        } else {
+            Some(RedisConfig::try_from(&args.redis)?)
+        };
         Ok(ControlConfig {
             ca,
+            ratelimit_port: args.ratelimit_port,
+            redis,
             secure_xds_port: args.secure_xds_port,
             store: args.store,
             address: args.address,
@@ -102,6 +114,15 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let ratelimit_listener = match config.ratelimit_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.address, port);
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("bind rate limit service {addr}; is another one running?")
+            })?)
+        }
+        None => None,
+    };
     let store = store::open(&config.store)
         .await
         .with_context(|| format!("open store {}", config.store))?;
@@ -119,6 +140,23 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
     let ca = CertificateAuthority::open(config.ca.clone())
         .with_context(|| format!("certificate authority in {}", config.ca.dir.display()))?;
     let server = XdsServer::new(store.watch());
+    // With --redis the control plane keeps a rate limit service: it answers quota usage on
+    // the API, and ShouldRateLimit too when --ratelimit-port is given.
+    let limiter = config.redis.as_ref().map(|redis| {
+        let watch = store.watch();
+        let limiter = RateLimiter::new(redis, &watch);
+        tokio::spawn(Arc::clone(&limiter).follow(watch));
+        limiter
+    });
+    let ratelimit = {
+        let limiter = limiter.clone();
+        async move {
+            match (ratelimit_listener, limiter) {
+                (Some(listener), Some(limiter)) => limiter.serve(listener).await,
+                _ => std::future::pending().await,
+            }
+        }
+    };
     eprintln!(
         "trellis control: store {}, xds on {}, api on {}",
         config.store,
@@ -138,7 +176,8 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
     tokio::select! {
         r = secure => r,
         r = server.serve_with_ca(xds_listener, Some(CertificateService(Arc::clone(&ca)))) => r,
-        r = api::serve_with_ca(api_listener, store, status, token, Some(ca)) => r,
+        r = ratelimit => r,
+        r = api::serve_with(api_listener, store, status, token, Some(ca), limiter) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

@@ -5,6 +5,7 @@
 
 mod app;
 mod control;
+mod ratelimit;
 mod remote;
 mod sample_app;
 mod up;
@@ -47,6 +48,72 @@ pub enum Command {
     Token(TokenArgs),
     /// The control plane's certificate authority: show it, rotate its root.
     Ca(CaArgs),
+    /// Run the global rate limit service (Envoy's `envoy.service.ratelimit.v3`, counters in
+    /// Redis) for the RateLimitPolicy and QuotaPolicy objects of a config store.
+    Ratelimit(RateLimitArgs),
+    /// Quota usage, read from `trellis control` (which must run with `--redis`).
+    Quota(QuotaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuotaArgs {
+    #[command(subcommand)]
+    pub command: QuotaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Each quota of a QuotaPolicy: limit, current window, used and remaining, for one consumer.
+    Get(QuotaGetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuotaGetArgs {
+    /// The QuotaPolicy's name.
+    pub policy: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The consumer's value (JWT claim, API key, or source principal).
+    #[arg(long)]
+    pub consumer: String,
+    /// Print the server's answer as JSON or YAML instead of a table.
+    #[arg(short = 'o', long)]
+    pub output: Option<OutputFormat>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Where the rate limit service keeps its counters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis `HOST:PORT`; with `--redis-cluster`, seed nodes of a cluster, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub redis: Vec<String>,
+    /// The Redis nodes form a Redis Cluster (slots from `CLUSTER SLOTS`, redirects followed).
+    #[arg(long)]
+    pub redis_cluster: bool,
+    /// Bound of one Redis call: `100ms`, `1s`. Past it the check answers UNAVAILABLE and the
+    /// proxy applies the policy's failure mode.
+    #[arg(long, default_value = "100ms")]
+    pub redis_timeout: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RateLimitArgs {
+    /// Config store to read the policies from: a directory of YAML or `etcd://HOST:PORT`.
+    #[arg(long, default_value = "./trellis-data")]
+    pub store: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Address the listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: IpAddr,
+    /// gRPC port of `ShouldRateLimit` (envoyproxy/ratelimit uses 8081).
+    #[arg(long, default_value_t = 8081)]
+    pub port: u16,
+    /// Prometheus `/metrics` port (default: none).
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -246,6 +313,12 @@ pub struct ControlArgs {
     /// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) instead of a self-signed root.
     #[arg(long)]
     pub cacerts: Option<PathBuf>,
+    /// Also serve the global rate limit service (`ShouldRateLimit`, gRPC) on this port; needs
+    /// `--redis`. Its metrics join `/metrics`, quota usage is at `/api/v1/quotas/...`.
+    #[arg(long, requires = "redis")]
+    pub ratelimit_port: Option<u16>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,7 +16,7 @@ use trellis_control::store::{ObjectKey, kind_info, object::kind_names, yaml};
 
 use crate::{
     ApplyArgs, CaArgs, CaCommand, DeleteArgs, GetArgs, OutputFormat, ProxyConfigArgs,
-    ProxyStatusArgs, ServerArgs, TokenArgs, TokenCommand,
+    ProxyStatusArgs, QuotaArgs, QuotaCommand, ServerArgs, TokenArgs, TokenCommand,
 };
 
 /// How long one request may take.
@@ -511,6 +511,64 @@ pub async fn ca(args: &CaArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{}{signing}", s(root).trim_end());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `trellis quota get -n NS POLICY --consumer X [-o json|yaml]`: each quota's usage.
+pub async fn quota(args: &QuotaArgs) -> anyhow::Result<ExitCode> {
+    let QuotaCommand::Get(a) = &args.command;
+    let url = format!(
+        "{}/api/v1/quotas/{}/{}?consumer={}",
+        base(&a.server),
+        encode(&a.namespace),
+        encode(&a.policy),
+        encode(&a.consumer)
+    );
+    let accept = match a.output {
+        Some(OutputFormat::Yaml) => "application/yaml",
+        _ => "application/json",
+    };
+    let answer = request("GET", &url, token(&a.server).as_deref(), None, accept).await?;
+    if answer.status == 200 && a.output.is_some() {
+        print!("{}", answer.body);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let body = json(&answer)?;
+    if answer.status != 200 {
+        anyhow::bail!("{} ({})", s(&body["message"]), answer.status);
+    }
+    println!(
+        "QuotaPolicy {}/{}, consumer {}",
+        s(&body["namespace"]),
+        s(&body["policy"]),
+        s(&body["consumer"])
+    );
+    let rows: Vec<[String; 6]> = body["quotas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| {
+            [
+                s(&q["name"]),
+                s(&q["window"]),
+                format!("{} .. {}", s(&q["windowStart"]), s(&q["windowEnd"])),
+                s(&q["limit"]),
+                s(&q["used"]),
+                s(&q["remaining"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "QUOTA",
+            "WINDOW",
+            "PERIOD (UTC)",
+            "LIMIT",
+            "USED",
+            "REMAINING",
+        ],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

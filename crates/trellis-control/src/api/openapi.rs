@@ -121,6 +121,23 @@ pub fn document() -> Value {
                         "warnings": { "type": "array", "items": { "$ref": "#/components/schemas/Diagnostic" } },
                     },
                 },
+                "QuotaUsage": {
+                    "type": "object",
+                    "properties": {
+                        "namespace": { "type": "string" }, "policy": { "type": "string" },
+                        "consumer": { "type": "string" }, "domain": { "type": "string" },
+                        "quotas": { "type": "array", "items": { "type": "object", "properties": {
+                            "name": { "type": "string" },
+                            "limit": { "type": "integer" },
+                            "window": { "type": "string", "enum": ["HOUR", "DAY", "MONTH"] },
+                            "windowStart": { "type": "string", "format": "date-time" },
+                            "windowEnd": { "type": "string", "format": "date-time" },
+                            "used": { "type": "integer", "description": "Requests counted in this window, those over the limit included." },
+                            "remaining": { "type": "integer" },
+                            "shadow": { "type": "boolean" },
+                        }}},
+                    },
+                },
                 "Status": {
                     "type": "object",
                     "description": "An error: code, reason, message, and for invalid configuration every error with its location.",
@@ -213,6 +230,18 @@ pub fn document() -> Value {
                 "summary": "One step of a root rotation: ?phase=add (new root trusted, not signing), activate (new root signs), retire (only the signing root trusted)",
                 "security": [{ "bearer": [] }],
                 "responses": with(ok_json("CA state after the step.", json!({ "type": "object" })), &[]),
+            }},
+            "/api/v1/quotas/{namespace}/{policy}": { "get": {
+                "summary": "Usage of each quota of a QuotaPolicy by one consumer in the current window (needs `trellis control --redis`)",
+                "parameters": [namespace, { "name": "policy", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "consumer", "in": "query", "required": true,
+                      "description": "The consumer's value: JWT claim, API-key header or source principal.",
+                      "schema": { "type": "string" } }],
+                "responses": with(ok_json("Per quota: limit, window (HOUR, DAY, MONTH; UTC start and end), used, remaining.", json!({ "$ref": "#/components/schemas/QuotaUsage" })), &[
+                    ("400", "No consumer given."),
+                    ("404", "No such QuotaPolicy, or no rate limit service in this control plane."),
+                    ("503", "Redis cannot be read."),
+                ]),
             }},
             "/metrics": { "get": {
                 "summary": "Control-plane metrics, Prometheus text format",
