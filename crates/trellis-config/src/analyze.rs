@@ -57,7 +57,7 @@ fn unknown_policy_routes(snapshot: &Snapshot, spans: &SpanIndex, out: &mut Vec<D
         })
         .filter(|n| !n.is_empty())
         .collect();
-    let mut check = |rep: &mut Reporter<'_>, routes: &[String]| {
+    let check = |rep: &mut Reporter<'_>, routes: &[String]| {
         for (i, r) in routes.iter().enumerate() {
             if !r.is_empty() && !known.contains(r.as_str()) {
                 rep.warning(
