@@ -24,6 +24,7 @@ pub mod mtls;
 mod node;
 mod peer_authentication;
 mod proxyless;
+pub mod ratelimit;
 pub mod resilience;
 mod route;
 mod sidecar;
@@ -184,6 +185,12 @@ impl Front {
             front.inbound.extend(jwt.clusters);
             front.refs.extend(jwt.refs);
         }
+        ratelimit::apply(
+            ctx,
+            &mut front.listeners,
+            &mut front.routes,
+            &mut front.refs,
+        );
         front
     }
 
