@@ -13,6 +13,7 @@ pub mod fault;
 pub mod headers;
 pub mod jwt;
 pub mod mirror;
+pub mod ratelimit;
 pub mod retry;
 pub mod upgrade;
 
@@ -328,6 +329,17 @@ async fn forward(
     log.route_name = Some(Arc::clone(&route.istio_name));
     // Decided on the request as received, before headers are rewritten.
     let repeatable = route.retry.as_ref().is_none_or(|p| p.may_repeat(&view));
+    if route.rate_limits.is_some() {
+        let req = ratelimit::Request {
+            view: &view,
+            parts: &parts,
+            conn,
+            settings,
+            grpc: log.grpc,
+        };
+        let limits = route.rate_limits.as_deref();
+        ratelimit::check(rt, listener.ratelimit.as_deref(), limits, &req).await?;
+    }
     if let Some(h) = authorized {
         authz::add_headers(&mut parts.headers, h);
     }

@@ -1,0 +1,328 @@
+//! Rate limiting on the request path, after routing and before the route's actions: each of the
+//! route's `rate_limits` builds its descriptor from the request (path, method, authority,
+//! headers, the client address after `xff_num_trusted_hops`, the mTLS peer's principal, the
+//! verified JWT's claims), and the listener's filter of that stage decides: a local token bucket
+//! (per descriptor, or per distinct value), or the global service (`ratelimit/global.rs`).
+//!
+//! An over-limit request gets 429 (gRPC: 200 with `grpc-status: 8`), flag `RL`,
+//! `x-envoy-ratelimited: true`, `x-ratelimit-limit`/`-remaining`/`-reset` from the tightest
+//! limit and `Retry-After`; local limits answer `local_rate_limited` as Envoy does. Shadow limits
+//! only count. When the service cannot answer, a fail-closed filter answers 500 with flag `RLSE`.
+//! Counts every decision in `trellis_ratelimit_requests_total` (`ratelimit/metrics.rs`).
+
+pub mod global;
+pub mod metrics;
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus,
+};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::{ConnInfo, Local};
+use crate::runtime::ratelimit::{
+    Action, AuthnSource, GlobalFilter, HeaderSource, HttpRateLimits, LocalFilter, RouteLimit,
+    RouteLimits, Stage, Taken,
+};
+use crate::runtime::route::RequestView;
+use crate::runtime::{HttpSettings, Runtime};
+use crate::security::RequestAuth;
+
+pub const LOCAL_BODY: &str = "local_rate_limited";
+
+/// What the request looks like to the descriptor actions.
+pub struct Request<'a> {
+    pub view: &'a RequestView<'a>,
+    pub parts: &'a Parts,
+    pub conn: &'a ConnInfo,
+    pub settings: &'a HttpSettings,
+    pub grpc: bool,
+}
+
+/// The tightest limit seen, for the response headers.
+#[derive(Debug, Clone, Copy)]
+struct Tightest {
+    limit: u64,
+    remaining: u64,
+    reset: Duration,
+}
+
+impl Tightest {
+    fn keep(slot: &mut Option<Tightest>, t: Tightest) {
+        if slot.is_none_or(|s| t.remaining < s.remaining) {
+            *slot = Some(t);
+        }
+    }
+}
+
+/// Checks the route's limits; `Err` is the answer for a rejected request.
+pub async fn check(
+    rt: &Runtime,
+    filters: Option<&HttpRateLimits>,
+    limits: Option<&RouteLimits>,
+    req: &Request<'_>,
+) -> Result<(), Local> {
+    let (Some(filters), Some(limits)) = (filters, limits) else {
+        return Ok(());
+    };
+    let mut rejected: Option<(Tightest, bool)> = None;
+    let mut globals: Vec<(&GlobalFilter, Vec<&RouteLimit>, Vec<RateLimitDescriptor>)> = Vec::new();
+    for limit in &limits.limits {
+        match filters.stage(limit.stage) {
+            None => {}
+            Some(Stage::Local(f)) => {
+                if let Some(over) = local(f, limit, req)
+                    && rejected.is_none()
+                {
+                    rejected = Some((over, f.x_ratelimit_headers));
+                }
+            }
+            Some(Stage::Global(f)) => {
+                let Some(d) = descriptor(limit, req) else {
+                    continue;
+                };
+                let d = RateLimitDescriptor {
+                    entries: d
+                        .into_iter()
+                        .map(|(k, v)| rate_limit_descriptor::Entry {
+                            key: k.into(),
+                            value: v.into_owned(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                match globals.iter_mut().find(|(g, _, _)| std::ptr::eq(*g, &**f)) {
+                    Some((_, ls, ds)) => {
+                        ls.push(limit);
+                        ds.push(d);
+                    }
+                    None => globals.push((f, vec![limit], vec![d])),
+                }
+            }
+        }
+    }
+    if let Some((t, headers)) = rejected {
+        return Err(over_limit(t, headers, req.grpc, true));
+    }
+    for (f, ls, ds) in globals {
+        let cluster = rt.clusters.get(&f.cluster);
+        let answer = global::should_rate_limit(
+            cluster.map(|c| &**c),
+            &f.cluster,
+            &f.domain,
+            ds,
+            f.timeout,
+        )
+        .await;
+        match answer {
+            Err(e) => {
+                tracing::debug!(error = %e, cluster = %f.cluster, "rate limit service failed");
+                for l in &ls {
+                    l.counters(true).error.inc();
+                }
+                if f.failure_mode_deny {
+                    let msg = format!("rate limit service unavailable: {e}\n");
+                    return Err(Local::new(StatusCode::INTERNAL_SERVER_ERROR, "RLSE", msg));
+                }
+            }
+            Ok(resp) => {
+                let over = resp.overall_code == Code::OverLimit as i32;
+                let mut tightest = None;
+                for (i, l) in ls.iter().enumerate() {
+                    let status = resp.statuses.get(i);
+                    let counters = l.counters(true);
+                    let counter = match status.map(|s| s.code) {
+                        Some(c) if c == Code::OverLimit as i32 && over => &counters.over_limit,
+                        // Over in its status but not overall: a shadow limit.
+                        Some(c) if c == Code::OverLimit as i32 => &counters.shadow_over_limit,
+                        _ => &counters.ok,
+                    };
+                    counter.inc();
+                    if let Some(t) = status.and_then(status_limit) {
+                        Tightest::keep(&mut tightest, t);
+                    }
+                }
+                if over {
+                    let t = tightest.unwrap_or(Tightest {
+                        limit: 0,
+                        remaining: 0,
+                        reset: Duration::ZERO,
+                    });
+                    return Err(over_limit(t, f.x_ratelimit_headers, req.grpc, false));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes a token for `limit` from the local filter's bucket; `Some` when the request is over an
+/// enforced limit.
+fn local(f: &LocalFilter, limit: &RouteLimit, req: &Request<'_>) -> Option<Tightest> {
+    let entries = descriptor(limit, req)?;
+    let d = f.find(&entries)?;
+    let now = tokio::time::Instant::now();
+    let taken: Taken = if d.has_wildcard() {
+        let mut key = String::new();
+        for ((_, want), (_, v)) in d.entries.iter().zip(&entries) {
+            if want.is_none() {
+                key.push_str(v);
+                key.push('\u{1f}');
+            }
+        }
+        d.buckets.for_value(&key).take(now)
+    } else {
+        d.buckets.single.take(now)
+    };
+    let counters = limit.counters(false);
+    if taken.allowed {
+        counters.ok.inc();
+        return None;
+    }
+    if d.shadow || !f.enforced {
+        counters.shadow_over_limit.inc();
+        return None;
+    }
+    counters.over_limit.inc();
+    Some(Tightest {
+        limit: u64::from(taken.limit),
+        remaining: 0,
+        reset: taken.reset,
+    })
+}
+
+fn status_limit(s: &DescriptorStatus) -> Option<Tightest> {
+    let limit = s.current_limit.as_ref()?;
+    let reset = s
+        .duration_until_reset
+        .as_ref()
+        .map(crate::runtime::duration)
+        .unwrap_or_default();
+    Some(Tightest {
+        limit: u64::from(limit.requests_per_unit),
+        remaining: u64::from(s.limit_remaining),
+        reset,
+    })
+}
+
+/// The 429 (or gRPC RESOURCE_EXHAUSTED) answer.
+fn over_limit(t: Tightest, x_headers: bool, grpc: bool, local: bool) -> Local {
+    let mut h = HeaderMap::new();
+    h.insert("x-envoy-ratelimited", HeaderValue::from_static("true"));
+    let reset = t.reset.as_secs() + u64::from(t.reset.subsec_nanos() > 0);
+    if x_headers && t.limit > 0 {
+        h.insert("x-ratelimit-limit", HeaderValue::from(t.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(t.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    }
+    h.insert(http::header::RETRY_AFTER, HeaderValue::from(reset.max(1)));
+    let body = if local { LOCAL_BODY } else { "" };
+    let mut answer = Local {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        flag: "RL",
+        message: body.into(),
+        body: Some(Bytes::from_static(body.as_bytes())),
+        headers: Some(Box::new(h)),
+    };
+    if grpc {
+        answer.body = Some(Bytes::new());
+        super::actions::grpc_local(&mut answer, 8, if local { LOCAL_BODY } else { "rate limited" });
+    }
+    answer
+}
+
+/// The descriptor `limit` builds for this request; `None` when an action produces no entry
+/// (the limit does not apply to the request).
+fn descriptor<'a>(limit: &'a RouteLimit, req: &'a Request<'a>) -> Option<Vec<(&'a str, Cow<'a, str>)>> {
+    let mut out = Vec::with_capacity(limit.actions.len());
+    for a in &limit.actions {
+        out.push(entry(a, req)?);
+    }
+    Some(out)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn entry<'a>(a: &'a Action, req: &'a Request<'a>) -> Option<(&'a str, Cow<'a, str>)> {
+    match a {
+        Action::Generic { key, value } => Some((key, Cow::Borrowed(value))),
+        Action::Header { key, source } => {
+            let v = match source {
+                HeaderSource::Path => req.view.path,
+                HeaderSource::Method => req.view.method.as_str(),
+                HeaderSource::Authority => req.view.authority,
+                HeaderSource::Header(n) => header_str(req.view.headers, n)?,
+            };
+            Some((key, Cow::Borrowed(v)))
+        }
+        Action::HeaderMatch {
+            key,
+            value,
+            expect_match,
+            headers,
+        } => {
+            let all = headers.iter().all(|h| h.matches(req.view));
+            (all == *expect_match).then_some((&**key, Cow::Borrowed(&**value)))
+        }
+        Action::RemoteAddress => Some(("remote_address", Cow::Owned(remote(req)))),
+        Action::Authn {
+            key,
+            source,
+            matcher,
+            default,
+            skip_if_absent,
+        } => {
+            let value: Option<Cow<'a, str>> = match source {
+                AuthnSource::Principal => req.conn.peer.principal.as_deref().map(Cow::Borrowed),
+                AuthnSource::SourceIp => Some(Cow::Owned(remote(req))),
+                AuthnSource::Claim(path) => claim(req.parts, path),
+            };
+            let value = match value {
+                Some(v) => v,
+                None if !default.is_empty() => Cow::Borrowed(&**default),
+                None if *skip_if_absent => return Some((key, Cow::Borrowed(""))),
+                None => return None,
+            };
+            match matcher {
+                None => Some((key, value)),
+                Some((m, fixed)) => m
+                    .matches(&value)
+                    .then_some((&**key, Cow::Borrowed(&**fixed))),
+            }
+        }
+    }
+}
+
+fn remote(req: &Request<'_>) -> String {
+    let ip = super::authz::remote_ip(req.conn.remote.ip(), req.settings, req.parts);
+    let mut s = String::with_capacity(39);
+    let _ = write!(s, "{ip}");
+    s
+}
+
+/// A claim of the verified JWT (`a.b` nested); strings as they are, numbers and booleans
+/// rendered, anything else absent.
+fn claim<'a>(parts: &'a Parts, path: &[Box<str>]) -> Option<Cow<'a, str>> {
+    let auth = parts.extensions.get::<RequestAuth>()?;
+    let (first, rest) = path.split_first()?;
+    let mut v = auth.claims.get(&**first)?;
+    for p in rest {
+        v = v.get(&**p)?;
+    }
+    match v {
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+        serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+        _ => None,
+    }
+}
