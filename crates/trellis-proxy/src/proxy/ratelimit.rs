@@ -21,9 +21,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor,
 };
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -114,14 +112,9 @@ pub async fn check(
     }
     for (f, ls, ds) in globals {
         let cluster = rt.clusters.get(&f.cluster);
-        let answer = global::should_rate_limit(
-            cluster.map(|c| &**c),
-            &f.cluster,
-            &f.domain,
-            ds,
-            f.timeout,
-        )
-        .await;
+        let answer =
+            global::should_rate_limit(cluster.map(|c| &**c), &f.cluster, &f.domain, ds, f.timeout)
+                .await;
         match answer {
             Err(e) => {
                 tracing::debug!(error = %e, cluster = %f.cluster, "rate limit service failed");
@@ -234,14 +227,21 @@ fn over_limit(t: Tightest, x_headers: bool, grpc: bool, local: bool) -> Local {
     };
     if grpc {
         answer.body = Some(Bytes::new());
-        super::actions::grpc_local(&mut answer, 8, if local { LOCAL_BODY } else { "rate limited" });
+        super::actions::grpc_local(
+            &mut answer,
+            8,
+            if local { LOCAL_BODY } else { "rate limited" },
+        );
     }
     answer
 }
 
 /// The descriptor `limit` builds for this request; `None` when an action produces no entry
 /// (the limit does not apply to the request).
-fn descriptor<'a>(limit: &'a RouteLimit, req: &'a Request<'a>) -> Option<Vec<(&'a str, Cow<'a, str>)>> {
+fn descriptor<'a>(
+    limit: &'a RouteLimit,
+    req: &'a Request<'a>,
+) -> Option<Vec<(&'a str, Cow<'a, str>)>> {
     let mut out = Vec::with_capacity(limit.actions.len());
     for a in &limit.actions {
         out.push(entry(a, req)?);

@@ -14,16 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::route::v3::rate_limit::action::{
-    ActionSpecifier, meta_data,
-};
+use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use envoy_types::pb::envoy::config::route::v3::rate_limit::action::{ActionSpecifier, meta_data};
 use envoy_types::pb::envoy::config::route::v3::{self as xroute, route};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as RateLimitFilter;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
-use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
 use envoy_types::pb::google::protobuf::value::Kind;
 use http::HeaderName;
 use prometheus_client::metrics::counter::Counter;
@@ -32,9 +30,7 @@ use tokio::time::Instant;
 
 use super::route::{HeaderMatch, StringMatch};
 
-pub use trellis_xds::ratelimit::{
-    AUTHN_METADATA, MATCH_METADATA, MAX_DYNAMIC_DESCRIPTORS,
-};
+pub use trellis_xds::ratelimit::{AUTHN_METADATA, MATCH_METADATA, MAX_DYNAMIC_DESCRIPTORS};
 
 /// Envoy's stage range.
 const STAGES: usize = 11;
@@ -204,8 +200,10 @@ pub enum RateLimitError {
 }
 
 /// Live buckets by descriptor identity and settings, so a reload keeps their tokens.
-static BUCKETS: LazyLock<Mutex<HashMap<(String, BucketSpec), Weak<Buckets>>>> =
-    LazyLock::new(Mutex::default);
+static BUCKETS: LazyLock<Mutex<LiveBuckets>> = LazyLock::new(Mutex::default);
+
+/// Descriptor identity (its entries) and settings → its buckets, while a snapshot uses them.
+type LiveBuckets = HashMap<(String, BucketSpec), Weak<Buckets>>;
 
 impl HttpRateLimits {
     /// Whether `type_url` is one of the rate limit filters.
@@ -243,8 +241,11 @@ impl HttpRateLimits {
     }
 }
 
-fn percent_on(p: Option<&envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>) -> bool {
-    p.and_then(|p| p.default_value).is_some_and(|f| f.numerator > 0)
+fn percent_on(
+    p: Option<&envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>,
+) -> bool {
+    p.and_then(|p| p.default_value)
+        .is_some_and(|f| f.numerator > 0)
 }
 
 impl LocalFilter {
@@ -254,9 +255,7 @@ impl LocalFilter {
                 "a filter-wide token_bucket is not supported; put buckets on descriptors".into(),
             ));
         }
-        let max_dynamic = c
-            .max_dynamic_descriptors
-            .map_or(20, |v| v.value.max(1)) as usize;
+        let max_dynamic = c.max_dynamic_descriptors.map_or(20, |v| v.value.max(1)) as usize;
         let mut descriptors = Vec::with_capacity(c.descriptors.len());
         let mut by_limit = HashMap::new();
         for (i, d) in c.descriptors.iter().enumerate() {
@@ -317,10 +316,9 @@ impl LocalFilter {
     pub fn find(&self, entries: &[(&str, std::borrow::Cow<'_, str>)]) -> Option<&LocalDescriptor> {
         let fits = |d: &LocalDescriptor| {
             d.entries.len() == entries.len()
-                && d.entries
-                    .iter()
-                    .zip(entries)
-                    .all(|((k, v), (rk, rv))| **k == **rk && v.as_deref().is_none_or(|v| v == &**rv))
+                && d.entries.iter().zip(entries).all(|((k, v), (rk, rv))| {
+                    **k == **rk && v.as_deref().is_none_or(|v| v == &**rv)
+                })
         };
         if let Some(("limit", v)) = entries.first().map(|(k, v)| (*k, &**v))
             && let Some(&i) = self.by_limit.get(v)
@@ -494,7 +492,9 @@ impl RouteLimits {
         for (i, rl) in a.rate_limits.iter().enumerate() {
             let stage = rl.stage.map_or(0, |s| s.value);
             if stage as usize >= STAGES {
-                return Err(format!("rate_limits[{i}].stage {stage} out of range 0..=10"));
+                return Err(format!(
+                    "rate_limits[{i}].stage {stage} out of range 0..=10"
+                ));
             }
             let mut actions = Vec::with_capacity(rl.actions.len());
             for (j, act) in rl.actions.iter().enumerate() {
@@ -539,7 +539,9 @@ impl RouteLimit {
         } else {
             (&self.counters, "local")
         };
-        cell.get_or_init(|| crate::proxy::ratelimit::metrics::counters(&self.policy, &self.name, kind))
+        cell.get_or_init(|| {
+            crate::proxy::ratelimit::metrics::counters(&self.policy, &self.name, kind)
+        })
     }
 }
 
@@ -725,7 +727,10 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &again));
         assert!(!again.single.take(Instant::now()).allowed);
         let changed = Buckets::shared("limit=t/p/a".into(), spec(2, 1, 60_000), 20);
-        assert!(changed.single.take(Instant::now()).allowed, "new settings, new bucket");
+        assert!(
+            changed.single.take(Instant::now()).allowed,
+            "new settings, new bucket"
+        );
         let x = a.for_value("x");
         assert!(x.take(Instant::now()).allowed);
         assert!(!a.for_value("x").take(Instant::now()).allowed);
