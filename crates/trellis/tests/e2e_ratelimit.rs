@@ -240,3 +240,93 @@ fn local_limits_buckets_shadow_route_scope_grpc_and_a_rejected_edit() {
     assert_eq!(get(&gw, "/anything/after", &[]).0, 200);
     assert!(gw.proxy.is_running(), "{}", gw.proxy.describe());
 }
+
+/// Global limits while the rate limit service is down (nothing listens on its port): a
+/// FAIL_OPEN policy admits and counts `error`, a FAIL_CLOSED one answers 500 with `RLSE`.
+/// Counting against `trellis ratelimit` and Redis is the service's own test suite's.
+#[test]
+fn global_limits_apply_the_failure_mode_when_the_service_is_down() {
+    let apps = Apps::start(&[("productpage", "v1")]);
+    let port = gateway_port();
+    let rls_port = trellis_testkit::free_port();
+    let http = format!(
+        r#"  - name: closed
+    match: [{{uri: {{prefix: /productpage/closed}}}}]
+    route: [{{destination: {httpbin}}}]
+  - name: open
+    route: [{{destination: {httpbin}}}]
+"#,
+        httpbin = dest(HTTPBIN, None, 8000),
+    );
+    let mesh = "apiVersion: trellis.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  rateLimitService: {service: ratelimit.default.svc.cluster.local, port: 8081, timeout: 200ms}\n".to_string();
+    let yaml = docs(&[
+        gateway_yaml(port),
+        service_entry_yaml(
+            "productpage",
+            HTTPBIN,
+            8000,
+            "HTTP",
+            &[ep(apps.port("productpage/v1"), "v1")],
+        ),
+        service_entry_yaml(
+            "ratelimit",
+            "ratelimit.default.svc.cluster.local",
+            8081,
+            "GRPC",
+            &[ep(rls_port, "v1")],
+        ),
+        virtual_service_yaml("bookinfo", &["*"], &http),
+        mesh,
+        policy(
+            "open",
+            "  routes: [open]\n  limits:\n  - name: productpage\n    descriptors: [{path: {exact: /productpage}}]\n    global: {requestsPerUnit: 1, unit: MINUTE}\n",
+        ),
+        policy(
+            "closed",
+            "  routes: [closed]\n  failureMode: FAIL_CLOSED\n  limits:\n  - name: all\n    global: {requestsPerUnit: 100, unit: SECOND}\n",
+        ),
+    ]);
+    let mut gw = Gateway::start(port, &yaml);
+    let ready = wait_until(Duration::from_secs(10), || {
+        get(&gw, "/productpage", &[]).0 == 200
+    });
+    assert!(
+        ready,
+        "fail-open route never admitted: {}",
+        gw.proxy.describe()
+    );
+    assert_eq!(
+        get(&gw, "/productpage", &[]).0,
+        200,
+        "fail open admits again"
+    );
+    // Not matched by the descriptor: no check at all.
+    assert_eq!(get(&gw, "/anything/x", &[]).0, 200);
+    let (status, h, body) = get(&gw, "/productpage/closed", &[]);
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(h.get("x-trellis-flags").map(String::as_str), Some("RLSE"));
+    assert!(body.contains("rate limit service unavailable"), "{body}");
+    let metrics = gw.metrics();
+    let global = |policy: &str, limit: &str, result: &str| {
+        metric_sum(
+            &metrics,
+            "trellis_ratelimit_requests_total",
+            &[
+                ("policy", policy),
+                ("limit", limit),
+                ("kind", "global"),
+                ("result", result),
+            ],
+        )
+    };
+    assert!(
+        global("istio-system/open", "productpage", "error") >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        global("istio-system/closed", "all", "error"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(gw.proxy.is_running(), "{}", gw.proxy.describe());
+}
