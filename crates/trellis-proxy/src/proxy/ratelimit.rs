@@ -326,3 +326,112 @@ fn claim<'a>(parts: &'a Parts, path: &[Box<str>]) -> Option<Cow<'a, str>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::config::route::v3::{self as xroute, RouteAction};
+    use trellis_config::load_str;
+    use trellis_xds::{ProxyIdentity, compile};
+
+    use super::*;
+
+    /// The route `rate_limits` the compiler emits for a JWT-claim match and the peer principal,
+    /// read back by the runtime and evaluated on requests.
+    fn limits() -> Arc<RouteLimits> {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ['*']}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: istio-system}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  http: [{name: r, route: [{destination: {host: a.example}}]}]\n---\napiVersion: trellis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: p, namespace: istio-system}\nspec:\n  limits:\n  - name: gold\n    descriptors:\n    - jwtClaim: {claim: plan.tier, match: {exact: gold}}\n    - sourcePrincipal: {}\n    - remoteAddress: {}\n    local: {maxTokens: 1, fillInterval: 1s}\n";
+        let loaded = load_str("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+        let proxy = ProxyIdentity {
+            labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            namespace: "istio-system".into(),
+            ..ProxyIdentity::default()
+        };
+        let res = compile(&loaded.snapshot, &loaded.registry, &proxy);
+        let route: &xroute::Route = res
+            .routes
+            .iter()
+            .flat_map(|rc| &rc.virtual_hosts)
+            .flat_map(|vh| &vh.routes)
+            .find(|r| r.name == "r")
+            .unwrap_or_else(|| panic!("no route r"));
+        assert!(matches!(
+            &route.action,
+            Some(xroute::route::Action::Route(RouteAction { rate_limits, .. })) if rate_limits.len() == 1
+        ));
+        RouteLimits::compile(route)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no limits"))
+    }
+
+    fn entries(
+        limits: &RouteLimits,
+        claims: serde_json::Value,
+        principal: Option<&str>,
+    ) -> Option<Vec<(String, String)>> {
+        let mut req = http::Request::builder()
+            .uri("/x")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let serde_json::Value::Object(claims) = claims {
+            req.extensions_mut().insert(RequestAuth {
+                principal: "iss/sub".into(),
+                audiences: Vec::new(),
+                presenter: None,
+                claims,
+            });
+        }
+        let (parts, ()) = req.into_parts();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5));
+        let mut conn = ConnInfo::new(Arc::from("l"), addr, addr);
+        conn.peer.principal = principal.map(Arc::from);
+        let settings = HttpSettings::default();
+        let view = RequestView {
+            method: &parts.method,
+            authority: "a",
+            path: parts.uri.path(),
+            query: None,
+            scheme: "http",
+            headers: &parts.headers,
+        };
+        let req = Request {
+            view: &view,
+            parts: &parts,
+            conn: &conn,
+            settings: &settings,
+            grpc: false,
+        };
+        descriptor(&limits.limits[0], &req).map(|d| {
+            d.into_iter()
+                .map(|(k, v)| (k.to_string(), v.into_owned()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn claims_principal_and_address_build_the_contracts_descriptor() {
+        let l = limits();
+        assert_eq!(&*l.limits[0].policy, "istio-system/p");
+        assert_eq!(&*l.limits[0].name, "gold");
+        let gold = serde_json::json!({"plan": {"tier": "gold"}});
+        let got = entries(&l, gold.clone(), Some("cluster.local/ns/a/sa/b"));
+        let want: Vec<(String, String)> = [
+            ("limit", "istio-system/p/gold"),
+            ("claim.plan.tier", "exact:gold"),
+            ("source_principal", "cluster.local/ns/a/sa/b"),
+            // Without `use_remote_address` Envoy's client address is the last XFF entry.
+            ("remote_address", "203.0.113.9"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, Some(want));
+        // A claim that fails the match, a missing token, no peer: not counted.
+        let silver = serde_json::json!({"plan": {"tier": "silver"}});
+        assert_eq!(entries(&l, silver, Some("p")), None);
+        assert_eq!(entries(&l, serde_json::Value::Null, Some("p")), None);
+        assert_eq!(entries(&l, gold, None), None);
+    }
+}
