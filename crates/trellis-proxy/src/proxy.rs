@@ -338,7 +338,16 @@ async fn forward(
             grpc: log.grpc,
         };
         let limits = route.rate_limits.as_deref();
-        ratelimit::check(rt, listener.ratelimit.as_deref(), limits, &req).await?;
+        let checked = ratelimit::check(rt, listener.ratelimit.as_deref(), limits, &req).await;
+        if let Err(local) = &checked
+            && log.grpc
+        {
+            log.grpc_status = local
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("grpc-status").cloned());
+        }
+        checked?;
     }
     if let Some(h) = authorized {
         authz::add_headers(&mut parts.headers, h);

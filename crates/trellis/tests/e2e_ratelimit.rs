@@ -196,6 +196,12 @@ fn local_limits_buckets_shadow_route_scope_grpc_and_a_rejected_edit() {
         &[("response_flags", "RL"), ("response_code", "429")],
     );
     assert_eq!(rl, 2.0, "{metrics}");
+    let grpc_rl = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[("response_flags", "RL"), ("grpc_response_status", "8")],
+    );
+    assert_eq!(grpc_rl, 1.0, "{metrics}");
 
     // The access log carries the flag.
     let logged = gw.proxy.stdout_text().lines().any(|l| {
