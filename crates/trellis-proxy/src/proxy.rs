@@ -338,7 +338,11 @@ async fn forward(
             grpc: log.grpc,
         };
         let limits = route.rate_limits.as_deref();
-        let checked = ratelimit::check(rt, listener.ratelimit.as_deref(), limits, &req).await;
+        let checked = match ratelimit::check_local(listener.ratelimit.as_deref(), limits, &req) {
+            Ok(Some(pending)) => Box::pin(pending.run(rt)).await,
+            Ok(None) => Ok(()),
+            Err(local) => Err(local),
+        };
         if let Err(local) = &checked
             && log.grpc
         {

@@ -61,15 +61,27 @@ impl Tightest {
     }
 }
 
-/// Checks the route's limits; `Err` is the answer for a rejected request.
-pub async fn check(
-    rt: &Runtime,
-    filters: Option<&HttpRateLimits>,
-    limits: Option<&RouteLimits>,
+/// Global checks still to make: the descriptors of each global filter, in stage order.
+pub struct Pending<'a> {
+    globals: Vec<(
+        &'a GlobalFilter,
+        Vec<&'a RouteLimit>,
+        Vec<RateLimitDescriptor>,
+    )>,
+    grpc: bool,
+}
+
+/// Checks the route's local limits (synchronously, no allocation for constant descriptors) and
+/// gathers its global descriptors; `Err` is the answer for a rejected request, `Some` the global
+/// checks to run with [`Pending::run`] (boxed by the caller, so the request's future stays small
+/// when there are none).
+pub fn check_local<'a>(
+    filters: Option<&'a HttpRateLimits>,
+    limits: Option<&'a RouteLimits>,
     req: &Request<'_>,
-) -> Result<(), Local> {
+) -> Result<Option<Pending<'a>>, Local> {
     let (Some(filters), Some(limits)) = (filters, limits) else {
-        return Ok(());
+        return Ok(None);
     };
     let mut rejected: Option<(Tightest, bool)> = None;
     let mut globals: Vec<(&GlobalFilter, Vec<&RouteLimit>, Vec<RateLimitDescriptor>)> = Vec::new();
@@ -84,15 +96,17 @@ pub async fn check(
                 }
             }
             Some(Stage::Global(f)) => {
-                let Some(d) = descriptor(limit, req) else {
+                let mut d = Entries::default();
+                if !descriptor(limit, req, &mut d) {
                     continue;
-                };
+                }
                 let d = RateLimitDescriptor {
                     entries: d
-                        .into_iter()
+                        .as_slice()
+                        .iter()
                         .map(|(k, v)| rate_limit_descriptor::Entry {
-                            key: k.into(),
-                            value: v.into_owned(),
+                            key: (*k).into(),
+                            value: v.to_string(),
                         })
                         .collect(),
                     ..Default::default()
@@ -110,62 +124,122 @@ pub async fn check(
     if let Some((t, headers)) = rejected {
         return Err(over_limit(t, headers, req.grpc, true));
     }
-    for (f, ls, ds) in globals {
-        let cluster = rt.clusters.get(&f.cluster);
-        let answer =
-            global::should_rate_limit(cluster.map(|c| &**c), &f.cluster, &f.domain, ds, f.timeout)
-                .await;
-        match answer {
-            Err(e) => {
-                tracing::debug!(error = %e, cluster = %f.cluster, "rate limit service failed");
-                for l in &ls {
-                    l.counters(true).error.inc();
-                }
-                if f.failure_mode_deny {
-                    let msg = format!("rate limit service unavailable: {e}\n");
-                    return Err(Local::new(StatusCode::INTERNAL_SERVER_ERROR, "RLSE", msg));
-                }
-            }
-            Ok(resp) => {
-                let over = resp.overall_code == Code::OverLimit as i32;
-                let mut tightest = None;
-                for (i, l) in ls.iter().enumerate() {
-                    let status = resp.statuses.get(i);
-                    let counters = l.counters(true);
-                    let counter = match status.map(|s| s.code) {
-                        Some(c) if c == Code::OverLimit as i32 && over => &counters.over_limit,
-                        // Over in its status but not overall: a shadow limit.
-                        Some(c) if c == Code::OverLimit as i32 => &counters.shadow_over_limit,
-                        _ => &counters.ok,
-                    };
-                    counter.inc();
-                    if let Some(t) = status.and_then(status_limit) {
-                        Tightest::keep(&mut tightest, t);
+    Ok((!globals.is_empty()).then_some(Pending {
+        globals,
+        grpc: req.grpc,
+    }))
+}
+
+impl Pending<'_> {
+    /// Asks the rate limit service for each global filter and applies the answers.
+    pub async fn run(self, rt: &Runtime) -> Result<(), Local> {
+        for (f, ls, ds) in self.globals {
+            let cluster = rt.clusters.get(&f.cluster);
+            let answer = global::should_rate_limit(
+                cluster.map(|c| &**c),
+                &f.cluster,
+                &f.domain,
+                ds,
+                f.timeout,
+            )
+            .await;
+            match answer {
+                Err(e) => {
+                    tracing::debug!(error = %e, cluster = %f.cluster, "rate limit service failed");
+                    for l in &ls {
+                        l.counters(true).error.inc();
+                    }
+                    if f.failure_mode_deny {
+                        let msg = format!("rate limit service unavailable: {e}\n");
+                        return Err(Local::new(StatusCode::INTERNAL_SERVER_ERROR, "RLSE", msg));
                     }
                 }
-                if over {
-                    let t = tightest.unwrap_or(Tightest {
-                        limit: 0,
-                        remaining: 0,
-                        reset: Duration::ZERO,
-                    });
-                    return Err(over_limit(t, f.x_ratelimit_headers, req.grpc, false));
+                Ok(resp) => {
+                    let over = resp.overall_code == Code::OverLimit as i32;
+                    let mut tightest = None;
+                    for (i, l) in ls.iter().enumerate() {
+                        let status = resp.statuses.get(i);
+                        let counters = l.counters(true);
+                        let counter = match status.map(|s| s.code) {
+                            Some(c) if c == Code::OverLimit as i32 && over => &counters.over_limit,
+                            // Over in its status but not overall: a shadow limit.
+                            Some(c) if c == Code::OverLimit as i32 => &counters.shadow_over_limit,
+                            _ => &counters.ok,
+                        };
+                        counter.inc();
+                        if let Some(t) = status.and_then(status_limit) {
+                            Tightest::keep(&mut tightest, t);
+                        }
+                    }
+                    if over {
+                        let t = tightest.unwrap_or(Tightest {
+                            limit: 0,
+                            remaining: 0,
+                            reset: Duration::ZERO,
+                        });
+                        return Err(over_limit(t, f.x_ratelimit_headers, self.grpc, false));
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// A descriptor's entries: inline up to [`INLINE`], so building one does not allocate.
+const INLINE: usize = 6;
+
+pub struct Entries<'a> {
+    inline: [(&'a str, Cow<'a, str>); INLINE],
+    len: usize,
+    heap: Vec<(&'a str, Cow<'a, str>)>,
+}
+
+impl Default for Entries<'_> {
+    fn default() -> Self {
+        Entries {
+            inline: std::array::from_fn(|_| ("", Cow::Borrowed(""))),
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl<'a> Entries<'a> {
+    fn push(&mut self, e: (&'a str, Cow<'a, str>)) {
+        if self.len < INLINE && self.heap.is_empty() {
+            self.inline[self.len] = e;
+            self.len += 1;
+            return;
+        }
+        if self.heap.is_empty() {
+            self.heap.extend(self.inline[..self.len].iter().cloned());
+        }
+        self.heap.push(e);
+    }
+
+    pub fn as_slice(&self) -> &[(&'a str, Cow<'a, str>)] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
 }
 
 /// Takes a token for `limit` from the local filter's bucket; `Some` when the request is over an
 /// enforced limit.
 fn local(f: &LocalFilter, limit: &RouteLimit, req: &Request<'_>) -> Option<Tightest> {
-    let entries = descriptor(limit, req)?;
-    let d = f.find(&entries)?;
+    let mut entries = Entries::default();
+    if !descriptor(limit, req, &mut entries) {
+        return None;
+    }
+    let entries = entries.as_slice();
+    let d = f.find(entries)?;
     let now = tokio::time::Instant::now();
     let taken: Taken = if d.has_wildcard() {
         let mut key = String::new();
-        for ((_, want), (_, v)) in d.entries.iter().zip(&entries) {
+        for ((_, want), (_, v)) in d.entries.iter().zip(entries) {
             if want.is_none() {
                 key.push_str(v);
                 key.push('\u{1f}');
@@ -236,17 +310,16 @@ fn over_limit(t: Tightest, x_headers: bool, grpc: bool, local: bool) -> Local {
     answer
 }
 
-/// The descriptor `limit` builds for this request; `None` when an action produces no entry
-/// (the limit does not apply to the request).
-fn descriptor<'a>(
-    limit: &'a RouteLimit,
-    req: &'a Request<'a>,
-) -> Option<Vec<(&'a str, Cow<'a, str>)>> {
-    let mut out = Vec::with_capacity(limit.actions.len());
+/// Builds the descriptor `limit` makes for this request into `out`; `false` when an action
+/// produces no entry (the limit does not apply to the request).
+fn descriptor<'a>(limit: &'a RouteLimit, req: &'a Request<'a>, out: &mut Entries<'a>) -> bool {
     for a in &limit.actions {
-        out.push(entry(a, req)?);
+        match entry(a, req) {
+            Some(e) => out.push(e),
+            None => return false,
+        }
     }
-    Some(out)
+    true
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a str> {
@@ -403,9 +476,11 @@ mod tests {
             settings: &settings,
             grpc: false,
         };
-        descriptor(&limits.limits[0], &req).map(|d| {
-            d.into_iter()
-                .map(|(k, v)| (k.to_string(), v.into_owned()))
+        let mut d = Entries::default();
+        descriptor(&limits.limits[0], &req, &mut d).then(|| {
+            d.as_slice()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         })
     }

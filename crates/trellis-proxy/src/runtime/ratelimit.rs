@@ -320,7 +320,9 @@ impl LocalFilter {
                     **k == **rk && v.as_deref().is_none_or(|v| v == &**rv)
                 })
         };
-        if let Some(("limit", v)) = entries.first().map(|(k, v)| (*k, &**v))
+        // A few descriptors: comparing first entries beats hashing the limit id.
+        if self.descriptors.len() > 8
+            && let Some(("limit", v)) = entries.first().map(|(k, v)| (*k, &**v))
             && let Some(&i) = self.by_limit.get(v)
         {
             return self.descriptors.get(i).filter(|d| fits(d));
