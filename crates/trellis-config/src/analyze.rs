@@ -33,6 +33,7 @@ pub(crate) fn analyze(
         check_gateway_refs(&mut rep, snapshot, vs);
     }
     conflicting_virtual_services(snapshot, spans, &mut out);
+    unknown_policy_routes(snapshot, spans, &mut out);
     for es in &snapshot.endpoint_slices {
         if !es.meta.labels.contains_key(SERVICE_NAME_LABEL) {
             Reporter::new(spans, "EndpointSlice", es, &mut out).warning(
@@ -42,6 +43,44 @@ pub(crate) fn analyze(
         }
     }
     out
+}
+
+/// `routes` of a RateLimitPolicy or QuotaPolicy that name no VirtualService HTTP route
+/// (`http[].name`): the policy then limits nothing on that name.
+fn unknown_policy_routes(snapshot: &Snapshot, spans: &SpanIndex, out: &mut Vec<Diagnostic>) {
+    let known: std::collections::HashSet<&str> = snapshot
+        .virtual_services
+        .iter()
+        .flat_map(|vs| &vs.spec.http)
+        .flat_map(|h| {
+            std::iter::once(h.name.as_str()).chain(h.matches.iter().map(|m| m.name.as_str()))
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    let check = |rep: &mut Reporter<'_>, routes: &[String]| {
+        for (i, r) in routes.iter().enumerate() {
+            if !r.is_empty() && !known.contains(r.as_str()) {
+                rep.warning(
+                    &format!("spec.routes[{i}]"),
+                    format!(
+                        "no VirtualService has an HTTP route named `{r}`; this name limits nothing"
+                    ),
+                );
+            }
+        }
+    };
+    for p in &snapshot.rate_limit_policies {
+        check(
+            &mut Reporter::new(spans, "RateLimitPolicy", p, out),
+            &p.spec.routes,
+        );
+    }
+    for p in &snapshot.quota_policies {
+        check(
+            &mut Reporter::new(spans, "QuotaPolicy", p, out),
+            &p.spec.routes,
+        );
+    }
 }
 
 fn destinations(vs: &VirtualService) -> Vec<DestinationRef<'_>> {

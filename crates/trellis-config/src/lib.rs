@@ -24,7 +24,8 @@ pub use registry::{
 };
 pub use types::*;
 pub use validate::{
-    ACTIONS, DRY_RUN_ANNOTATION, RETRY_NON_IDEMPOTENT, RETRY_ON, bracketed, validate_snapshot,
+    ACTIONS, DRY_RUN_ANNOTATION, MIN_FILL_INTERVAL, RETRY_NON_IDEMPOTENT, RETRY_ON, bracketed,
+    validate_snapshot,
 };
 
 use std::path::Path;

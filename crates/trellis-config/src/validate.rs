@@ -15,6 +15,7 @@ use crate::types::*;
 mod authorization;
 mod balancing;
 mod health;
+mod ratelimit;
 mod request_authentication;
 mod resilience;
 mod routes;
@@ -22,6 +23,7 @@ mod security;
 mod traffic;
 
 pub use authorization::{ACTIONS, DRY_RUN_ANNOTATION, bracketed};
+pub use ratelimit::MIN_FILL_INTERVAL;
 pub use resilience::{RETRY_NON_IDEMPOTENT, RETRY_ON};
 
 /// Reports problems of one resource at the position of a field path.
@@ -217,6 +219,21 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
     each(&snapshot.secrets, "Secret", spans, &mut out, |rep, r| {
         secret(rep, &r.spec)
     });
+    let mesh = snapshot.mesh_config();
+    each(
+        &snapshot.rate_limit_policies,
+        "RateLimitPolicy",
+        spans,
+        &mut out,
+        |rep, r| ratelimit::rate_limit_policy(rep, &r.spec, &mesh),
+    );
+    each(
+        &snapshot.quota_policies,
+        "QuotaPolicy",
+        spans,
+        &mut out,
+        |rep, r| ratelimit::quota_policy(rep, &r.spec, &mesh),
+    );
     each(
         &snapshot.endpoint_slices,
         "EndpointSlice",

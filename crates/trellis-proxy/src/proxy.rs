@@ -14,6 +14,7 @@ pub mod headers;
 pub mod jwt;
 pub mod mirror;
 pub mod passthrough;
+pub mod ratelimit;
 pub mod retry;
 pub mod upgrade;
 
@@ -345,6 +346,30 @@ async fn forward(
     log.route_name = Some(Arc::clone(&route.istio_name));
     // Decided on the request as received, before headers are rewritten.
     let repeatable = route.retry.as_ref().is_none_or(|p| p.may_repeat(&view));
+    if route.rate_limits.is_some() {
+        let req = ratelimit::Request {
+            view: &view,
+            parts: &parts,
+            conn,
+            settings,
+            grpc: log.grpc,
+        };
+        let limits = route.rate_limits.as_deref();
+        let checked = match ratelimit::check_local(listener.ratelimit.as_deref(), limits, &req) {
+            Ok(Some(pending)) => Box::pin(pending.run(rt)).await,
+            Ok(None) => Ok(()),
+            Err(local) => Err(local),
+        };
+        if let Err(local) = &checked
+            && log.grpc
+        {
+            log.grpc_status = local
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("grpc-status").cloned());
+        }
+        checked?;
+    }
     if let Some(h) = authorized {
         authz::add_headers(&mut parts.headers, h);
     }

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod locality;
 pub mod outlier;
 pub mod pool;
+pub mod ratelimit;
 pub mod rbac;
 pub mod retry;
 pub mod route;

@@ -204,6 +204,7 @@ impl Telemetry {
             series_dropped,
         );
         crate::proxy::jwt::metrics::register(&mut registry);
+        crate::proxy::ratelimit::metrics::register(&mut registry);
         let xds = crate::xds_client::XdsMetrics::register(&mut registry);
         let certs = crate::ca_client::CertMetrics::register(&mut registry);
         Telemetry {

@@ -44,6 +44,7 @@ use serde_json::{Map, Value, json};
 use crate::{Cluster, ClusterLoadAssignment, Listener, Resources, RouteConfiguration};
 
 mod lb;
+mod ratelimit;
 mod rbac;
 pub mod tls;
 
@@ -253,7 +254,9 @@ fn any_value(any: &Any) -> Value {
     } else if let Some(tls) = tls::any_value(any) {
         tls
     } else {
-        rbac::filter_config(any).or_else(|| actions::filter_config(any))
+        rbac::filter_config(any)
+            .or_else(|| actions::filter_config(any))
+            .or_else(|| ratelimit::filter_config(any))
     };
     decoded.unwrap_or_else(|| Obj::typed(&any.type_url).done())
 }
@@ -555,6 +558,7 @@ fn route_action(a: &RouteAction) -> Value {
             a.hash_policy.iter().map(lb::hash_policy).collect(),
         )
         .opt("retryPolicy", a.retry_policy.as_ref().map(retry_policy))
+        .list("rateLimits", ratelimit::rate_limits(&a.rate_limits))
         .done()
 }
 

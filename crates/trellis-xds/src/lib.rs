@@ -25,6 +25,7 @@ pub mod mtls;
 mod node;
 mod peer_authentication;
 mod proxyless;
+pub mod ratelimit;
 pub mod resilience;
 mod route;
 mod sidecar;
@@ -186,6 +187,12 @@ impl Front {
             front.inbound.extend(jwt.clusters);
             front.refs.extend(jwt.refs);
         }
+        ratelimit::apply(
+            ctx,
+            &mut front.listeners,
+            &mut front.routes,
+            &mut front.refs,
+        );
         front
     }
 

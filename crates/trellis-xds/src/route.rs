@@ -387,7 +387,7 @@ fn string_matcher(s: &StringMatch) -> Option<StringMatcher> {
 /// Istio's header match: an empty match (or `prefix: ""`) means "present". With `invert`
 /// (`withoutHeaders`) a missing header matches: `present_match` inverted means "absent", and a
 /// value matcher treats a missing header as empty, which the value then fails to match.
-fn header(name: &str, s: &StringMatch, invert: bool) -> HeaderMatcher {
+pub(crate) fn header(name: &str, s: &StringMatch, invert: bool) -> HeaderMatcher {
     let specifier = match string_matcher(s) {
         Some(m) => header_matcher::HeaderMatchSpecifier::StringMatch(m),
         None => header_matcher::HeaderMatchSpecifier::PresentMatch(true),

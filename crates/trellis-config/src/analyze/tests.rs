@@ -105,3 +105,55 @@ fn endpoint_slice_without_service_label_is_flagged() {
     assert_eq!(w.len(), 1);
     assert!(w[0].message.contains("kubernetes.io/service-name"));
 }
+
+#[test]
+fn rate_limit_routes_naming_no_route_are_warned() {
+    let extra = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: named}
+spec:
+  hosts: [reviews]
+  http:
+  - name: reviews-v2
+    route: [{destination: {host: reviews, subset: v2}}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh, namespace: istio-system}
+spec:
+  rateLimitService: {service: ratelimit.istio-system.svc.cluster.local, port: 8081}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: rl}
+spec:
+  routes: [reviews-v2, nosuch]
+  limits: [{name: a, local: {maxTokens: 1, fillInterval: 1s}}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: q}
+spec:
+  routes: [gone]
+  consumer: {header: x-api-key}
+  quotas: [{name: d, requests: 5}]
+";
+    let yaml = format!("{BOOKINFO}{extra}");
+    let w = warnings(&yaml);
+    let text: Vec<String> = w.iter().map(|d| d.to_string()).collect();
+    assert!(
+        text.iter().any(|t| t.contains("spec.routes[1]")
+            && t.contains("no VirtualService has an HTTP route named `nosuch`")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("QuotaPolicy") && t.contains("`gone`")),
+        "{text:#?}"
+    );
+    assert!(
+        !text.iter().any(|t| t.contains("`reviews-v2`")),
+        "{text:#?}"
+    );
+}

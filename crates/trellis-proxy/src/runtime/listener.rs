@@ -35,6 +35,8 @@ pub struct Listener {
     pub authz: Arc<HttpAuthz>,
     /// `envoy.filters.http.jwt_authn`, when configured.
     pub jwt: Option<Arc<super::jwt::JwtAuthn>>,
+    /// The rate limit filters by stage (`runtime/ratelimit.rs`), when configured.
+    pub ratelimit: Option<Arc<super::ratelimit::HttpRateLimits>>,
     /// TLS termination, when a filter chain carries a `DownstreamTlsContext`.
     pub tls: Option<Arc<crate::tls::inbound::InboundTls>>,
     /// The gateway TLS listener (`runtime/sni.rs`) this is one HTTP chain of; such a listener
@@ -154,7 +156,16 @@ impl Listener {
         // The CORS and fault filters act through each route's `typed_per_filter_config`
         // (`route/policy.rs`); their listener-level configs carry nothing we apply.
         let mut jwt = None;
+        let mut ratelimit = super::ratelimit::HttpRateLimits::default();
         for (i, f) in hcm.http_filters.iter().enumerate() {
+            if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type
+                && super::ratelimit::HttpRateLimits::is_filter(&any.type_url)
+            {
+                ratelimit
+                    .add(&any.type_url, &any.value)
+                    .map_err(|e| err(&format!("http_filters[{i}].typed_config"), e.to_string()))?;
+                continue;
+            }
             if f.name == JWT_AUTHN_FILTER {
                 let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
                     return Err(err(
@@ -201,6 +212,7 @@ impl Listener {
             routes,
             authz: Arc::new(authz),
             jwt,
+            ratelimit: (!ratelimit.is_empty()).then(|| Arc::new(ratelimit)),
             tls,
             chain_of: None,
         })

@@ -64,6 +64,8 @@ pub struct Route {
     /// route only forwards. A redirect / direct response route has no cluster
     /// (`action` is then an unresolved, empty `ClusterRef` that is never used).
     pub policy: Option<Box<RoutePolicy>>,
+    /// `route.rate_limits` (`runtime/ratelimit.rs`); `None` when it has none.
+    pub rate_limits: Option<Arc<super::ratelimit::RouteLimits>>,
 }
 
 #[derive(Debug)]
@@ -309,6 +311,7 @@ impl Route {
                     hash_policy: Vec::new(),
                     retry: None,
                     policy,
+                    rate_limits: None,
                 });
             }
             _ => return Err((at(".action"), "missing or unsupported route action".into())),
@@ -366,6 +369,8 @@ impl Route {
             hash_policy,
             retry,
             policy,
+            rate_limits: super::ratelimit::RouteLimits::compile(r)
+                .map_err(|why| (at(".route"), why))?,
         })
     }
 }
