@@ -247,9 +247,13 @@ fn gateway_api_kinds(snapshot: &Snapshot, spans: &SpanIndex, out: &mut Vec<Diagn
     each(&s.tcp_routes, "TCPRoute", spans, out, |rep, r| {
         gateway_api::tcp_route(rep, &r.spec)
     });
-    each(&s.reference_grants, "ReferenceGrant", spans, out, |rep, r| {
-        gateway_api::reference_grant(rep, &r.spec)
-    });
+    each(
+        &s.reference_grants,
+        "ReferenceGrant",
+        spans,
+        out,
+        |rep, r| gateway_api::reference_grant(rep, &r.spec),
+    );
 }
 
 /// Runs `check` on every resource of a kind, plus the metadata and duplicate-name rules.

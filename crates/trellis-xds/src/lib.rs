@@ -13,6 +13,7 @@ mod authz;
 mod cluster;
 mod content_hash;
 mod gateway;
+pub mod gateway_api;
 mod health;
 pub mod istio_ca;
 mod json;
@@ -117,6 +118,8 @@ pub fn compile(
     registry: &trellis_config::Registry,
     proxy: &ProxyIdentity,
 ) -> Resources {
+    let lowered = gateway_api::lower(snapshot, registry, proxy);
+    let snapshot = lowered.as_ref().unwrap_or(snapshot);
     let ctx = Context {
         snapshot,
         registry,
@@ -143,6 +146,7 @@ pub fn compile_owned(
     if proxy.role == Role::Proxyless {
         return compile(&snapshot, &registry, proxy);
     }
+    gateway_api::lower_into(&mut snapshot, &registry, proxy);
     let front = Front::compile(&Context {
         snapshot: &snapshot,
         registry: &registry,

@@ -60,7 +60,13 @@ pub(crate) fn gateway_api_versions(
 
 impl Loader {
     /// Decodes one Gateway API object (its apiVersion already checked).
-    pub(super) fn load_gateway_api(&mut self, ctx: &Collector, file: &str, node: &Node, kind: &str) {
+    pub(super) fn load_gateway_api(
+        &mut self,
+        ctx: &Collector,
+        file: &str,
+        node: &Node,
+        kind: &str,
+    ) {
         match kind {
             "GatewayClass" => {
                 let r = self.decode(ctx, file, node);

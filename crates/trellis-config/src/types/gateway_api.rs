@@ -21,7 +21,10 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 
 /// Controller names whose `GatewayClass`es Trellis implements (Istio's, so that manifests
 /// written for Istio work unchanged, and Trellis's own).
-pub const CONTROLLER_NAMES: &[&str] = &["istio.io/gateway-controller", "trellis.dev/gateway-controller"];
+pub const CONTROLLER_NAMES: &[&str] = &[
+    "istio.io/gateway-controller",
+    "trellis.dev/gateway-controller",
+];
 
 /// `gatewayClassName`s accepted without a `GatewayClass` object (Istio creates `istio` itself).
 pub const BUILTIN_CLASSES: &[&str] = &["istio", "trellis"];

@@ -105,7 +105,11 @@ pub(super) fn gateway(rep: &mut Reporter<'_>, g: &Gateway) {
                 "HTTPS listeners terminate TLS; use protocol TLS for Passthrough",
             );
         }
-        if let Some(ns) = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
+        if let Some(ns) = l
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+        {
             let from = l.namespaces_from();
             let at = format!("{path}.allowedRoutes.namespaces");
             if !FROM.contains(&from) {
@@ -133,7 +137,12 @@ pub(super) fn http_route(rep: &mut Reporter<'_>, r: &HttpRoute) {
             http_match(rep, &format!("{path}.matches[{j}]"), m);
         }
         filters(rep, &format!("{path}.filters"), &rule.filters, HTTP_FILTERS);
-        backends(rep, &format!("{path}.backendRefs"), &rule.backend_refs, true);
+        backends(
+            rep,
+            &format!("{path}.backendRefs"),
+            &rule.backend_refs,
+            true,
+        );
         if let Some(t) = &rule.timeouts {
             rep.duration(&format!("{path}.timeouts.request"), t.request.as_ref());
             rep.duration(
@@ -177,10 +186,7 @@ pub(super) fn grpc_route(rep: &mut Reporter<'_>, r: &GrpcRoute) {
                 let kind = method.kind.as_deref().unwrap_or("Exact");
                 value_type(rep, &format!("{at}.method.type"), kind);
                 if method.service.is_none() && method.method.is_none() {
-                    rep.error(
-                        &format!("{at}.method"),
-                        "set `service`, `method` or both",
-                    );
+                    rep.error(&format!("{at}.method"), "set `service`, `method` or both");
                 }
                 if kind == "RegularExpression" {
                     for (field, v) in [("service", &method.service), ("method", &method.method)] {
@@ -193,7 +199,12 @@ pub(super) fn grpc_route(rep: &mut Reporter<'_>, r: &GrpcRoute) {
             header_matches(rep, &format!("{at}.headers"), &m.headers);
         }
         filters(rep, &format!("{path}.filters"), &rule.filters, GRPC_FILTERS);
-        backends(rep, &format!("{path}.backendRefs"), &rule.backend_refs, true);
+        backends(
+            rep,
+            &format!("{path}.backendRefs"),
+            &rule.backend_refs,
+            true,
+        );
     }
 }
 
@@ -217,15 +228,24 @@ pub(super) fn reference_grant(rep: &mut Reporter<'_>, g: &ReferenceGrant) {
     }
     for (i, f) in g.from.iter().enumerate() {
         if f.kind.is_empty() {
-            rep.error(&format!("spec.from[{i}].kind"), "kind is required (e.g. HTTPRoute)");
+            rep.error(
+                &format!("spec.from[{i}].kind"),
+                "kind is required (e.g. HTTPRoute)",
+            );
         }
         if f.namespace.is_empty() {
-            rep.error(&format!("spec.from[{i}].namespace"), "namespace is required");
+            rep.error(
+                &format!("spec.from[{i}].namespace"),
+                "namespace is required",
+            );
         }
     }
     for (i, t) in g.to.iter().enumerate() {
         if t.kind.is_empty() {
-            rep.error(&format!("spec.to[{i}].kind"), "kind is required (e.g. Service)");
+            rep.error(
+                &format!("spec.to[{i}].kind"),
+                "kind is required (e.g. Service)",
+            );
         }
     }
 }
@@ -319,7 +339,10 @@ fn http_match(rep: &mut Reporter<'_>, path: &str, m: &HttpRouteMatch) {
         if kind == "RegularExpression" {
             rep.regex(&format!("{at}.value"), value);
         } else if !value.starts_with('/') {
-            rep.error(&format!("{at}.value"), format!("path `{value}` must start with `/`"));
+            rep.error(
+                &format!("{at}.value"),
+                format!("path `{value}` must start with `/`"),
+            );
         } else if value.contains("//") || value.contains('?') || value.contains('#') {
             rep.error(
                 &format!("{at}.value"),
@@ -392,7 +415,10 @@ fn filters(rep: &mut Reporter<'_>, path: &str, filters: &[HttpRouteFilter], allo
         }
         let set: [(&str, bool); 7] = [
             ("RequestHeaderModifier", f.request_header_modifier.is_some()),
-            ("ResponseHeaderModifier", f.response_header_modifier.is_some()),
+            (
+                "ResponseHeaderModifier",
+                f.response_header_modifier.is_some(),
+            ),
             ("RequestMirror", f.request_mirror.is_some()),
             ("RequestRedirect", f.request_redirect.is_some()),
             ("URLRewrite", f.url_rewrite.is_some()),
@@ -426,13 +452,19 @@ fn filters(rep: &mut Reporter<'_>, path: &str, filters: &[HttpRouteFilter], allo
                 && code != 301
                 && code != 302
             {
-                rep.error(&format!("{at}.statusCode"), format!("statusCode {code}; use 301 or 302"));
+                rep.error(
+                    &format!("{at}.statusCode"),
+                    format!("statusCode {code}; use 301 or 302"),
+                );
             }
             if let Some(s) = &r.scheme
                 && s != "http"
                 && s != "https"
             {
-                rep.error(&format!("{at}.scheme"), format!("scheme `{s}`; use http or https"));
+                rep.error(
+                    &format!("{at}.scheme"),
+                    format!("scheme `{s}`; use http or https"),
+                );
             }
             if let Some(p) = r.port {
                 rep.port_number(&format!("{at}.port"), p);
@@ -462,7 +494,10 @@ fn filters(rep: &mut Reporter<'_>, path: &str, filters: &[HttpRouteFilter], allo
         }
     }
     if redirect && rewrite {
-        rep.error(path, "RequestRedirect and URLRewrite cannot be used together");
+        rep.error(
+            path,
+            "RequestRedirect and URLRewrite cannot be used together",
+        );
     }
 }
 
@@ -482,7 +517,10 @@ fn header_filter(rep: &mut Reporter<'_>, path: &str, h: &HttpHeaderFilter) {
     for (list, entries) in [("set", &h.set), ("add", &h.add)] {
         for (i, e) in entries.iter().enumerate() {
             if e.name.is_empty() {
-                rep.error(&format!("{path}.{list}[{i}].name"), "header name is required");
+                rep.error(
+                    &format!("{path}.{list}[{i}].name"),
+                    "header name is required",
+                );
             }
         }
     }
@@ -496,7 +534,10 @@ fn mirror(rep: &mut Reporter<'_>, path: &str, m: &HttpRequestMirrorFilter) {
     if let Some(p) = m.percent
         && p > 100
     {
-        rep.error(&format!("{path}.percent"), format!("percent {p} out of range; use 0..=100"));
+        rep.error(
+            &format!("{path}.percent"),
+            format!("percent {p} out of range; use 0..=100"),
+        );
     }
     if let Some(f) = &m.fraction {
         let d = f.denominator.unwrap_or(100);
@@ -527,10 +568,14 @@ fn path_modifier(rep: &mut Reporter<'_>, path: &str, p: &HttpPathModifier) {
         ("replacePrefixMatch", &p.replace_prefix_match)
     };
     match value {
-        None => rep.error(&format!("{path}.{field}"), format!("{} needs `{field}`", p.kind)),
-        Some(v) if !v.starts_with('/') => {
-            rep.error(&format!("{path}.{field}"), format!("path `{v}` must start with `/`"))
-        }
+        None => rep.error(
+            &format!("{path}.{field}"),
+            format!("{} needs `{field}`", p.kind),
+        ),
+        Some(v) if !v.starts_with('/') => rep.error(
+            &format!("{path}.{field}"),
+            format!("path `{v}` must start with `/`"),
+        ),
         Some(_) => {}
     }
 }
@@ -546,7 +591,10 @@ fn backends(rep: &mut Reporter<'_>, path: &str, refs: &[BackendRef], http: bool)
             );
         }
         if !http && !b.filters.is_empty() {
-            rep.error(&format!("{at}.filters"), "backendRef filters are for HTTP routes");
+            rep.error(
+                &format!("{at}.filters"),
+                "backendRef filters are for HTTP routes",
+            );
         }
         if !b.filters.is_empty() {
             filters(rep, &format!("{at}.filters"), &b.filters, HTTP_FILTERS);
