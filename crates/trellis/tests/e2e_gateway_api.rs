@@ -584,3 +584,148 @@ fn trellis_control_programs_the_gateway_over_xds_and_get_shows_status() {
     let routes = trellis(control.api, &["get", "httproute", "cross", "-n", "apps"]);
     assert!(routes.contains("ResolvedRefs=True"), "{routes}");
 }
+
+/// A throwaway self-signed certificate for `host`: `(cert.pem, key.pem)` in `dir`.
+fn self_signed(dir: &std::path::Path, host: &str) -> (String, String) {
+    let cert = dir.join(format!("{host}.pem"));
+    let key = dir.join(format!("{host}.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN={host}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{host}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (is it installed?)");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+/// A TLS server of its own (python3's ssl module) answering every GET with `body`.
+fn tls_backend(cert: &str, key: &str, body: &str) -> (Process, u16) {
+    const SERVER: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = sys.argv[4].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+    let port = free_port();
+    let args = ["-c", SERVER, &port.to_string(), cert, key, body].map(String::from);
+    let mut p = Process::spawn("python3", &args, &[]);
+    assert!(
+        wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20)),
+        "TLS backend did not listen: {}",
+        p.describe()
+    );
+    (p, port)
+}
+
+/// `curl https://<host>:<port>/` trusting only `ca`: the body, or the curl error.
+fn curl_tls(host: &str, port: u16, ca: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve"])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .args(["--cacert", ca])
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .expect("run curl");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn tls_routes_pass_tls_through_by_sni() {
+    let certs = TempDir::new().expect("temp dir");
+    let (a_cert, a_key) = self_signed(certs.path(), "a.example.com");
+    let (b_cert, b_key) = self_signed(certs.path(), "b.example.com");
+    let (_a, pa) = tls_backend(&a_cert, &a_key, "backend A");
+    let (_b, pb) = tls_backend(&b_cert, &b_key, "backend B");
+    let port = free_port();
+    let tls_route = |name: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: {name}, namespace: infra}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [{name}.example.com]
+  rules: [{{backendRefs: [{{name: {name}, port: 443}}]}}]
+"#
+        )
+    };
+    let yaml = docs(&[
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {{name: tls, port: {port}, protocol: TLS, tls: {{mode: Passthrough}}}}
+"#
+        ),
+        service("a", "infra", 443, "TLS", pa),
+        service("b", "infra", 443, "TLS", pb),
+        tls_route("a"),
+        tls_route("b"),
+    ]);
+    let dir = TempDir::new().expect("temp dir");
+    write_atomic(dir.path(), "mesh.yaml", &yaml);
+    let args = [
+        "--role",
+        "gateway",
+        "--labels",
+        "gateway.networking.k8s.io/gateway-name=edge",
+        "--namespace",
+        "infra",
+    ];
+    let (mut gw, _admin) = proxy(dir.path(), &args);
+    assert!(wait_for_port(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs(10)
+    ));
+    // Each name reaches its own backend, whose own certificate the client verified.
+    assert_eq!(
+        curl_tls("a.example.com", port, &a_cert).as_deref(),
+        Ok("backend A"),
+        "{}",
+        gw.describe()
+    );
+    assert_eq!(
+        curl_tls("b.example.com", port, &b_cert).as_deref(),
+        Ok("backend B")
+    );
+    assert!(curl_tls("b.example.com", port, &a_cert).is_err());
+}
