@@ -434,6 +434,19 @@ mod tests {
     }
 
     #[test]
+    fn a_route_with_an_unsupported_filter_is_not_accepted() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n  rules: [{filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]}]\n";
+        let l = trellis_config::load_str("t.yaml", yaml).expect("loads");
+        let r = status(&l.snapshot, &l.registry, "HTTPRoute", "default", "r").unwrap();
+        assert_eq!(
+            condition(&r["parents"][0]["conditions"], "Accepted"),
+            pair("False", "UnsupportedValue")
+        );
+        let g = status(&l.snapshot, &l.registry, "Gateway", "default", "g").unwrap();
+        assert_eq!(g["listeners"][0]["attachedRoutes"], 0);
+    }
+
+    #[test]
     fn only_the_named_gateway_proxy_in_its_namespace_is_programmed() {
         let l = loaded();
         let mut proxy = ProxyIdentity {

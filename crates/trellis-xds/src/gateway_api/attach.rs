@@ -48,6 +48,8 @@ pub struct RouteRef<'a> {
     pub hostnames: &'a [String],
     /// Every backendRef of the route, mirrors included.
     pub backends: Vec<&'a BackendRef>,
+    /// A filter Trellis does not implement (the route is then not accepted).
+    pub unsupported: Option<String>,
 }
 
 /// A Gateway Trellis implements (or not) and its listeners.
@@ -163,6 +165,11 @@ pub fn routes(s: &Snapshot) -> Vec<RouteRef<'_>> {
             }
             backends.extend(mirrors(&rule.filters));
         }
+        let filters = r.spec.rules.iter().flat_map(|rule| {
+            rule.filters
+                .iter()
+                .chain(rule.backend_refs.iter().flat_map(|b| &b.filters))
+        });
         out.push(RouteRef {
             kind: RouteKind::Http,
             index,
@@ -170,6 +177,7 @@ pub fn routes(s: &Snapshot) -> Vec<RouteRef<'_>> {
             parent_refs: &r.spec.parent_refs,
             hostnames: &r.spec.hostnames,
             backends,
+            unsupported: unsupported(filters),
         });
     }
     for (index, r) in s.grpc_routes.iter().enumerate() {
@@ -185,6 +193,7 @@ pub fn routes(s: &Snapshot) -> Vec<RouteRef<'_>> {
             parent_refs: &r.spec.parent_refs,
             hostnames: &r.spec.hostnames,
             backends,
+            unsupported: unsupported(r.spec.rules.iter().flat_map(|rule| &rule.filters)),
         });
     }
     for (index, r) in s.tls_routes.iter().enumerate() {
@@ -195,6 +204,7 @@ pub fn routes(s: &Snapshot) -> Vec<RouteRef<'_>> {
             parent_refs: &r.spec.parent_refs,
             hostnames: &r.spec.hostnames,
             backends: r.spec.rules.iter().flat_map(|x| &x.backend_refs).collect(),
+            unsupported: None,
         });
     }
     for (index, r) in s.tcp_routes.iter().enumerate() {
@@ -205,9 +215,19 @@ pub fn routes(s: &Snapshot) -> Vec<RouteRef<'_>> {
             parent_refs: &r.spec.parent_refs,
             hostnames: &[],
             backends: r.spec.rules.iter().flat_map(|x| &x.backend_refs).collect(),
+            unsupported: None,
         });
     }
     out
+}
+
+/// The first filter type Trellis does not implement, as a status message.
+fn unsupported<'a>(
+    mut filters: impl Iterator<Item = &'a trellis_config::gateway_api::HttpRouteFilter>,
+) -> Option<String> {
+    filters
+        .find(|f| matches!(f.kind.as_str(), "CORS" | "ExtensionRef"))
+        .map(|f| format!("filter type `{}` is not supported", f.kind))
 }
 
 fn mirrors(
@@ -546,6 +566,9 @@ fn parent_state(
 ) -> ParentState {
     let route_ns = route.meta.namespace.as_str();
     let ns = p.namespace_or(route_ns);
+    if let Some(why) = &route.unsupported {
+        return none(Condition::fail("UnsupportedValue", why.clone()));
+    }
     if p.is_service() {
         if !matches!(route.kind, RouteKind::Http | RouteKind::Grpc) {
             return none(Condition::fail(
