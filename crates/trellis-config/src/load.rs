@@ -3,6 +3,7 @@
 //! Then runs validation and analysis. Owns file walking and kind dispatch; field-level
 //! decoding is `de.rs`, rules are `validate.rs` and `analyze.rs`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -44,6 +45,7 @@ const KINDS: &[&str] = &[
     "PeerAuthentication",
     "RateLimitPolicy",
     "QuotaPolicy",
+    "Secret",
     "GatewayClass",
     "HTTPRoute",
     "GRPCRoute",
@@ -85,7 +87,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 22],
+    resources: [usize; 23],
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +109,19 @@ struct EndpointSliceDoc {
     address_type: String,
     endpoints: Vec<SliceEndpoint>,
     ports: Vec<SlicePort>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SecretDoc {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    #[serde(rename = "type")]
+    secret_type: String,
+    data: BTreeMap<String, String>,
+    string_data: BTreeMap<String, String>,
+    immutable: Option<bool>,
 }
 
 /// `VirtualService default/reviews`.
@@ -184,6 +199,7 @@ impl Loader {
             peer_authentications,
             rate_limit_policies,
             quota_policies,
+            secrets,
             gateway_classes,
             gateway_api_gateways,
             http_routes,
@@ -212,6 +228,7 @@ impl Loader {
                 peer_authentications.len(),
                 rate_limit_policies.len(),
                 quota_policies.len(),
+                secrets.len(),
                 gateway_classes.len(),
                 gateway_api_gateways.len(),
                 http_routes.len(),
@@ -244,6 +261,7 @@ impl Loader {
             pa,
             rl,
             qp,
+            sec,
             gc,
             kgw,
             hr,
@@ -267,6 +285,7 @@ impl Loader {
         s.peer_authentications.truncate(pa);
         s.rate_limit_policies.truncate(rl);
         s.quota_policies.truncate(qp);
+        s.secrets.truncate(sec);
         s.gateway_classes.truncate(gc);
         s.gateway_api_gateways.truncate(kgw);
         s.http_routes.truncate(hr);
@@ -453,6 +472,20 @@ impl Loader {
                 let r = self.decode(&ctx, file, node);
                 push(&mut self.snapshot.quota_policies, r);
             }
+            "Secret" => {
+                let r = ctx.deserialize::<SecretDoc>(node, "").map(|d| Resource {
+                    meta: with_default_namespace(d.metadata),
+                    spec: Secret {
+                        secret_type: d.secret_type,
+                        data: d.data,
+                        string_data: d.string_data,
+                        immutable: d.immutable,
+                    },
+                    file: file.to_string(),
+                    line: node.line,
+                });
+                push(&mut self.snapshot.secrets, r);
+            }
             "EndpointSlice" => {
                 let r = ctx
                     .deserialize::<EndpointSliceDoc>(node, "")
@@ -592,7 +625,7 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
         "GatewayClass" | "HTTPRoute" | "GRPCRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" => {
             return None;
         }
-        "Service" | "List" => &["v1"],
+        "Service" | "Secret" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
         "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" | "RateLimitPolicy"
         | "QuotaPolicy" => TRELLIS_API_VERSIONS,

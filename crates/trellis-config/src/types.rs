@@ -91,6 +91,8 @@ pub struct Snapshot {
     pub rate_limit_policies: Vec<Resource<RateLimitPolicy>>,
     /// `trellis.dev/v1alpha1` `QuotaPolicy`.
     pub quota_policies: Vec<Resource<QuotaPolicy>>,
+    /// Core `v1` Secret (gateway TLS credentials).
+    pub secrets: Vec<Resource<Secret>>,
     /// Gateway API `GatewayClass`.
     pub gateway_classes: Vec<Resource<gateway_api::GatewayClass>>,
     /// Gateway API `Gateway` (Istio's `Gateway` is [`Snapshot::gateways`]).
@@ -186,6 +188,7 @@ impl Snapshot {
             + self.peer_authentications.len()
             + self.rate_limit_policies.len()
             + self.quota_policies.len()
+            + self.secrets.len()
             + self.gateway_api_len()
     }
 

@@ -215,6 +215,9 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         &mut out,
         |rep, r| request_authentication::request_authentication(rep, &r.spec),
     );
+    each(&snapshot.secrets, "Secret", spans, &mut out, |rep, r| {
+        secret(rep, &r.spec)
+    });
     each(
         &snapshot.endpoint_slices,
         "EndpointSlice",
@@ -317,10 +320,71 @@ fn gateway(rep: &mut Reporter<'_>, g: &Gateway) {
                 "at least one host is required (use `*` for any)",
             );
         }
+        if let Some(tls) = &s.tls {
+            server_tls(rep, &format!("{path}.tls"), tls);
+        }
         for (j, h) in s.hosts.iter().enumerate() {
             if h.is_empty() {
                 rep.error(&format!("{path}.hosts[{j}]"), "host must not be empty");
             }
+        }
+    }
+}
+
+/// Terminating modes need credentials: a `credentialName`, or certificate and key files
+/// (MUTUAL also CA certificates, which a credential may carry).
+fn server_tls(rep: &mut Reporter<'_>, path: &str, tls: &ServerTlsSettings) {
+    let mode = tls.mode.unwrap_or_default();
+    if !matches!(mode, ServerTlsMode::Simple | ServerTlsMode::Mutual) {
+        return;
+    }
+    let files = !tls.server_certificate.is_empty() || !tls.private_key.is_empty();
+    if tls.credential_name.is_empty() {
+        if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
+            rep.error(
+                path,
+                "SIMPLE and MUTUAL need `credentialName`, or `serverCertificate` and `privateKey`",
+            );
+        } else if mode == ServerTlsMode::Mutual && tls.ca_certificates.is_empty() {
+            rep.error(
+                path,
+                "MUTUAL with certificate files needs `caCertificates` to verify clients",
+            );
+        }
+    } else if files {
+        rep.error(
+            path,
+            "give either `credentialName` or `serverCertificate`/`privateKey`, not both",
+        );
+    }
+    let order = |v: Option<TlsProtocolVersion>| match v.unwrap_or_default() {
+        TlsProtocolVersion::TlsAuto => None,
+        TlsProtocolVersion::TlsV1_0 => Some(0),
+        TlsProtocolVersion::TlsV1_1 => Some(1),
+        TlsProtocolVersion::TlsV1_2 => Some(2),
+        TlsProtocolVersion::TlsV1_3 => Some(3),
+    };
+    if let (Some(min), Some(max)) = (
+        order(tls.min_protocol_version),
+        order(tls.max_protocol_version),
+    ) && min > max
+    {
+        rep.error(
+            &format!("{path}.minProtocolVersion"),
+            "minProtocolVersion is above maxProtocolVersion",
+        );
+    }
+}
+
+/// `data` values are base64.
+fn secret(rep: &mut Reporter<'_>, s: &Secret) {
+    for (k, v) in &s.data {
+        let text: String = v.split_whitespace().collect();
+        if base64_decode(&text).is_none() {
+            rep.error(
+                &format!("data.{k}"),
+                format!("`data.{k}` is not base64; put plain text under `stringData`"),
+            );
         }
     }
 }

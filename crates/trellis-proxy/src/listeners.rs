@@ -3,7 +3,8 @@
 //! stayed; binding happens before the snapshot is swapped in, so a bind failure leaves the old
 //! config serving. Each connection is served by hyper (HTTP/1.1 and h2c prior knowledge on one
 //! port) with the listener's limits and timeouts; L4 (tcp_proxy) listeners hand each connection
-//! to `crate::tcp_proxy`. Owns sockets only; routing is `crate::proxy`.
+//! to `crate::tcp_proxy`; gateway TLS listeners go to `gateway` (SNI chains, termination).
+//! Owns sockets only; routing is `crate::proxy`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub mod framing;
+mod gateway;
 pub mod sni;
 
 use crate::proxy::{ConnInfo, Proxy, poll_registered};
@@ -170,6 +172,16 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, remote)) => {
+                // Gateway TLS listeners: the chain is chosen per connection by SNI.
+                if let Some(l) = proxy.runtime.load().sni_listeners.get(&name) {
+                    tokio::spawn(gateway::serve(
+                        Arc::clone(&proxy),
+                        Arc::clone(l),
+                        stream,
+                        remote,
+                    ));
+                    continue;
+                }
                 let local = stream.local_addr().unwrap_or(remote);
                 // L4 listeners: the chain is chosen per connection by `tcp_proxy`.
                 if let Some(l) = proxy.runtime.load().tcp_listeners.get(&name) {

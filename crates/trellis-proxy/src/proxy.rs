@@ -257,10 +257,19 @@ impl Proxy {
             circuit: None,
             cors: None,
         });
-        match forward(&runtime, conn, req, &mut log).await {
-            Ok(resp) => Ok(upstream_response(resp, log)),
-            Err(local) => Ok(local_response(local, Some(log))),
+        let mut resp = match forward(&runtime, conn, req, &mut log).await {
+            Ok(resp) => upstream_response(resp, log),
+            Err(local) => local_response(local, Some(log)),
+        };
+        let server = runtime
+            .listeners
+            .get(&conn.listener)
+            .and_then(|l| l.settings.server_name.as_ref());
+        if let Some(server) = server {
+            resp.headers_mut()
+                .insert(http::header::SERVER, server.clone());
         }
+        Ok(resp)
     }
 }
 
@@ -314,10 +323,17 @@ async fn forward(
         authority: host,
         path,
         query: parts.uri.query(),
-        scheme: "http",
+        scheme: if listener.chain_of.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         headers: &parts.headers,
     };
     let vhost = table.find_virtual_host(host);
+    if let Some(vh) = vhost.filter(|vh| vh.require_tls && view.scheme == "http") {
+        return Err(https_redirect(vh, host, &parts.uri));
+    }
     let route = vhost.and_then(|vh| vh.find_route(&view));
     let authorized =
         authz::authorize(rt, &listener.authz, conn, settings, &view, &parts, route).await?;
@@ -371,6 +387,13 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers);
     upgrade::restore(&mut parts.headers, upgrade.as_ref());
     let forwarded = headers::forwarding_ids(&mut parts.headers, settings, conn.peer_ip.as_ref());
+    if settings.use_remote_address && listener.chain_of.is_some() {
+        // A gateway TLS chain: the client spoke https.
+        parts.headers.insert(
+            &headers::X_FORWARDED_PROTO,
+            HeaderValue::from_static("https"),
+        );
+    }
     log.request_id = forwarded.request_id;
     log.xff = forwarded.x_forwarded_for;
     match cluster.protocol {
@@ -427,6 +450,14 @@ async fn forward(
             log.lease = None;
         }
         plan.on_response(resp.headers_mut(), log);
+        if settings.server_name.is_some() {
+            // Envoy's router header: milliseconds until the upstream's response headers.
+            let ms = log.started.elapsed().as_millis() as u64;
+            resp.headers_mut().insert(
+                &headers::X_ENVOY_UPSTREAM_SERVICE_TIME,
+                HeaderValue::from(ms),
+            );
+        }
         if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
             resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
@@ -477,6 +508,23 @@ fn check_header_limits(
         ));
     }
     Ok(())
+}
+
+/// Envoy's `require_tls` answer: 301 to `https://<host><path>`.
+fn https_redirect(vh: &crate::runtime::route::VirtualHost, host: &str, uri: &Uri) -> Local {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut local = Local::new(
+        StatusCode::MOVED_PERMANENTLY,
+        "-",
+        format!("{} requires https\n", vh.name),
+    );
+    local.body = Some(Bytes::new());
+    if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::LOCATION, location);
+        local.headers = Some(Box::new(h));
+    }
+    local
 }
 
 /// `/path?query` of `uri`.

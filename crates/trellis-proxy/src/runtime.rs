@@ -18,6 +18,7 @@ pub mod pool;
 pub mod rbac;
 pub mod retry;
 pub mod route;
+pub mod sni;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -67,6 +68,8 @@ pub struct Runtime {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// L4 (tcp_proxy) listeners; names are unique across both listener maps.
     pub tcp_listeners: HashMap<Arc<str>, Arc<TcpListener>>,
+    /// Gateway listeners that terminate TLS by SNI; their HTTP chains are in `listeners`.
+    pub sni_listeners: HashMap<Arc<str>, Arc<sni::SniListener>>,
     /// The workload's identity, carried from snapshot to snapshot (upstream TLS reads it).
     pub identity: Arc<crate::security::IdentityStore>,
 }
@@ -138,8 +141,19 @@ impl Runtime {
         }
         let mut listeners = HashMap::with_capacity(xlisteners.len());
         let mut tcp_listeners = HashMap::new();
+        let mut sni_listeners = HashMap::new();
         for l in xlisteners {
-            let dup = if TcpListener::is_l4(&l) {
+            let dup = if sni::SniListener::is_sni_tls(&l) {
+                let (compiled, chains) = sni::SniListener::compile(&l, &clusters)?;
+                let mut dup = listeners.contains_key(&compiled.name)
+                    || tcp_listeners.contains_key(&compiled.name);
+                for c in chains {
+                    dup |= listeners.insert(Arc::clone(&c.name), Arc::new(c)).is_some();
+                }
+                dup || sni_listeners
+                    .insert(Arc::clone(&compiled.name), Arc::new(compiled))
+                    .is_some()
+            } else if TcpListener::is_l4(&l) {
                 let compiled = TcpListener::compile(&l, &clusters)?;
                 listeners.contains_key(&compiled.name)
                     || tcp_listeners
@@ -165,14 +179,21 @@ impl Runtime {
             routes,
             clusters,
             tcp_listeners,
+            sni_listeners,
             identity,
         })
     }
 
-    /// Every listener's name and configured address, HTTP and L4.
+    /// Every listener's name and configured address, HTTP, L4 and gateway TLS (not the HTTP
+    /// chains of the latter, which share their listener's socket).
     pub fn listener_addrs(&self) -> impl Iterator<Item = (&Arc<str>, SocketAddr)> {
-        let http = self.listeners.iter().map(|(n, l)| (n, l.addr));
+        let http = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.chain_of.is_none())
+            .map(|(n, l)| (n, l.addr));
         http.chain(self.tcp_listeners.iter().map(|(n, l)| (n, l.addr)))
+            .chain(self.sni_listeners.iter().map(|(n, l)| (n, l.addr)))
     }
 
     /// The route table a listener uses right now.

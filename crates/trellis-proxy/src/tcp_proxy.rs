@@ -28,6 +28,7 @@ use crate::runtime::cluster::{Cluster, Endpoint};
 use crate::runtime::{TcpChain, TcpListener};
 use crate::telemetry::tcp_metrics::{TcpLabels, TcpSeries};
 use crate::telemetry::{ActiveConnection, RequestRecord};
+use crate::tls::stream::Stream;
 
 mod tunnel;
 
@@ -63,7 +64,7 @@ struct Bytes {
 /// The downstream socket, counting what flows through it into the connection's [`Bytes`] and
 /// the cluster's series.
 struct Counted<'a> {
-    inner: TcpStream,
+    inner: Stream,
     bytes: &'a Bytes,
     series: Option<&'a TcpSeries>,
 }
@@ -105,13 +106,54 @@ pub async fn serve(
     } else {
         None
     };
+    routed(&conn, &listener, Stream::Plain(stream), sniffed, &bytes).await;
+}
+
+/// Serves a connection of a gateway listener whose chain was chosen already
+/// (`listeners::gateway`): `stream` is the raw socket (passthrough: `hello.bytes` are replayed
+/// upstream) or the terminated TLS stream (`hello.bytes` empty).
+pub async fn serve_chosen(
+    proxy: Arc<Proxy>,
+    listener: Arc<TcpListener>,
+    stream: Stream,
+    remote: SocketAddr,
+    hello: sni::Sniffed,
+) {
+    let _open: ActiveConnection = proxy.telemetry.connection_opened();
+    let conn = Conn {
+        start: SystemTime::now(),
+        local: stream.tcp().local_addr().unwrap_or(remote),
+        remote,
+        proxy: &proxy,
+    };
+    let bytes = Bytes::new();
+    routed(&conn, &listener, stream, Some(hello), &bytes).await;
+}
+
+/// Route, connect and splice a connection whose ClientHello (if inspected) was read.
+async fn routed(
+    conn: &Conn<'_>,
+    listener: &TcpListener,
+    stream: Stream,
+    sniffed: Option<sni::Sniffed>,
+    bytes: &Bytes,
+) {
+    let proxy = conn.proxy;
+    let remote = conn.remote;
+    let outcome = Outcome {
+        flags: "",
+        server_name: None,
+        cluster: None,
+        endpoint: None,
+        bytes,
+    };
     let head = sniffed.as_ref().map_or(&[][..], |s| s.bytes.as_slice());
     bytes.received.fetch_add(head.len() as u64, Relaxed);
     let outcome = Outcome {
         server_name: sniffed.as_ref().and_then(|s| s.server_name.as_deref()),
         ..outcome
     };
-    let (chain, cluster, endpoint) = match route(&listener, outcome.server_name) {
+    let (chain, cluster, endpoint) = match route(listener, outcome.server_name) {
         Ok(picked) => picked,
         Err((flags, cluster)) => {
             return conn.finish(Outcome {
@@ -164,7 +206,7 @@ pub async fn serve(
     }
     let mut down = Counted {
         inner: stream,
-        bytes: &bytes,
+        bytes,
         series: series.as_deref(),
     };
     if !early.is_empty()

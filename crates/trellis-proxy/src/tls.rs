@@ -2,7 +2,8 @@
 //! certificates (`cert`), SPIFFE-aware certificate resolution and verification against the
 //! `IdentityStore` (`verify`), the inbound server side (`inbound`), the upstream client side
 //! (`upstream`), one stream type for both (`stream`) and the `x-forwarded-client-cert` header
-//! (`xfcc`). Crypto is rustls with the ring provider only.
+//! (`xfcc`), and gateway termination with per-chain certificates that rotate live
+//! (`gateway`). Crypto is rustls with the ring provider only.
 //!
 //! Owns TLS and identity checks; which listener or cluster uses TLS is decided by xDS (`runtime`).
 
@@ -11,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub mod cert;
+pub mod gateway;
 pub mod identity_dir;
 pub mod inbound;
 pub mod stream;

@@ -3,17 +3,23 @@
 //!
 //! Owns gateway selection (selector ⊆ proxy labels, any namespace), server host forms (`ns/host`)
 //! and VS host × server host intersection. Route translation lives in `route.rs`, clusters in
-//! `cluster.rs`. Plaintext HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) are compiled here; TCP
-//! and TLS-passthrough servers by `l4.rs`; TLS-terminating (HTTPS/TLS SIMPLE, MUTUAL) servers
-//! are skipped for now.
+//! `cluster.rs`. Plaintext HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) are compiled here (with
+//! `httpsRedirect` as Istio's `require_tls` virtual hosts); TLS-terminating (HTTPS/TLS SIMPLE,
+//! MUTUAL) servers by `gateway/tls.rs`; TCP and TLS-passthrough servers by `l4.rs`. Every
+//! gateway HCM answers with Istio's `server: istio-envoy`.
+
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, virtual_host};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::util::pack_any;
 use trellis_config::{Gateway, Protocol, Resource, Server, VirtualService, resolve_host};
 
-use crate::listener::{HcmSpec, Routes, http_listener};
+use crate::listener::{HCM_FILTER, HcmSpec, Routes, http_connection_manager, socket_address};
 use crate::route::{
     ClusterRefs, Scope, binds, host_intersection, route_config, virtual_host, vs_routes,
 };
@@ -33,24 +39,46 @@ pub fn compile(ctx: &Context<'_>) -> (Vec<Listener>, Vec<RouteConfiguration>, Cl
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let by_port = servers_by_port(ctx);
-    let http_ports = by_port.keys().copied().collect();
+    let mut taken: BTreeSet<u32> = by_port.keys().copied().collect();
     for (port, servers) in by_port {
         let name = format!("http.{port}");
         routes.push(port_routes(ctx, port, &name, &servers, &mut refs));
-        listeners.push(http_listener(
-            &format!("0.0.0.0_{port}"),
-            &ctx.proxy.bind_address,
-            port,
-            TrafficDirection::Outbound,
-            HcmSpec {
-                stat_prefix: format!("outbound_0.0.0.0_{port}"),
-                routes: Routes::Rds(name),
-                use_remote_address: true,
-            },
-        ));
+        listeners.push(Listener {
+            name: format!("0.0.0.0_{port}"),
+            address: Some(socket_address(&ctx.proxy.bind_address, port)),
+            traffic_direction: TrafficDirection::Outbound as i32,
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: HCM_FILTER.into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack_any(gateway_hcm(
+                        port,
+                        Routes::Rds(name),
+                    )))),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
     }
-    listeners.extend(crate::l4::gateway_listeners(ctx, &http_ports, &mut refs));
+    let (tls_listeners, tls_ports) = tls::listeners(ctx, &taken, &mut routes, &mut refs);
+    listeners.extend(tls_listeners);
+    taken.extend(tls_ports);
+    listeners.extend(crate::l4::gateway_listeners(ctx, &taken, &mut refs));
     (listeners, routes, refs)
+}
+
+/// Istio's `server` header value on gateways.
+pub const SERVER_NAME: &str = "istio-envoy";
+
+/// A gateway's HCM on `port`: edge (`use_remote_address`), `server: istio-envoy`.
+fn gateway_hcm(port: u32, routes: Routes) -> HttpConnectionManager {
+    let mut hcm = http_connection_manager(HcmSpec {
+        stat_prefix: format!("outbound_0.0.0.0_{port}"),
+        routes,
+        use_remote_address: true,
+    });
+    hcm.server_name = SERVER_NAME.into();
+    hcm
 }
 
 /// Whether a Gateway `selector` picks this proxy (an empty selector picks every gateway).
@@ -100,13 +128,27 @@ fn port_routes(
     services.sort_by_key(|vs| vs.key());
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
+    // Hosts of `httpsRedirect` servers: answered with a 301 to https (Istio's `require_tls`),
+    // whether or not a VirtualService routes them.
+    let mut redirect = BTreeSet::new();
     for bound in servers {
+        if bound.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+            for h in &bound.server.hosts {
+                let host = split_server_host(h, bound.namespace).1.to_ascii_lowercase();
+                hosts.entry(host.clone()).or_default();
+                redirect.insert(host);
+            }
+        }
         for vs in &services {
             let ns = vs.meta.namespace.as_str();
             if !binds(&vs.spec.gateways, ns, Some(&bound.key)) {
                 continue;
             }
+            let redirects = bound.server.tls.as_ref().is_some_and(|t| t.https_redirect);
             for host in bound_hosts(vs, bound) {
+                if redirects {
+                    redirect.insert(host.clone());
+                }
                 if !seen.insert((vs.key(), host.clone())) {
                     continue;
                 }
@@ -124,8 +166,14 @@ fn port_routes(
     }
     let vhosts = hosts
         .into_iter()
-        .filter(|(_, routes)| !routes.is_empty())
-        .map(|(host, routes)| virtual_host(&format!("{host}:{port}"), domains(&host, port), routes))
+        .filter(|(host, routes)| !routes.is_empty() || redirect.contains(host))
+        .map(|(host, routes)| {
+            let mut vh = virtual_host(&format!("{host}:{port}"), domains(&host, port), routes);
+            if redirect.contains(&host) {
+                vh.require_tls = virtual_host::TlsRequirementType::All as i32;
+            }
+            vh
+        })
         .collect();
     route_config(name, vhosts)
 }

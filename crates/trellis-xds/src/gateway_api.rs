@@ -174,10 +174,24 @@ fn istio_gateway(
     g: &Resource<trellis_config::gateway_api::Gateway>,
     l: &Listener,
 ) -> Resource<Gateway> {
-    let tls = (l.protocol == "TLS").then(|| ServerTlsSettings {
-        mode: Some(ServerTlsMode::Passthrough),
-        ..Default::default()
-    });
+    let tls = match (l.protocol.as_str(), l.tls_mode()) {
+        ("TLS", "Passthrough") => Some(ServerTlsSettings {
+            mode: Some(ServerTlsMode::Passthrough),
+            ..Default::default()
+        }),
+        ("HTTPS" | "TLS", _) => Some(ServerTlsSettings {
+            mode: Some(ServerTlsMode::Simple),
+            // The listener is programmed only when its first certificateRef resolves.
+            credential_name: l
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificate_refs.first())
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        }),
+        _ => None,
+    };
     let server = Server {
         port: Some(Port {
             number: l.port,
@@ -262,7 +276,7 @@ fn l4_service(
         gateways: gateways.clone(),
         ..Default::default()
     };
-    if kind == RouteKind::Tls {
+    if kind == RouteKind::Tls && l.tls_mode() == "Passthrough" {
         vs.hosts = hostnames.to_vec();
         vs.tls = vec![TlsRoute {
             matches: vec![TlsMatchAttributes {

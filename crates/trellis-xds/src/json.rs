@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteMatch, VirtualHost,
     WeightedCluster, header_matcher, query_parameter_matcher, retry_policy, route, route_action,
-    route_match,
+    route_match, virtual_host,
 };
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -45,7 +45,7 @@ use crate::{Cluster, ClusterLoadAssignment, Listener, Resources, RouteConfigurat
 
 mod lb;
 mod rbac;
-mod tls;
+pub mod tls;
 
 /// A JSON object under construction that leaves out proto3 default values.
 #[derive(Default)]
@@ -267,6 +267,7 @@ pub fn http_connection_manager(h: &HttpConnectionManager) -> Value {
     Obj::typed(&HttpConnectionManager::type_url())
         .str("statPrefix", &h.stat_prefix)
         .opt("codecType", Some(json!(codec)))
+        .str("serverName", &h.server_name)
         .opt("rds", rds)
         .opt("routeConfig", inline)
         .list(
@@ -449,6 +450,13 @@ fn virtual_host(v: &VirtualHost) -> Value {
         .flag(
             "includeRequestAttemptCount",
             v.include_request_attempt_count,
+        )
+        .opt(
+            "requireTls",
+            virtual_host::TlsRequirementType::try_from(v.require_tls)
+                .ok()
+                .filter(|t| *t != virtual_host::TlsRequirementType::None)
+                .map(|t| json!(t.as_str_name())),
         )
         .done()
 }

@@ -110,13 +110,7 @@ pub fn l4_listener(
             .is_some_and(|m| !m.server_names.is_empty())
     });
     let listener_filters = if sni {
-        vec![ListenerFilter {
-            name: TLS_INSPECTOR_FILTER.into(),
-            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
-                TlsInspector::default(),
-            ))),
-            ..Default::default()
-        }]
+        vec![tls_inspector()]
     } else {
         Vec::new()
     };
@@ -128,6 +122,63 @@ pub fn l4_listener(
         listener_filters,
         ..Default::default()
     }
+}
+
+/// The `envoy.filters.listener.tls_inspector` listener filter.
+pub fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: TLS_INSPECTOR_FILTER.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The chains of one port's PASSTHROUGH and TCP servers, for a listener that also
+/// terminates TLS (`gateway/tls.rs`).
+pub fn port_l4_chains(ctx: &Context<'_>, port: u32, refs: &mut ClusterRefs) -> Vec<FilterChain> {
+    let mut services: Vec<&Resource<VirtualService>> =
+        ctx.snapshot.virtual_services.iter().collect();
+    services.sort_by_key(|vs| vs.key());
+    let servers = l4_servers(ctx, &BTreeSet::new())
+        .remove(&port)
+        .unwrap_or_default();
+    port_chains(ctx, port, &servers, &services, refs)
+}
+
+/// The tcp_proxy of a TLS server that terminates (SIMPLE, MUTUAL): the first applicable `tcp`
+/// route of the first VirtualService (by key) bound to it, as Istio routes such servers.
+pub fn terminated_tcp_proxy(
+    ctx: &Context<'_>,
+    port: u32,
+    gateway_key: &str,
+    gateway_namespace: &str,
+    server: &Server,
+    refs: &mut ClusterRefs,
+) -> Option<TcpProxy> {
+    let mut services: Vec<&Resource<VirtualService>> =
+        ctx.snapshot.virtual_services.iter().collect();
+    services.sort_by_key(|vs| vs.key());
+    let bound = Bound {
+        key: gateway_key.to_string(),
+        namespace: gateway_namespace,
+        server,
+        passthrough: false,
+    };
+    let scope = L4Scope {
+        ctx,
+        gateway: Some(gateway_key),
+        port,
+    };
+    services.into_iter().find_map(|vs| {
+        let ns = vs.meta.namespace.as_str();
+        if !binds(&vs.spec.gateways, ns, Some(gateway_key)) || !vs_on_server(vs, &bound) {
+            return None;
+        }
+        let r = applicable_tcp_route(vs, scope)?;
+        Some(route_proxy(vs, &r.route, scope, refs))
+    })
 }
 
 /// Listeners `0.0.0.0_<port>` for the gateway's TCP and TLS-passthrough servers on ports that

@@ -91,3 +91,32 @@ config_struct! {
         pub app_protocol: Option<String>,
     }
 }
+
+config_struct! {
+    /// Secret (core/v1): TLS credentials a gateway server names by `credentialName`. Its
+    /// top-level `type`, `data` (base64) and `stringData` (plain text, wins over `data`).
+    pub struct Secret {
+        #[serde(rename = "type")]
+        pub secret_type: String,
+        pub data: BTreeMap<String, String>,
+        pub string_data: BTreeMap<String, String>,
+        pub immutable: Option<bool>,
+    }
+}
+
+impl Secret {
+    /// The bytes under `key`: `stringData` as written, else `data` decoded from base64
+    /// (`None` when absent or not base64; validation reports the latter).
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        if let Some(v) = self.string_data.get(key) {
+            return Some(v.as_bytes().to_vec());
+        }
+        let text: String = self.data.get(key)?.split_whitespace().collect();
+        super::base64_decode(&text)
+    }
+
+    /// Whether the Secret has `key` at all.
+    pub fn has(&self, key: &str) -> bool {
+        self.string_data.contains_key(key) || self.data.contains_key(key)
+    }
+}

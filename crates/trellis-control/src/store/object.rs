@@ -172,6 +172,13 @@ pub const KINDS: &[KindInfo] = &[
         short: "svc",
     },
     KindInfo {
+        kind: "Secret",
+        group: "",
+        api_version: "v1",
+        plural: "secrets",
+        short: "secret",
+    },
+    KindInfo {
         kind: "EndpointSlice",
         group: "discovery.k8s.io",
         api_version: "discovery.k8s.io/v1",

@@ -12,6 +12,8 @@ use crate::runtime::HttpSettings;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_TRELLIS_FLAGS: HeaderName = HeaderName::from_static("x-trellis-flags");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

@@ -37,6 +37,9 @@ pub struct Listener {
     pub jwt: Option<Arc<super::jwt::JwtAuthn>>,
     /// TLS termination, when a filter chain carries a `DownstreamTlsContext`.
     pub tls: Option<Arc<crate::tls::inbound::InboundTls>>,
+    /// The gateway TLS listener (`runtime/sni.rs`) this is one HTTP chain of; such a listener
+    /// is not bound itself.
+    pub chain_of: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +69,10 @@ pub struct HttpSettings {
     pub upgrades: Vec<String>,
     /// `forward_client_cert_details` / `set_current_client_cert_details`.
     pub xfcc: crate::tls::xfcc::XfccPolicy,
+    /// `server_name`: the `server` header on every response, and then also
+    /// `x-envoy-upstream-service-time` on proxied ones (Istio's gateways set `istio-envoy`).
+    /// Unset: the upstream's headers are left as they are.
+    pub server_name: Option<http::HeaderValue>,
 }
 
 impl Default for HttpSettings {
@@ -84,6 +91,7 @@ impl Default for HttpSettings {
             preserve_external_request_id: false,
             upgrades: Vec::new(),
             xfcc: Default::default(),
+            server_name: None,
         }
     }
 }
@@ -194,6 +202,7 @@ impl Listener {
             authz: Arc::new(authz),
             jwt,
             tls,
+            chain_of: None,
         })
     }
 }
@@ -247,6 +256,9 @@ impl HttpSettings {
                 .map(|u| u.upgrade_type.to_ascii_lowercase())
                 .collect(),
             xfcc: crate::tls::xfcc::XfccPolicy::from_hcm(h),
+            server_name: (!h.server_name.is_empty())
+                .then(|| http::HeaderValue::from_str(&h.server_name).ok())
+                .flatten(),
         }
     }
 }

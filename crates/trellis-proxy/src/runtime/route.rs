@@ -42,6 +42,8 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
     pub attempt_count: bool,
+    /// `require_tls` (ALL or EXTERNAL_ONLY): a plaintext request gets a 301 to https.
+    pub require_tls: bool,
 }
 
 #[derive(Debug)]
@@ -210,6 +212,7 @@ impl RouteTable {
                 name: vh.name.as_str().into(),
                 routes,
                 attempt_count: vh.include_request_attempt_count,
+                require_tls: vh.require_tls != 0,
             });
         }
         // Longest suffix/prefix wins, as Envoy does.

@@ -15,6 +15,8 @@ pub enum Stream {
     Server(Box<server::TlsStream<TcpStream>>),
     /// Initiated TLS (upstream).
     Client(Box<client::TlsStream<TcpStream>>),
+    /// Accepted TLS on a gateway, after its ClientHello was read to choose a chain.
+    Gateway(Box<server::TlsStream<super::gateway::Replayed>>),
 }
 
 impl Stream {
@@ -23,6 +25,7 @@ impl Stream {
             Stream::Plain(s) => s,
             Stream::Server(s) => s.get_ref().0,
             Stream::Client(s) => s.get_ref().0,
+            Stream::Gateway(s) => &s.get_ref().0.inner,
         }
     }
 }
@@ -33,6 +36,7 @@ macro_rules! each {
             Stream::Plain($s) => $e,
             Stream::Server($s) => $e,
             Stream::Client($s) => $e,
+            Stream::Gateway($s) => $e,
         }
     };
 }
@@ -69,6 +73,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Server(s) => s.is_write_vectored(),
             Stream::Client(s) => s.is_write_vectored(),
+            Stream::Gateway(s) => s.is_write_vectored(),
         }
     }
 

@@ -410,13 +410,64 @@ fn gateway_state<'a>(s: &Snapshot, g: &'a Resource<Gateway>) -> GatewayState<'a>
     }
 }
 
-/// HTTP, HTTPS (terminating) and TLS listeners share a port only among HTTP-like or TLS ones.
+/// Listeners share a port only within one family: HTTP, TCP, or TLS (HTTPS and TLS,
+/// terminated or passed through, all chosen by SNI).
 fn protocol_family(l: &Listener) -> &'static str {
-    match (l.protocol.as_str(), l.tls_mode()) {
-        ("HTTP", _) => "HTTP",
-        ("TCP", _) => "TCP",
-        ("TLS", "Passthrough") => "TLS",
-        _ => "HTTPS",
+    match l.protocol.as_str() {
+        "HTTP" => "HTTP",
+        "TCP" => "TCP",
+        _ => "TLS",
+    }
+}
+
+/// The Secret a terminating listener's certificateRef names, checked: a core `Secret` in the
+/// Gateway's namespace with `tls.crt` and `tls.key`. Returns its name (the Istio
+/// `credentialName`).
+pub fn certificate_ref(
+    s: &Snapshot,
+    gateway_ns: &str,
+    r: &trellis_config::gateway_api::SecretObjectReference,
+) -> Result<String, (&'static str, String)> {
+    let ns = r.namespace.as_deref().unwrap_or(gateway_ns);
+    let kind = r.kind.as_deref().unwrap_or("Secret");
+    if kind != "Secret" || !r.group.as_deref().unwrap_or("").is_empty() {
+        return Err((
+            "InvalidCertificateRef",
+            format!("certificateRef kind `{kind}` is not supported; use a Secret"),
+        ));
+    }
+    if !secret_granted(s, gateway_ns, ns, &r.name) {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "certificateRef to Secret `{ns}/{}` needs a ReferenceGrant in `{ns}`",
+                r.name
+            ),
+        ));
+    }
+    if ns != gateway_ns {
+        return Err((
+            "InvalidCertificateRef",
+            format!(
+                "certificateRef to Secret `{ns}/{}`: Secrets in another namespace are not supported yet; put it in `{gateway_ns}`",
+                r.name
+            ),
+        ));
+    }
+    let secret = s
+        .secrets
+        .iter()
+        .find(|x| x.meta.namespace == ns && x.meta.name == r.name);
+    match secret {
+        None => Err((
+            "InvalidCertificateRef",
+            format!("Secret `{ns}/{}` not found", r.name),
+        )),
+        Some(x) if x.spec.value("tls.crt").is_none() || x.spec.value("tls.key").is_none() => Err((
+            "InvalidCertificateRef",
+            format!("Secret `{ns}/{}` has no `tls.crt` and `tls.key`", r.name),
+        )),
+        Some(_) => Ok(r.name.clone()),
     }
 }
 
@@ -449,23 +500,12 @@ fn listener_state(s: &Snapshot, g: &Resource<Gateway>, i: usize, l: &Listener) -
             );
         }
     }
-    if let Some(tls) = &l.tls {
+    if let Some(tls) = &l.tls
+        && l.tls_mode() == "Terminate"
+    {
         for r in &tls.certificate_refs {
-            let ns = r.namespace.as_deref().unwrap_or(&g.meta.namespace);
-            let kind = r.kind.as_deref().unwrap_or("Secret");
-            if kind != "Secret" || !r.group.as_deref().unwrap_or("").is_empty() {
-                resolved_refs = Condition::fail(
-                    "InvalidCertificateRef",
-                    format!("certificateRef kind `{kind}` is not supported; use a Secret"),
-                );
-            } else if !secret_granted(s, &g.meta.namespace, ns, &r.name) {
-                resolved_refs = Condition::fail(
-                    "RefNotPermitted",
-                    format!(
-                        "certificateRef to Secret `{ns}/{}` needs a ReferenceGrant in `{ns}`",
-                        r.name
-                    ),
-                );
+            if let Err((reason, message)) = certificate_ref(s, &g.meta.namespace, r) {
+                resolved_refs = Condition::fail(reason, message);
             }
         }
     }
@@ -492,13 +532,9 @@ fn listener_state(s: &Snapshot, g: &Resource<Gateway>, i: usize, l: &Listener) -
         None => Condition::ok("NoConflicts", ""),
     };
     // `conflicted.ok` means "no conflict" here; status.rs reports Conflicted = !ok.
-    let accepted = match (l.protocol.as_str(), l.tls_mode()) {
-        ("HTTP" | "TCP", _) | ("TLS", "Passthrough") => Condition::ok("Accepted", ""),
-        ("HTTPS", _) | ("TLS", _) => Condition::fail(
-            "UnsupportedProtocol",
-            "TLS termination on Gateway API listeners is not supported yet; use an Istio Gateway server with tls.mode SIMPLE, or protocol TLS with mode Passthrough",
-        ),
-        (p, _) => Condition::fail(
+    let accepted = match l.protocol.as_str() {
+        "HTTP" | "TCP" | "HTTPS" | "TLS" => Condition::ok("Accepted", ""),
+        p => Condition::fail(
             "UnsupportedProtocol",
             format!("protocol `{p}` is not supported"),
         ),

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    TlsCertificate, UpstreamTlsContext, common_tls_context,
+    TlsCertificate, TlsParameters, UpstreamTlsContext, common_tls_context, tls_parameters,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use envoy_types::pb::google::protobuf::Any;
@@ -101,6 +101,7 @@ fn common(c: &CommonTlsContext) -> Value {
         _ => None,
     };
     let o = Obj::default()
+        .opt("tlsParams", c.tls_params.as_ref().map(tls_params))
         .list(
             "tlsCertificates",
             c.tls_certificates.iter().map(tls_certificate).collect(),
@@ -141,17 +142,52 @@ fn validation_context(v: &CertificateValidationContext) -> Value {
         .done()
 }
 
-fn tls_certificate(t: &TlsCertificate) -> Value {
+fn tls_params(p: &TlsParameters) -> Value {
+    let version = |v: i32| {
+        tls_parameters::TlsProtocol::try_from(v)
+            .ok()
+            .filter(|v| *v != tls_parameters::TlsProtocol::TlsAuto)
+            .map(|v| json!(v.as_str_name()))
+    };
     Obj::default()
-        .opt("certificateChain", t.certificate_chain.as_ref().map(data))
-        .opt("privateKey", t.private_key.as_ref().map(data))
+        .opt(
+            "tlsMinimumProtocolVersion",
+            version(p.tls_minimum_protocol_version),
+        )
+        .opt(
+            "tlsMaximumProtocolVersion",
+            version(p.tls_maximum_protocol_version),
+        )
+        .list(
+            "cipherSuites",
+            p.cipher_suites.iter().map(|c| json!(c)).collect(),
+        )
         .done()
 }
+
+/// As Envoy's config dump: an inline private key is `[redacted]` (a file name is shown).
+/// Versions hash this rendering; a new key always comes with a new certificate.
+fn tls_certificate(t: &TlsCertificate) -> Value {
+    let key = t.private_key.as_ref().map(|k| match &k.specifier {
+        Some(data_source::Specifier::Filename(_)) => data(k),
+        _ => json!({ "inlineString": REDACTED }),
+    });
+    Obj::default()
+        .opt("certificateChain", t.certificate_chain.as_ref().map(data))
+        .opt("privateKey", key)
+        .done()
+}
+
+/// What an inline private key renders as.
+pub const REDACTED: &str = "[redacted]";
 
 fn data(d: &DataSource) -> Value {
     match &d.specifier {
         Some(data_source::Specifier::Filename(f)) => json!({ "filename": f }),
         Some(data_source::Specifier::InlineString(s)) => json!({ "inlineString": s }),
+        Some(data_source::Specifier::InlineBytes(b)) => {
+            json!({ "inlineBytes": trellis_config::base64_encode(b) })
+        }
         _ => json!({}),
     }
 }
