@@ -461,6 +461,32 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_whose_secret_is_missing_is_not_programmed() {
+        let yaml = include_str!("../tests/golden/gateway-api-https/config.yaml");
+        let l = trellis_config::load_str("config.yaml", yaml).expect("loads");
+        let g = status(&l.snapshot, &l.registry, "Gateway", "infra", "secure").unwrap();
+        let listeners = &g["listeners"];
+        assert_eq!(
+            condition(&listeners[0]["conditions"], "Programmed"),
+            pair("True", "Programmed")
+        );
+        assert_eq!(listeners[0]["attachedRoutes"], 1);
+        assert_eq!(listeners[1]["attachedRoutes"], 1);
+        assert_eq!(
+            condition(&listeners[1]["conditions"], "Conflicted"),
+            pair("False", "NoConflicts")
+        );
+        assert_eq!(
+            condition(&listeners[2]["conditions"], "ResolvedRefs"),
+            pair("False", "InvalidCertificateRef")
+        );
+        assert_eq!(
+            condition(&listeners[2]["conditions"], "Programmed"),
+            pair("False", "Invalid")
+        );
+    }
+
+    #[test]
     fn only_the_named_gateway_proxy_in_its_namespace_is_programmed() {
         let l = loaded();
         let mut proxy = ProxyIdentity {

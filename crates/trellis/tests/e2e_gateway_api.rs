@@ -729,3 +729,87 @@ spec:
     );
     assert!(curl_tls("b.example.com", port, &a_cert).is_err());
 }
+
+#[test]
+fn an_https_listener_terminates_with_its_certificate_ref() {
+    let certs = TempDir::new().expect("temp dir");
+    let (cert, key) = self_signed(certs.path(), "secure.example.com");
+    let indent = |path: &str| {
+        std::fs::read_to_string(path)
+            .expect("read pem")
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let (_app, app_port) = sample_app("echo", "v1");
+    let port = free_port();
+    let yaml = docs(&[
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: https
+    port: {port}
+    protocol: HTTPS
+    hostname: secure.example.com
+    tls: {{certificateRefs: [{{name: secure-cert}}]}}
+"#
+        ),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: secure-cert, namespace: infra}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&cert),
+            indent(&key)
+        ),
+        service("echo", "infra", 80, "HTTP", app_port),
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: infra}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: echo, port: 80}]}]
+"#
+        .into(),
+    ]);
+    let dir = TempDir::new().expect("temp dir");
+    write_atomic(dir.path(), "mesh.yaml", &yaml);
+    let args = [
+        "--role",
+        "gateway",
+        "--labels",
+        "gateway.networking.k8s.io/gateway-name=edge",
+        "--namespace",
+        "infra",
+    ];
+    let (mut gw, _admin) = proxy(dir.path(), &args);
+    assert!(wait_for_port(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs(10)
+    ));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg("--resolve")
+        .arg(format!("secure.example.com:{port}:127.0.0.1"))
+        .args(["--cacert", &cert])
+        .arg(format!("https://secure.example.com:{port}/get"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "200 2",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.describe()
+    );
+}
