@@ -41,35 +41,44 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 pub const ISTIO_GATEWAY_NAME_LABEL: &str = "istio.io/gateway-name";
 
 /// The snapshot plus the Istio resources its Gateway API resources lower to for `proxy`;
-/// `None` when it has no Gateway API resources (the snapshot compiles as it is).
+/// `None` when nothing lowers for this proxy (the snapshot compiles as it is, uncopied).
 pub fn lower(snapshot: &Snapshot, registry: &Registry, proxy: &ProxyIdentity) -> Option<Snapshot> {
-    if snapshot.gateway_api_len() == 0 {
+    let (gateways, services) = lowered(snapshot, registry, proxy);
+    if gateways.is_empty() && services.is_empty() {
         return None;
     }
     let mut out = snapshot.clone();
-    lower_into(&mut out, registry, proxy);
+    out.gateways.extend(gateways);
+    out.virtual_services.extend(services);
     Some(out)
 }
 
 /// [`lower`] in place.
 pub fn lower_into(snapshot: &mut Snapshot, registry: &Registry, proxy: &ProxyIdentity) {
-    if snapshot.gateway_api_len() == 0 {
-        return;
-    }
-    let (gateways, services) = {
-        let a = attach::attach(snapshot, registry);
-        let src = Source {
-            snapshot,
-            registry,
-            port: None,
-        };
-        match proxy.role {
-            Role::Gateway => lower_gateways(&src, &a, proxy),
-            Role::Sidecar | Role::Proxyless => (Vec::new(), lower_mesh(&src, &a, proxy)),
-        }
-    };
+    let (gateways, services) = lowered(snapshot, registry, proxy);
     snapshot.gateways.extend(gateways);
     snapshot.virtual_services.extend(services);
+}
+
+/// The Istio Gateways and VirtualServices the Gateway API resources become for `proxy`.
+fn lowered(
+    snapshot: &Snapshot,
+    registry: &Registry,
+    proxy: &ProxyIdentity,
+) -> (Vec<Resource<Gateway>>, Vec<Resource<VirtualService>>) {
+    if snapshot.gateway_api_len() == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let a = attach::attach(snapshot, registry);
+    let src = Source {
+        snapshot,
+        registry,
+        port: None,
+    };
+    match proxy.role {
+        Role::Gateway => lower_gateways(&src, &a, proxy),
+        Role::Sidecar | Role::Proxyless => (Vec::new(), lower_mesh(&src, &a, proxy)),
+    }
 }
 
 /// Whether a Gateway programs this proxy.
