@@ -15,6 +15,7 @@ use crate::registry::Registry;
 use crate::types::*;
 use crate::yaml::{Node, NodeKind, for_each_document};
 use crate::{Loaded, analyze, validate};
+use gateway_api::{GATEWAY_API_PREFIX, gateway_api_versions};
 
 /// Istio networking API versions we accept.
 pub(crate) const ISTIO_API_VERSIONS: &[&str] = &[
@@ -45,6 +46,12 @@ const KINDS: &[&str] = &[
     "RateLimitPolicy",
     "QuotaPolicy",
     "Secret",
+    "GatewayClass",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TLSRoute",
+    "TCPRoute",
+    "ReferenceGrant",
     "List",
 ];
 
@@ -61,12 +68,8 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "WorkloadGroup",
     "ProxyConfig",
     "Telemetry",
-    "HTTPRoute",
-    "GRPCRoute",
-    "TLSRoute",
-    "TCPRoute",
-    "ReferenceGrant",
-    "GatewayClass",
+    "BackendTLSPolicy",
+    "UDPRoute",
 ];
 
 /// Accumulates resources and diagnostics across files.
@@ -84,7 +87,7 @@ struct Checkpoint {
     diagnostics: usize,
     substituted: usize,
     spans: usize,
-    resources: [usize; 16],
+    resources: [usize; 23],
 }
 
 #[derive(Deserialize, Default)]
@@ -197,6 +200,13 @@ impl Loader {
             rate_limit_policies,
             quota_policies,
             secrets,
+            gateway_classes,
+            gateway_api_gateways,
+            http_routes,
+            grpc_routes,
+            tls_routes,
+            tcp_routes,
+            reference_grants,
         } = &self.snapshot;
         Checkpoint {
             diagnostics: self.diagnostics.len(),
@@ -219,6 +229,13 @@ impl Loader {
                 rate_limit_policies.len(),
                 quota_policies.len(),
                 secrets.len(),
+                gateway_classes.len(),
+                gateway_api_gateways.len(),
+                http_routes.len(),
+                grpc_routes.len(),
+                tls_routes.len(),
+                tcp_routes.len(),
+                reference_grants.len(),
             ],
         }
     }
@@ -245,6 +262,13 @@ impl Loader {
             rl,
             qp,
             sec,
+            gc,
+            kgw,
+            hr,
+            gr,
+            tlr,
+            tcr,
+            rg,
         ] = to.resources;
         s.virtual_services.truncate(vs);
         s.destination_rules.truncate(dr);
@@ -262,6 +286,13 @@ impl Loader {
         s.rate_limit_policies.truncate(rl);
         s.quota_policies.truncate(qp);
         s.secrets.truncate(sec);
+        s.gateway_classes.truncate(gc);
+        s.gateway_api_gateways.truncate(kgw);
+        s.http_routes.truncate(hr);
+        s.grpc_routes.truncate(gr);
+        s.tls_routes.truncate(tlr);
+        s.tcp_routes.truncate(tcr);
+        s.reference_grants.truncate(rg);
     }
 
     /// Validates, analyses and returns the result; any error fails the whole load.
@@ -347,13 +378,23 @@ impl Loader {
             );
             return;
         }
-        if api_version.starts_with("gateway.networking.k8s.io/") {
+        if let Some(expected) = gateway_api_versions(kind, api_version) {
             let at = node.get("apiVersion").unwrap_or(node);
             let message = format!(
-                "Gateway API kind `{kind}` is not supported here; use the Istio `networking.istio.io/v1` kinds"
+                "unsupported apiVersion `{api_version}` for kind `{kind}`; use {}",
+                expected
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             );
             self.error(file, at, &label, "apiVersion", message);
             return;
+        }
+        if api_version.starts_with(GATEWAY_API_PREFIX) {
+            let ctx = Collector::new(ObjectKey::new(file, node.line));
+            self.load_gateway_api(&ctx, file, node, kind);
+            return self.finish_object(file, &label, ctx);
         }
         if let Some(expected) = expected_api_versions(kind, api_version) {
             let at = node.get("apiVersion").unwrap_or(node);
@@ -477,17 +518,22 @@ impl Loader {
                 return;
             }
         }
+        self.finish_object(file, &label, ctx);
+    }
+
+    /// Records the decode errors of one object and keeps its field positions.
+    fn finish_object(&mut self, file: &str, label: &str, ctx: Collector) {
         for e in ctx.errors.take() {
             if e.substituted {
                 self.substituted
-                    .push((file.to_string(), label.clone(), e.path.clone()));
+                    .push((file.to_string(), label.to_string(), e.path.clone()));
             }
             self.diagnostics.push(Diagnostic {
                 severity: Severity::Error,
                 file: file.to_string(),
                 line: e.line,
                 col: e.col,
-                resource: label.clone(),
+                resource: label.to_string(),
                 path: e.path,
                 message: e.message,
             });
@@ -575,6 +621,10 @@ fn expected_api_versions(kind: &str, api_version: &str) -> Option<&'static [&'st
             ISTIO_API_VERSIONS
         }
         "Gateway" => ISTIO_API_VERSIONS,
+        // Checked by `gateway_api_versions` before this.
+        "GatewayClass" | "HTTPRoute" | "GRPCRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" => {
+            return None;
+        }
         "Service" | "Secret" | "List" => &["v1"],
         "EndpointSlice" => &["discovery.k8s.io/v1"],
         "HealthCheckPolicy" | "DestinationPolicy" | "MeshConfig" | "RateLimitPolicy"
@@ -614,5 +664,6 @@ fn sort(diags: &mut [Diagnostic]) {
     diags.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
 }
 
+mod gateway_api;
 #[cfg(test)]
 pub(crate) mod tests;

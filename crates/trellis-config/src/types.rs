@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 pub mod authorization;
+pub mod gateway_api;
 pub mod istio;
 pub mod kube;
 pub mod peer_authentication;
@@ -92,6 +93,20 @@ pub struct Snapshot {
     pub quota_policies: Vec<Resource<QuotaPolicy>>,
     /// Core `v1` Secret (gateway TLS credentials).
     pub secrets: Vec<Resource<Secret>>,
+    /// Gateway API `GatewayClass`.
+    pub gateway_classes: Vec<Resource<gateway_api::GatewayClass>>,
+    /// Gateway API `Gateway` (Istio's `Gateway` is [`Snapshot::gateways`]).
+    pub gateway_api_gateways: Vec<Resource<gateway_api::Gateway>>,
+    /// Gateway API `HTTPRoute`.
+    pub http_routes: Vec<Resource<gateway_api::HttpRoute>>,
+    /// Gateway API `GRPCRoute`.
+    pub grpc_routes: Vec<Resource<gateway_api::GrpcRoute>>,
+    /// Gateway API `TLSRoute`.
+    pub tls_routes: Vec<Resource<gateway_api::TlsRoute>>,
+    /// Gateway API `TCPRoute`.
+    pub tcp_routes: Vec<Resource<gateway_api::TcpRoute>>,
+    /// Gateway API `ReferenceGrant`.
+    pub reference_grants: Vec<Resource<gateway_api::ReferenceGrant>>,
 }
 
 /// A duration as Istio accepts it: protobuf-JSON (`"5s"`, `"0.5s"`) or Go form
@@ -174,6 +189,18 @@ impl Snapshot {
             + self.rate_limit_policies.len()
             + self.quota_policies.len()
             + self.secrets.len()
+            + self.gateway_api_len()
+    }
+
+    /// Number of Gateway API resources (all kinds).
+    pub fn gateway_api_len(&self) -> usize {
+        self.gateway_classes.len()
+            + self.gateway_api_gateways.len()
+            + self.http_routes.len()
+            + self.grpc_routes.len()
+            + self.tls_routes.len()
+            + self.tcp_routes.len()
+            + self.reference_grants.len()
     }
 
     pub fn is_empty(&self) -> bool {

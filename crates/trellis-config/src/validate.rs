@@ -14,6 +14,7 @@ use crate::types::*;
 
 mod authorization;
 mod balancing;
+mod gateway_api;
 mod health;
 mod ratelimit;
 mod request_authentication;
@@ -241,7 +242,38 @@ pub(crate) fn validate(snapshot: &Snapshot, spans: &SpanIndex) -> Vec<Diagnostic
         &mut out,
         |rep, r| endpoint_slice(rep, &r.spec),
     );
+    gateway_api_kinds(snapshot, spans, &mut out);
     out
+}
+
+/// The Gateway API kinds (`validate/gateway_api.rs`).
+fn gateway_api_kinds(snapshot: &Snapshot, spans: &SpanIndex, out: &mut Vec<Diagnostic>) {
+    let s = snapshot;
+    each(&s.gateway_classes, "GatewayClass", spans, out, |rep, r| {
+        gateway_api::gateway_class(rep, &r.spec)
+    });
+    each(&s.gateway_api_gateways, "Gateway", spans, out, |rep, r| {
+        gateway_api::gateway(rep, &r.spec)
+    });
+    each(&s.http_routes, "HTTPRoute", spans, out, |rep, r| {
+        gateway_api::http_route(rep, &r.spec)
+    });
+    each(&s.grpc_routes, "GRPCRoute", spans, out, |rep, r| {
+        gateway_api::grpc_route(rep, &r.spec)
+    });
+    each(&s.tls_routes, "TLSRoute", spans, out, |rep, r| {
+        gateway_api::tls_route(rep, &r.spec)
+    });
+    each(&s.tcp_routes, "TCPRoute", spans, out, |rep, r| {
+        gateway_api::tcp_route(rep, &r.spec)
+    });
+    each(
+        &s.reference_grants,
+        "ReferenceGrant",
+        spans,
+        out,
+        |rep, r| gateway_api::reference_grant(rep, &r.spec),
+    );
 }
 
 /// Runs `check` on every resource of a kind, plus the metadata and duplicate-name rules.

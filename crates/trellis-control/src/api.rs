@@ -276,7 +276,7 @@ impl Api {
         if let (Some(kind), [_, namespace, name]) = (kind, rest.as_slice()) {
             let key = ObjectKey::new(kind, namespace, name);
             return match self.store.get(&key) {
-                Some(object) => Reply::ok(object.to_value()),
+                Some(object) => Reply::ok(self.with_status(object.to_value())),
                 None => error(
                     StatusCode::NOT_FOUND,
                     "NotFound",
@@ -304,8 +304,35 @@ impl Api {
             "apiVersion": "v1",
             "kind": "List",
             "metadata": { "resourceVersion": revision.to_string() },
-            "items": objects.iter().map(|o| o.to_value()).collect::<Vec<_>>(),
+            "items": objects.iter().map(|o| self.with_status(o.to_value())).collect::<Vec<_>>(),
         }))
+    }
+
+    /// A Gateway API object with the `status` the last good configuration gives it (Accepted,
+    /// Programmed, ResolvedRefs, … as `trellis_xds::gateway_api::status` computes them).
+    fn with_status(&self, mut value: Value) -> Value {
+        let api_version = value["apiVersion"].as_str().unwrap_or("");
+        if !api_version.starts_with("gateway.networking.k8s.io/") {
+            return value;
+        }
+        let state = self.store.watch().borrow().clone();
+        let loaded = &state.loaded;
+        let (kind, namespace, name) = (
+            value["kind"].as_str().unwrap_or(""),
+            value["metadata"]["namespace"].as_str().unwrap_or("default"),
+            value["metadata"]["name"].as_str().unwrap_or(""),
+        );
+        if let Some(status) = trellis_xds::gateway_api::status(
+            &loaded.snapshot,
+            &loaded.registry,
+            kind,
+            namespace,
+            name,
+        ) && let Some(obj) = value.as_object_mut()
+        {
+            obj.insert("status".into(), status);
+        }
+        value
     }
 
     async fn delete(

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use trellis_config::{Diagnostic, Diagnostics};
 
 pub use change::{Change, Delete, Outcome, Put};
-pub use object::{KINDS, KindInfo, LabelSelector, ListFilter, Object, ObjectKey, kind_info};
+pub use object::{
+    KINDS, KindInfo, LabelSelector, ListFilter, Object, ObjectKey, kind_info, kind_info_for,
+};
 
 use crate::ConfigWatch;
 

@@ -14,6 +14,7 @@ mod cluster;
 mod content_hash;
 mod egress;
 mod gateway;
+pub mod gateway_api;
 mod health;
 pub mod istio_ca;
 mod json;
@@ -119,6 +120,8 @@ pub fn compile(
     registry: &trellis_config::Registry,
     proxy: &ProxyIdentity,
 ) -> Resources {
+    let lowered = gateway_api::lower(snapshot, registry, proxy);
+    let snapshot = lowered.as_ref().unwrap_or(snapshot);
     let ctx = Context {
         snapshot,
         registry,
@@ -145,6 +148,7 @@ pub fn compile_owned(
     if proxy.role == Role::Proxyless {
         return compile(&snapshot, &registry, proxy);
     }
+    gateway_api::lower_into(&mut snapshot, &registry, proxy);
     let front = Front::compile(&Context {
         snapshot: &snapshot,
         registry: &registry,

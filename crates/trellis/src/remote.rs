@@ -12,7 +12,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use trellis_control::store::{ObjectKey, kind_info, object::kind_names, yaml};
+use trellis_control::store::{ObjectKey, kind_info, kind_info_for, object::kind_names, yaml};
 
 use crate::{
     ApplyArgs, CaArgs, CaCommand, DeleteArgs, GetArgs, OutputFormat, ProxyConfigArgs,
@@ -122,6 +122,22 @@ pub async fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("no {} found", kind.plural);
                 return Ok(ExitCode::SUCCESS);
             }
+            if kind.group == trellis_config::gateway_api::GROUP {
+                let rows: Vec<[String; 4]> = items
+                    .iter()
+                    .map(|i| {
+                        let m = &i["metadata"];
+                        [
+                            s(&m["namespace"]),
+                            s(&m["name"]),
+                            status_summary(&i["status"]),
+                            s(&m["resourceVersion"]),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NAMESPACE", "NAME", "STATUS", "RESOURCE-VERSION"], &rows);
+                return Ok(ExitCode::SUCCESS);
+            }
             let rows: Vec<[String; 3]> = items
                 .iter()
                 .map(|i| {
@@ -133,6 +149,45 @@ pub async fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Gateway API `status` in one cell: `Accepted=True Programmed=True` (with the reason of a
+/// False condition), per parent for routes (`infra/web: Accepted=False(NotAllowedByListeners)`).
+fn status_summary(status: &Value) -> String {
+    fn conditions(c: &Value) -> String {
+        c.as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let (t, st) = (s(&c["type"]), s(&c["status"]));
+                if st == "True" {
+                    format!("{t}=True")
+                } else {
+                    format!("{t}={st}({})", s(&c["reason"]))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    if let Some(parents) = status["parents"].as_array() {
+        return parents
+            .iter()
+            .map(|p| {
+                let r = &p["parentRef"];
+                format!(
+                    "{}/{}: {}",
+                    s(&r["namespace"]),
+                    s(&r["name"]),
+                    conditions(&p["conditions"])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    match conditions(&status["conditions"]) {
+        c if c.is_empty() => "-".into(),
+        c => c,
+    }
 }
 
 /// `trellis delete KIND NAME [-n NS]` or `trellis delete -f FILE|DIR`.
@@ -161,7 +216,8 @@ pub async fn delete(args: &DeleteArgs) -> anyhow::Result<ExitCode> {
     }
     let mut code = ExitCode::SUCCESS;
     for key in keys {
-        let plural = kind_info(&key.kind).map_or(key.kind.clone(), |k| k.plural.to_owned());
+        let plural =
+            kind_info_for(&key.group, &key.kind).map_or(key.kind.clone(), |k| k.plural.to_owned());
         let url = format!(
             "{}/api/v1/resources/{plural}/{}/{}",
             base(&args.server),

@@ -634,11 +634,52 @@ fn loads_directory_recursively_in_order() {
 }
 
 #[test]
-fn gateway_api_kinds_are_rejected_clearly() {
-    let errors = load_err(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n",
+fn gateway_api_gateway_and_istio_gateway_load_side_by_side() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n  rules: [{matches: [{path: {type: Exact, value: /a}}]}]\n";
+    let l = load_ok(yaml);
+    assert_eq!(l.snapshot.gateways.len(), 1);
+    assert_eq!(l.snapshot.gateway_api_gateways.len(), 1);
+    assert_eq!(
+        l.snapshot.gateway_api_gateways[0].spec.listeners[0].port,
+        80
     );
-    assert!(errors[0].message.contains("Gateway API"), "{errors:#?}");
+    let path = l.snapshot.http_routes[0].spec.rules[0].matches[0]
+        .path
+        .as_ref()
+        .unwrap();
+    assert_eq!(path.kind.as_deref(), Some("Exact"));
+}
+
+#[test]
+fn gateway_api_errors_name_the_version_and_the_field() {
+    let errors = load_err(
+        "apiVersion: gateway.networking.k8s.io/v1alpha1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {}\n",
+    );
+    assert!(
+        errors[0].message.contains("`gateway.networking.k8s.io/v1`"),
+        "{errors:#?}"
+    );
+    let errors = load_err(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - matches: [{path: {type: Exat, value: /a}}]\n    backendRefs: [{name: svc}]\n    filters: [{type: RequestHeaderModifier}]\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.rules[0].matches[0].path.type",
+            "spec.rules[0].backendRefs[0].port",
+            "spec.rules[0].filters[0].requestHeaderModifier",
+        ],
+        "{errors:#?}"
+    );
+    assert!(
+        errors[0].message.contains("did you mean `Exact`"),
+        "{errors:#?}"
+    );
+    let errors = load_err(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: a, port: 80, protocol: HTTP, hostnme: x}]\n",
+    );
+    assert!(errors[0].message.contains("hostnme"), "{errors:#?}");
 }
 
 #[test]

@@ -113,6 +113,57 @@ pub const KINDS: &[KindInfo] = &[
         plural: "peerauthentications",
         short: "pa",
     },
+    // Gateway API kinds come after Istio's: `gateway`/`gw` keep meaning Istio's Gateway; the
+    // Gateway API one is `gateways.gateway.networking.k8s.io` or `gtw`.
+    KindInfo {
+        kind: "GatewayClass",
+        group: "gateway.networking.k8s.io",
+        api_version: "gateway.networking.k8s.io/v1",
+        plural: "gatewayclasses",
+        short: "gc",
+    },
+    KindInfo {
+        kind: "Gateway",
+        group: "gateway.networking.k8s.io",
+        api_version: "gateway.networking.k8s.io/v1",
+        plural: "gateways.gateway.networking.k8s.io",
+        short: "gtw",
+    },
+    KindInfo {
+        kind: "HTTPRoute",
+        group: "gateway.networking.k8s.io",
+        api_version: "gateway.networking.k8s.io/v1",
+        plural: "httproutes",
+        short: "httproute",
+    },
+    KindInfo {
+        kind: "GRPCRoute",
+        group: "gateway.networking.k8s.io",
+        api_version: "gateway.networking.k8s.io/v1",
+        plural: "grpcroutes",
+        short: "grpcroute",
+    },
+    KindInfo {
+        kind: "TLSRoute",
+        group: "gateway.networking.k8s.io",
+        api_version: "gateway.networking.k8s.io/v1alpha2",
+        plural: "tlsroutes",
+        short: "tlsroute",
+    },
+    KindInfo {
+        kind: "TCPRoute",
+        group: "gateway.networking.k8s.io",
+        api_version: "gateway.networking.k8s.io/v1alpha2",
+        plural: "tcproutes",
+        short: "tcproute",
+    },
+    KindInfo {
+        kind: "ReferenceGrant",
+        group: "gateway.networking.k8s.io",
+        api_version: "gateway.networking.k8s.io/v1beta1",
+        plural: "referencegrants",
+        short: "refgrant",
+    },
     KindInfo {
         kind: "Service",
         group: "",
@@ -188,9 +239,25 @@ pub fn kind_info(name: &str) -> Option<&'static KindInfo> {
     })
 }
 
+/// The kind of a stored object's key (its group and kind), e.g. to tell the two `Gateway`s apart.
+pub fn kind_info_for(group: &str, kind: &str) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.group == group && k.kind == kind)
+}
+
 /// The list of kinds for error messages.
 pub fn kind_names() -> String {
-    KINDS.iter().map(|k| k.kind).collect::<Vec<_>>().join(", ")
+    KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            if KINDS[..i].iter().any(|o| o.kind == k.kind) {
+                k.plural
+            } else {
+                k.kind
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl ObjectKey {
@@ -244,7 +311,15 @@ impl ObjectKey {
 
     /// `VirtualService/default/reviews.yaml`: the file an object is written to (directory
     /// store) and the name its diagnostics carry.
+    /// Gateway API kinds are qualified by their group (`Gateway.gateway.networking.k8s.io/…`) so
+    /// that they never share a file with Istio's `Gateway`.
     pub fn file_name(&self) -> String {
+        if self.group == "gateway.networking.k8s.io" {
+            return format!(
+                "{}.{}/{}/{}.yaml",
+                self.kind, self.group, self.namespace, self.name
+            );
+        }
         format!("{}/{}/{}.yaml", self.kind, self.namespace, self.name)
     }
 }
@@ -378,7 +453,8 @@ impl LabelSelector {
 
 impl ListFilter {
     pub fn matches(&self, object: &Object) -> bool {
-        self.kind.is_none_or(|k| k.kind == object.key.kind)
+        self.kind
+            .is_none_or(|k| k.kind == object.key.kind && k.group == object.key.group)
             && self
                 .namespace
                 .as_ref()
@@ -390,6 +466,36 @@ impl ListFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_means_istio_and_gtw_the_gateway_api() {
+        for name in ["gateway", "Gateway", "gateways", "gw"] {
+            assert_eq!(
+                kind_info(name).unwrap().group,
+                "networking.istio.io",
+                "{name}"
+            );
+        }
+        for name in ["gtw", "gateways.gateway.networking.k8s.io"] {
+            assert_eq!(
+                kind_info(name).unwrap().group,
+                "gateway.networking.k8s.io",
+                "{name}"
+            );
+        }
+        assert_eq!(kind_info("httproutes").unwrap().kind, "HTTPRoute");
+        assert_eq!(
+            kind_info_for("gateway.networking.k8s.io", "Gateway")
+                .unwrap()
+                .short,
+            "gtw"
+        );
+        let istio = ObjectKey::new(kind_info("gw").unwrap(), "default", "web");
+        let api = ObjectKey::new(kind_info("gtw").unwrap(), "default", "web");
+        assert_ne!(istio, api);
+        assert_ne!(istio.file_name(), api.file_name());
+        assert!(kind_names().contains("gateways.gateway.networking.k8s.io"));
+    }
 
     #[test]
     fn a_list_gives_its_items_and_any_other_document_itself() {
