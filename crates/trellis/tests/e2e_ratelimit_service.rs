@@ -80,6 +80,16 @@ fn fresh_minute() {
     assert!(wait_until(Duration::from_secs(25), || unix_now() % 60 < 40));
 }
 
+/// The MeshConfig naming the rate limit service, which every global limit and quota needs.
+const MESH: &str = "apiVersion: trellis.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec:\n  rateLimitService: {service: ratelimit.istio-system.svc.cluster.local, port: 8081}\n";
+
+/// A store directory holding the MeshConfig.
+fn store_with_mesh() -> TempDir {
+    let store = TempDir::new().expect("temp dir");
+    write_atomic(store.path(), "mesh.yaml", MESH);
+    store
+}
+
 fn write_atomic(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).expect("write config");
@@ -240,7 +250,7 @@ fn envoy_replays_istios_global_rate_limit_task_and_fails_open_or_closed_without_
     }
     let mut redis = Redis::start();
     let (_app, app) = sample_app("productpage", "v1");
-    let store = TempDir::new().expect("temp dir");
+    let store = store_with_mesh();
     write_atomic(store.path(), "ratelimit.yaml", ISTIO_TASK);
     let (rls, metrics_port) = (free_port(), free_port());
     let mut service = ratelimit(store.path(), &redis.address, false, rls, metrics_port);
@@ -375,7 +385,7 @@ fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
 #[test]
 fn a_redis_cluster_counts_each_key_on_its_slot_through_ask_and_moved() {
     let cluster = RedisCluster::start(3);
-    let store = TempDir::new().expect("temp dir");
+    let store = store_with_mesh();
     let policy = "apiVersion: trellis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: api, namespace: default}\nspec:\n  limits:\n  - name: per-user\n    descriptors: [{header: {name: x-user}}]\n    global: {requestsPerUnit: 3, unit: HOUR}\n";
     write_atomic(store.path(), "policy.yaml", policy);
     let (rls, metrics) = (free_port(), free_port());
@@ -527,7 +537,7 @@ fn quota_usage_is_read_through_the_api_and_cli_and_survives_a_restart() {
     }
     let redis = Redis::start();
     let (_app, app) = sample_app("productpage", "v1");
-    let store = TempDir::new().expect("temp dir");
+    let store = store_with_mesh();
     write_atomic(store.path(), "quota.yaml", QUOTA);
     let (xds, api, rls) = (free_port(), free_port(), free_port());
     let mut control_plane = control(store.path(), xds, api, rls, &redis.address);
@@ -646,7 +656,7 @@ fn quota_usage_is_read_through_the_api_and_cli_and_survives_a_restart() {
 #[ignore = "a latency measurement; bench/README.md says how to run it"]
 fn bench_should_rate_limit_latency_at_1000_rps() {
     let redis = Redis::start();
-    let store = TempDir::new().expect("temp dir");
+    let store = store_with_mesh();
     let policy = "apiVersion: trellis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: api, namespace: default}\nspec:\n  limits:\n  - name: per-user\n    descriptors: [{header: {name: x-user}}]\n    global: {requestsPerUnit: 1000000000, unit: DAY}\n";
     write_atomic(store.path(), "policy.yaml", policy);
     let (rls, metrics) = (free_port(), free_port());
