@@ -321,9 +321,20 @@ mod tests {
 
     /// A UDP + TCP server on one loopback port; names starting `big.` are truncated over UDP.
     async fn server(zone: Zone) -> SocketAddr {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
-        let addr = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(addr).await.expect("tcp on the same port");
+        // The UDP port's TCP twin may belong to someone else: try fresh ports a few times.
+        let mut attempt = 0;
+        let (udp, tcp, addr) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+            let addr = udp.local_addr().expect("addr");
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    let _ = e;
+                }
+                Err(e) => panic!("no loopback port free for both UDP and TCP: {e}"),
+            }
+        };
         let z = Arc::clone(&zone);
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
